@@ -1,0 +1,1 @@
+"""Pixel Reasoner Studio core: protocol, visual operations, the tool loop, backends, scoring."""

@@ -1,0 +1,76 @@
+"""The one small interface every model backend implements.
+
+A backend turns a conversation (HF-style messages, see core.protocol) into the next assistant
+turn. `stream` yields text chunks and ends with a `Generation`; `generate` returns just the
+`Generation`; `generate_batch` advances many conversations at once. Each default is written in
+terms of the others, so a backend implements `stream` or `generate` (and `generate_batch` where
+the engine batches).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from core.protocol import STOP_STRINGS, TOOL_CALL_END
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 1024
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = STOP_STRINGS
+    seed: int | None = None
+    logprobs: bool = False  # return per-token log-probabilities (RL)
+
+
+@dataclass
+class Generation:
+    """One assistant turn. `text` keeps a final </tool_call>; other stop strings are dropped."""
+
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    finish_reason: str = "stop"  # stop | length | cancelled
+    seconds: float = 0.0
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...] = STOP_STRINGS) -> tuple[str, bool]:
+    """Truncate at the first stop string. </tool_call> stays in the text, the others go."""
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if not hits:
+        return text, False
+    pos, stop = min(hits)
+    end = pos + len(stop) if stop == TOOL_CALL_END else pos
+    return text[:end], True
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be built or run, with a message for the user."""
+
+
+class Backend:
+    name = "base"
+    model_id = ""
+
+    def stream(self, messages: list[dict], params: GenerationParams,
+               cancel: threading.Event | None = None) -> Iterator[str | Generation]:
+        yield self.generate(messages, params, cancel)
+
+    def generate(self, messages: list[dict], params: GenerationParams,
+                 cancel: threading.Event | None = None) -> Generation:
+        result = None
+        for chunk in self.stream(messages, params, cancel):
+            if isinstance(chunk, Generation):
+                result = chunk
+        if result is None:
+            raise BackendError(f"{self.name} backend produced no generation")
+        return result
+
+    def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
+        return [self.generate(messages, params) for messages in batch]

@@ -1,0 +1,276 @@
+"""The tool loop: generate -> parse -> execute -> observe -> repeat.
+
+One loop serves the app (streaming `run`), evaluation and RL rollouts (`run_batch`). Both drive
+the same `Episode`, whose `advance` holds the protocol's turn logic. The loop knows nothing of UI,
+database or training; images go to an `ImageStore` and the result is a `Trajectory`.
+
+Termination follows the release: the turn does not end with a tool call, or the operation cap,
+the image cap or the context-token cap is reached.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from PIL import Image
+
+from core import operations as ops
+from core import protocol as P
+from core.backends.base import Backend, Generation, GenerationParams
+from core.media import ImageStore, MemoryImageStore, Video
+from core.scoring import extract_answer
+from core.trajectory import ImageRef, Media, Step, Trajectory
+
+
+@dataclass
+class LoopConfig:
+    tools: bool = True
+    guideline: str = "vcot"  # vcot | default | notool (notool is used whenever tools are off)
+    prompt_variant: str = "rl"  # rl | legacy: wording of the bbox_2d description
+    max_ops: int = 4  # the release stops once more than 3 calls were made, so at most 4 run
+    max_images: int = 32
+    max_context_tokens: int = 12 * 1024 - 200
+    pixels: ops.PixelLimits = field(default_factory=ops.PixelLimits)
+
+
+@dataclass
+class Task:
+    """A question about one image or one video."""
+
+    question: str
+    image: Image.Image | None = None
+    video: Video | None = None
+    choices: list[str] | None = None
+    answer: str | None = None  # ground truth, when known
+    media_path: str | None = None
+    id: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+# ---- events, for streaming UIs ----------------------------------------------------------------
+
+@dataclass
+class StepStart:
+    index: int
+
+
+@dataclass
+class TextDelta:
+    index: int
+    text: str
+
+
+@dataclass
+class StepDone:
+    step: Step
+    images: list[Image.Image]  # what the operation returned, as the model saw it
+    source: Image.Image | None  # the full-resolution image a crop was taken from
+
+
+@dataclass
+class Done:
+    trajectory: Trajectory
+
+
+Event = StepStart | TextDelta | StepDone | Done
+
+
+class Episode:
+    """The state of one conversation: messages for the model, images for the operations."""
+
+    def __init__(self, task: Task, config: LoopConfig, store: ImageStore | None = None,
+                 backend: str = "", model: str = "") -> None:
+        if (task.image is None) == (task.video is None):
+            raise ValueError("a task needs exactly one of image or video")
+        self.task, self.config = task, config
+        self.store = store if store is not None else MemoryImageStore()
+        px = config.pixels
+        guideline = config.guideline if config.tools else "notool"
+        is_video = task.video is not None
+        media = Media(kind="image" if not is_video else ("video" if task.video.path else "frames"),
+                      path=task.media_path or (task.video.path if is_video else None))
+        if is_video:
+            view = [ops.resize_for_model(f, px.frame_min, px.video_frame_max) for f in task.video.overview]
+            media.overview = [self._ref(f) for f in view]
+            media.frame_times, media.fps = list(task.video.times), task.video.fps
+            first: dict = {"type": "video", "video": view}
+            self.raw: list[Image.Image] = []  # images added by operations, full resolution
+        else:
+            view_img = ops.resize_for_model(task.image, px.first_min, px.first_max)
+            media.image, media.model_view = self._ref(task.image), self._ref(view_img)
+            first = {"type": "image", "image": view_img}
+            self.raw = [task.image]
+        # each raw image's box in the original input's pixels (None for video frames)
+        self.origin_boxes: list[tuple[int, int, int, int] | None] = \
+            [] if is_video else [(0, 0, task.image.width, task.image.height)]
+        tools = P.tools_for(is_video, config.prompt_variant, task.video.n_frames if is_video else 16) \
+            if config.tools else None
+        self.messages: list[dict] = [
+            {"role": "system", "content": P.system_prompt(tools)},
+            {"role": "user", "content": [first, {"type": "text", "text": P.question_text(
+                task.question, task.choices, guideline)}]},
+        ]
+        self.trajectory = Trajectory(
+            question=task.question, choices=task.choices, media=media, ground_truth=task.answer,
+            tools_enabled=config.tools, guideline=guideline, backend=backend, model=model,
+            config={"max_ops": config.max_ops, "max_images": config.max_images,
+                    "prompt_variant": config.prompt_variant, "pixels": vars(px)},
+            meta=dict(task.meta))
+        if task.id:
+            self.trajectory.id = task.id
+        self.n_images = 1
+        self.last_images: list[Image.Image] = []
+        self.last_source: Image.Image | None = None
+        self.done = False
+
+    def _ref(self, image: Image.Image) -> ImageRef:
+        return ImageRef(self.store.put(image), image.width, image.height)
+
+    def advance(self, gen: Generation) -> Step:
+        """Take one assistant turn: record it, run its tool call, feed back the observation."""
+        traj, cfg = self.trajectory, self.config
+        step = Step(index=len(traj.steps), text=gen.text, tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
+                    gen_seconds=gen.seconds, finish_reason=gen.finish_reason,
+                    started_at=time.time() - gen.seconds)
+        traj.steps.append(step)
+        self.messages.append({"role": "assistant", "content": [{"type": "text", "text": gen.text}]})
+        self.last_images, self.last_source = [], None
+        if gen.finish_reason == "cancelled":
+            return self._finish("cancelled")
+        if not (cfg.tools and P.has_tool_call(gen.text)):
+            return self._finish("max_tokens" if gen.finish_reason == "length" else "done")
+        if traj.n_ops >= cfg.max_ops:
+            return self._finish("max_ops")
+        t0 = time.perf_counter()
+        try:
+            call = P.parse_tool_call(gen.text)
+            step.tool, step.arguments = P.CROP_TOOL if call.name in P.CROP_ALIASES else call.name, call.arguments
+            images, observation = self._execute(call, step)
+        except P.ToolCallError as e:
+            step.error, images, observation = str(e), [], P.error_observation(str(e))
+        step.tool_seconds = time.perf_counter() - t0
+        step.observation = observation
+        step.images = [self._ref(im) for im in images]
+        self.last_images = images
+        self.messages.append({"role": "user", "content": [{"type": "text", "text": observation}]
+                              + [{"type": "image", "image": im} for im in images]})
+        self.n_images += len(images)
+        if self.n_images > cfg.max_images:
+            return self._finish("max_images")
+        if gen.tokens_in + gen.tokens_out > cfg.max_context_tokens:
+            return self._finish("max_tokens")
+        return step
+
+    def _execute(self, call: P.ToolCall, step: Step) -> tuple[list[Image.Image], str]:
+        if call.name == P.FRAMES_TOOL:
+            return self._select_frames(call, step)
+        return self._crop(call, step)
+
+    def _crop(self, call: P.ToolCall, step: Step) -> tuple[list[Image.Image], str]:
+        args, video = call.arguments, self.task.video
+        for name in ("bbox_2d", "target_image"):
+            if name not in args:
+                raise P.ToolCallError(f"Missing argument `{name}` in `{call.name}` operation.")
+        target = P.require_number(args["target_image"], "target_image")
+        # On a video with nothing added yet, target_image picks an overview frame (the release's rule).
+        frame_mode = video is not None and not self.raw
+        n = video.n_frames if frame_mode else len(self.raw)
+        if target != int(target) or not 1 <= target <= n:
+            raise ops.target_index_error(call.name, n)
+        k = int(target)
+        source = video.frames([k])[0] if frame_mode else self.raw[k - 1]
+        cropped, box = ops.crop(source, args["bbox_2d"], call.name)
+        origin = None if frame_mode else self.origin_boxes[k - 1]
+        step.target_image, step.box_norm, step.box_px = k, list(box.norm), list(box.px)
+        if origin is not None:
+            ox, oy = origin[0], origin[1]
+            step.source_box_px = [ox + box.px[0], oy + box.px[1], ox + box.px[2], oy + box.px[3]]
+        self.raw.append(cropped)
+        self.origin_boxes.append(tuple(step.source_box_px) if step.source_box_px else None)
+        self.last_source = source
+        px = self.config.pixels
+        view = ops.resize_for_model(cropped, px.crop_min, px.crop_max)
+        return [view], P.crop_observation(view.width, view.height)
+
+    def _select_frames(self, call: P.ToolCall, step: Step) -> tuple[list[Image.Image], str]:
+        video = self.task.video
+        if video is None:
+            raise P.ToolCallError(ops.SELECT_ON_IMAGE_ERROR)
+        if "target_frames" not in call.arguments:
+            raise P.ToolCallError(f"Missing argument `target_frames` in `{P.FRAMES_TOOL}` operation.")
+        frames = ops.parse_frames(call.arguments["target_frames"], video.n_frames)
+        full = video.frames(frames)
+        px = self.config.pixels
+        views = [ops.resize_for_model(f, px.frame_min, px.frame_max) for f in full]
+        first = 1 + len(self.raw)  # the release numbers from len([video] + added images)
+        step.frames = frames
+        self.raw.extend(full)
+        self.origin_boxes.extend([None] * len(full))
+        w, h = views[0].size
+        return views, P.frames_observation(w, h, first, first + len(views) - 1)
+
+    def _finish(self, status: str) -> Step:
+        traj = self.trajectory
+        traj.status = status
+        traj.answer = extract_answer(traj.steps[-1].text) if traj.steps else None
+        self.done = True
+        return traj.steps[-1]
+
+    def fail(self, message: str) -> None:
+        """End the episode on an error outside the protocol (a backend crash), keeping all steps."""
+        self.trajectory.status, self.trajectory.error, self.done = "error", message, True
+
+
+def run(backend: Backend, task: Task, config: LoopConfig | None = None, params: GenerationParams | None = None,
+        store: ImageStore | None = None, cancel: threading.Event | None = None) -> Iterator[Event]:
+    """Drive one episode, yielding an event as each step starts, streams, and finishes."""
+    config, params = config or LoopConfig(), params or GenerationParams()
+    episode = Episode(task, config, store, backend.name, backend.model_id)
+    while not episode.done:
+        index = len(episode.trajectory.steps)
+        yield StepStart(index)
+        if cancel is not None and cancel.is_set():
+            episode.advance(Generation(text="", finish_reason="cancelled"))
+            break
+        generation = None
+        try:
+            for chunk in backend.stream(episode.messages, params, cancel):
+                if isinstance(chunk, str):
+                    yield TextDelta(index, chunk)
+                else:
+                    generation = chunk
+        except Exception as e:  # the model failed: keep the finished steps, say why
+            episode.fail(f"{type(e).__name__}: {e}")
+            break
+        step = episode.advance(generation)
+        yield StepDone(step, episode.last_images, episode.last_source)
+    yield Done(episode.trajectory)
+
+
+def run_to_end(backend: Backend, task: Task, **kw) -> Trajectory:
+    """Run one episode without streaming and return its trajectory."""
+    for event in run(backend, task, **kw):
+        if isinstance(event, Done):
+            return event.trajectory
+    raise AssertionError("run() ended without Done")
+
+
+def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = None,
+              params: GenerationParams | None = None, store: ImageStore | None = None,
+              episodes: list[Episode] | None = None) -> list[Trajectory]:
+    """Advance many episodes turn by turn together through the backend's batched call."""
+    config, params = config or LoopConfig(), params or GenerationParams()
+    if episodes is None:
+        episodes = [Episode(t, config, store, backend.name, backend.model_id) for t in tasks]
+    while active := [e for e in episodes if not e.done]:
+        try:
+            generations = backend.generate_batch([e.messages for e in active], params)
+        except Exception as e:
+            for ep in active:
+                ep.fail(f"{type(e).__name__}: {e}")
+            break
+        for episode, generation in zip(active, generations):
+            episode.advance(generation)
+    return [e.trajectory for e in episodes]

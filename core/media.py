@@ -1,0 +1,218 @@
+"""Reading images and videos safely, and a content-addressed store for the images a trajectory holds.
+
+I/O lives here so that operations.py stays pure. Every failure becomes a `MediaError` whose
+message a user can act on (corrupt file, too many pixels, unreadable video).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+DEFAULT_OVERVIEW_FRAMES = 16
+
+
+class MediaError(ValueError):
+    """An input image or video that cannot be used, with a message for the user."""
+
+
+def load_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image file (path, bytes or file object) fully decoded as RGB.
+
+    The pixel count is checked from the header before decoding, so a decompression bomb is
+    refused without allocating it.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(source)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise MediaError(
+                    f"{name} is {w}x{h} ({w * h / 1e6:.1f} megapixels); the limit is "
+                    f"{max_pixels / 1e6:.0f} megapixels. Downscale it first."
+                )
+            img.load()
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError(f"{name} is too large to decode safely: {e}") from None
+    except FileNotFoundError:
+        raise MediaError(f"{name}: no such file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"{name} is not a readable image (corrupt or truncated?): {e}") from None
+    return img.convert("RGB")
+
+
+# ---- video -----------------------------------------------------------------------------------
+
+def overview_indices(n_total: int, n: int = DEFAULT_OVERVIEW_FRAMES) -> list[int]:
+    """Uniformly spaced 0-based frame indices of the overview (all frames when fewer than n)."""
+    if n_total <= n:
+        return list(range(n_total))
+    return [int(round(i)) for i in np.linspace(0, n_total - 1, n)]
+
+
+@dataclass
+class Video:
+    """A video as the model sees it: an overview of N frames, each selectable at full resolution.
+
+    Built from a file (decoded with decord) or from a list of pre-extracted frames (the released
+    MVBench eval data ships frames). `frame(k)` returns overview frame k (1-based) at full
+    resolution from the file.
+    """
+
+    overview: list[Image.Image]
+    times: list[float]  # seconds of each overview frame
+    path: str | None = None
+    source_indices: list[int] = field(default_factory=list)  # 0-based frame numbers in the file
+    fps: float = 0.0
+    n_source_frames: int = 0
+    _reader: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.overview)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.overview[0].size
+
+    def frames(self, numbers: Sequence[int]) -> list[Image.Image]:
+        """Overview frames by 1-based number, decoded at full resolution when there is a file."""
+        if self._reader is None:
+            return [self.overview[k - 1] for k in numbers]
+        with self._lock:
+            batch = self._reader.get_batch([self.source_indices[k - 1] for k in numbers]).asnumpy()
+        return [Image.fromarray(a) for a in batch]
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Image.Image], fps: float = 1.0) -> "Video":
+        frames = [f.convert("RGB") for f in frames]
+        if not frames:
+            raise MediaError("a video needs at least one frame")
+        return cls(overview=frames, times=[i / fps for i in range(len(frames))], fps=fps,
+                   source_indices=list(range(len(frames))), n_source_frames=len(frames))
+
+    @classmethod
+    def from_frame_files(cls, paths: Sequence[str | Path], n: int | None = None, fps: float = 1.0) -> "Video":
+        paths = list(paths)
+        if n is not None and len(paths) > n:
+            paths = [paths[i] for i in overview_indices(len(paths), n)]
+        return cls.from_frames([load_image(p) for p in paths], fps=fps)
+
+    @classmethod
+    def from_file(cls, path: str | Path, n: int = DEFAULT_OVERVIEW_FRAMES, max_pixels: int = 4096 * 2304) -> "Video":
+        path = str(path)
+        if not os.path.exists(path):
+            raise MediaError(f"{path}: no such file")
+        import decord
+
+        try:
+            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            total = len(reader)
+            if total == 0:
+                raise MediaError(f"{path} has no frames")
+            h, w = reader[0].shape[:2]
+            if w * h > max_pixels:
+                raise MediaError(f"{path} is {w}x{h}; videos above {max_pixels / 1e6:.1f} megapixels per frame are refused")
+            idx = overview_indices(total, n)
+            frames = [Image.fromarray(a) for a in reader.get_batch(idx).asnumpy()]
+            fps = float(reader.get_avg_fps()) or 1.0
+        except MediaError:
+            raise
+        except Exception as e:  # decord raises its own DECORDError and RuntimeError on bad files
+            raise MediaError(f"{path} is not a readable video (corrupt or truncated?): {e}") from None
+        return cls(overview=frames, times=[i / fps for i in idx], path=path, source_indices=idx,
+                   fps=fps, n_source_frames=total, _reader=reader)
+
+
+# ---- content-addressed images ----------------------------------------------------------------
+
+def image_sha(image: Image.Image) -> str:
+    """sha256 of the decoded pixels (mode, size, bytes): equal pictures share one key."""
+    h = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+class ImageStore(Protocol):
+    def put(self, image: Image.Image) -> str: ...
+    def get(self, sha: str) -> Image.Image: ...
+
+
+class MemoryImageStore:
+    """Images kept in memory by sha; the default for the CLI and tests."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, Image.Image] = {}
+
+    def put(self, image: Image.Image) -> str:
+        sha = image_sha(image)
+        self._images.setdefault(sha, image)
+        return sha
+
+    def get(self, sha: str) -> Image.Image:
+        return self._images[sha]
+
+
+class DiskImageStore:
+    """PNG files under root/ab/<sha>.png; writing is atomic so readers never see half a file."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha: str) -> Path:
+        return self.root / sha[:2] / f"{sha}.png"
+
+    def put(self, image: Image.Image) -> str:
+        sha = image_sha(image)
+        path = self.path(sha)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            image.save(tmp, format="PNG")
+            os.replace(tmp, path)
+        return sha
+
+    def get(self, sha: str) -> Image.Image:
+        return load_image(self.path(sha))
+
+
+def write_video(frames, path: str | Path, fps: float = 8.0, crf: int = 23) -> Path:
+    """Encode frames (PIL images or HxWx3 uint8 arrays, even sides) as an H.264 mp4 with PyAV."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = None
+        for frame in frames:
+            arr = np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame, dtype=np.uint8)
+            if stream is None:
+                from fractions import Fraction
+
+                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+                stream.height, stream.width = arr.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": "veryfast"}
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    return path

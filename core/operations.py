@@ -1,0 +1,181 @@
+"""The two visual operations, crop and select_frames, plus the resize policy for what the model sees.
+
+Box maths are pure functions (`crop_box`), applied to PIL images by `crop`. The rules follow the
+released implementation (see ../shared/reference/pixel-reasoner.md, section 1):
+
+* normalized when all four values are < 1, else absolute pixels of the target image;
+* padding 0.1 on each side; `zoom_in` caps it at min(0.1, 600/W) and min(0.1, 600/H);
+* clamp to [0, 1], then truncate to ints: (int(x1*W), int(y1*H), int(x2*W), int(y2*H));
+* a crop of 28 px or less in either side is an error.
+
+Where we are stricter than the release (it would silently crop): raw boxes that are inverted,
+zero-area, negative, or wholly outside an absolute-pixel image are errors fed back to the model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from PIL import Image
+
+from core.protocol import FRAMES_TOOL, ToolCallError, require_number
+
+PATCH = 28  # Qwen2.5-VL: 14-px patches merged 2x2
+MIN_CROP_SIDE = 28
+MAX_FRAMES_PER_CALL = 8
+
+
+@dataclass(frozen=True)
+class PixelLimits:
+    """Min/max pixel counts of what the model sees, per kind of image (multiples of 28x28)."""
+
+    first_min: int = 4 * PATCH * PATCH
+    first_max: int = 2000 * PATCH * PATCH
+    crop_min: int = 4 * PATCH * PATCH
+    crop_max: int = 1000 * PATCH * PATCH
+    frame_min: int = 4 * PATCH * PATCH
+    frame_max: int = 400 * PATCH * PATCH
+    video_frame_max: int = 128 * PATCH * PATCH  # each overview frame
+
+    @classmethod
+    def preset(cls, name: str) -> "PixelLimits":
+        return PIXEL_PRESETS[name]
+
+
+PIXEL_PRESETS = {
+    # the release's RL training settings
+    "train": PixelLimits(),
+    # the release's evaluation settings: MIN_PIXELS 512*28*28, MAX_PIXELS 5120*28*28
+    "eval": PixelLimits(
+        first_min=512 * PATCH * PATCH, first_max=5120 * PATCH * PATCH,
+        crop_min=256 * PATCH * PATCH, crop_max=5120 * PATCH * PATCH,
+        frame_min=256 * PATCH * PATCH, frame_max=5120 * PATCH * PATCH,
+    ),
+    # the embedded tiny model: a 224x224-class overview, so small text is unreadable until zoomed
+    "tiny": PixelLimits(
+        first_min=4 * PATCH * PATCH, first_max=64 * PATCH * PATCH,
+        crop_min=4 * PATCH * PATCH, crop_max=64 * PATCH * PATCH,
+        frame_min=4 * PATCH * PATCH, frame_max=64 * PATCH * PATCH,
+        video_frame_max=16 * PATCH * PATCH,
+    ),
+}
+
+
+def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PATCH) -> tuple[int, int]:
+    """Qwen2.5-VL's resize target: sides multiples of `factor`, area within [min_pixels, max_pixels]."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image has no pixels: {width}x{height}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio must be under 200, got {width}x{height}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """The image as the model sees it (RGB, smart-resized with bicubic like the processor)."""
+    image = image.convert("RGB")
+    h, w = smart_resize(image.height, image.width, min_pixels, max_pixels)
+    if (w, h) == image.size:
+        return image
+    return image.resize((w, h), Image.Resampling.BICUBIC)
+
+
+# ---- crop ------------------------------------------------------------------------------------
+
+def parse_bbox(value) -> tuple[float, float, float, float]:
+    """Validate `bbox_2d`: four finite non-negative numbers with x1 < x2 and y1 < y2."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ToolCallError(f"`bbox_2d` must be a list of 4 numbers [x1, y1, x2, y2], got {str(value)[:80]}.")
+    x1, y1, x2, y2 = (require_number(v, "bbox_2d") for v in value)
+    if min(x1, y1, x2, y2) < 0:
+        raise ToolCallError(f"`bbox_2d` coordinates must be >= 0, got {list(value)}.")
+    if x2 <= x1 or y2 <= y1:
+        raise ToolCallError(f"`bbox_2d` must satisfy x1 < x2 and y1 < y2, got {list(value)}.")
+    return x1, y1, x2, y2
+
+
+def crop_padding(tool_name: str, width: int, height: int) -> tuple[float, float]:
+    """Flat 0.1 for crop_image_normalized/crop_image; zoom_in caps it at 600 px per side."""
+    if tool_name == "zoom_in":
+        return min(0.1, 600.0 / width), min(0.1, 600.0 / height)
+    return 0.1, 0.1
+
+
+@dataclass(frozen=True)
+class CropBox:
+    norm: tuple[float, float, float, float]  # after padding and clamping, in [0, 1]
+    px: tuple[int, int, int, int]  # in the target image's pixels
+
+
+def crop_box(bbox, width: int, height: int, tool_name: str = "crop_image_normalized") -> CropBox:
+    """Pure box maths of the released crop: normalize, pad, clamp, truncate, size check."""
+    x1, y1, x2, y2 = parse_bbox(bbox)
+    if not (x1 < 1 and y1 < 1 and x2 < 1 and y2 < 1):
+        if x1 >= width or y1 >= height:
+            raise ToolCallError(
+                f"`bbox_2d` {list(bbox)} lies outside the image ({width}x{height} pixels). "
+                "Use normalized coordinates within [0.0,1.0]."
+            )
+        x1, x2, y1, y2 = x1 / width, x2 / width, y1 / height, y2 / height
+    px_pad, py_pad = crop_padding(tool_name, width, height)
+    nx1, ny1 = (min(max(0.0, v), 1.0) for v in (x1 - px_pad, y1 - py_pad))
+    nx2, ny2 = (min(max(0.0, v), 1.0) for v in (x2 + px_pad, y2 + py_pad))
+    px = (int(nx1 * width), int(ny1 * height), int(nx2 * width), int(ny2 * height))
+    w, h = px[2] - px[0], px[3] - px[1]
+    if w <= MIN_CROP_SIDE or h <= MIN_CROP_SIDE:
+        raise ToolCallError(f"Cropped image is too small: {max(w, 0)}x{max(h, 0)}")
+    return CropBox(norm=(nx1, ny1, nx2, ny2), px=px)
+
+
+def crop(image: Image.Image, bbox, tool_name: str = "crop_image_normalized") -> tuple[Image.Image, CropBox]:
+    """Crop at the image's own (original) resolution; returns the crop and its box."""
+    box = crop_box(bbox, image.width, image.height, tool_name)
+    return image.crop(box.px), box
+
+
+# ---- select_frames ---------------------------------------------------------------------------
+
+def parse_frames(value, n_frames: int) -> list[int]:
+    """Validate `target_frames` (1-based, at most 8, within the overview) with the release's messages."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ToolCallError(f"`target_frames` must be a non-empty list of frame indices, got {str(value)[:80]}.")
+    frames = []
+    for v in value:
+        f = require_number(v, "target_frames")
+        if f != int(f):
+            raise ToolCallError(f"`target_frames` must hold whole frame numbers, got {v}.")
+        frames.append(int(f))
+    if len(frames) > MAX_FRAMES_PER_CALL:
+        raise ToolCallError(
+            f"You have selected {len(frames)} frames in total. Think again which frames you need to check "
+            f"in details (no more than {MAX_FRAMES_PER_CALL} frames)"
+        )
+    if min(frames) < 1 or max(frames) > n_frames:
+        raise ToolCallError(
+            f"There are {n_frames} frames numbered in range [1,{n_frames}]. "
+            f"Your selection `target_frames={frames}` is out of range."
+        )
+    return frames
+
+
+SELECT_ON_IMAGE_ERROR = (
+    f"You attempted to `{FRAMES_TOOL}` from **image** not **video**. "
+    "You should use `crop_image_normalized` instead for inspecting **image**."
+)
+
+
+def target_index_error(tool_name: str, n: int) -> ToolCallError:
+    return ToolCallError(
+        f"Incorrect `target_image` argument in `{tool_name}` operation. You can only pick an image within [1,{n}]"
+    )
