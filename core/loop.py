@@ -113,7 +113,7 @@ class Episode:
                 task.question, task.choices, guideline)}]},
         ]
         self.trajectory = Trajectory(
-            question=task.question, choices=task.choices, media=media, ground_truth=task.answer,
+            question=P.clean_text(task.question), choices=task.choices, media=media, ground_truth=task.answer,
             tools_enabled=config.tools, guideline=guideline, backend=backend, model=model,
             config={"max_ops": config.max_ops, "max_images": config.max_images,
                     "prompt_variant": config.prompt_variant, "pixels": vars(px)},
@@ -131,6 +131,7 @@ class Episode:
     def advance(self, gen: Generation) -> Step:
         """Take one assistant turn: record it, run its tool call, feed back the observation."""
         traj, cfg = self.trajectory, self.config
+        gen.text = P.clean_text(gen.text)
         step = Step(index=len(traj.steps), text=gen.text, tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
                     gen_seconds=gen.seconds, finish_reason=gen.finish_reason,
                     started_at=time.time() - gen.seconds)

@@ -117,9 +117,14 @@ def system_prompt(tools: list[dict] | None) -> str:
     )
 
 
+def clean_text(text: str) -> str:
+    """Text safe to encode as UTF-8: lone surrogates (from non-UTF-8 input bytes) become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(text, str) else str(text)
+
+
 def question_text(question: str, choices: list[str] | None = None, guideline: str = "vcot") -> str:
     """The user's text: question, optional `choices:` block (A: ..), then the guideline."""
-    text = question
+    text = clean_text(question)
     if choices:
         letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
         text += "\nchoices:\n" + "\n".join(f"{letters[i]}: {c}" for i, c in enumerate(choices))
