@@ -46,3 +46,11 @@ def photo_path(tmp_path_factory):
 def video_path(tmp_path_factory):
     """A real 4-second H.264 mp4, 8 fps, 320x240, 32 numbered frames."""
     return write_video(numbered_frames(32), tmp_path_factory.mktemp("media") / "clip.mp4", fps=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialised tiny Qwen2.5-VL checkpoint folder, built once per test session."""
+    from train.tiny import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("tiny") / "pixel-reasoner-tiny", seed=0)

@@ -1,0 +1,234 @@
+"""Transformers backend: any Qwen2.5-VL checkpoint (hub id or folder), CPU or GPU, fp32/bf16.
+
+No AutoProcessor (it needs torchvision): the tokenizer and the PIL image processor are loaded
+separately and core.encoding expands the vision pads. Streaming runs `generate` in a thread with a
+TextIteratorStreamer; a StoppingCriteria ends each sequence at a protocol stop string or when the
+caller's cancel event is set, so batched generation stops every row on its own.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop
+from core.encoding import VisionTextEncoder
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+STOP_WINDOW = 24  # tokens decoded from the end of each row when looking for a stop string
+
+
+class StopCriteria:
+    """Per-row stop on protocol stop strings or stop token ids; every row on `cancel`.
+
+    Records, for each row, how many new tokens it had when it stopped (`lengths`), so batched
+    output can be cut without guessing where padding starts.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], stop_ids: set[int], prompt_len: int,
+                 batch_size: int, cancel: threading.Event | None = None) -> None:
+        self.tokenizer, self.stops, self.stop_ids = tokenizer, tuple(stops), set(stop_ids)
+        self.prompt_len, self.cancel = prompt_len, cancel
+        self.abandoned = threading.Event()  # set when the caller stops reading a stream
+        self.lengths: list[int | None] = [None] * batch_size
+        self.cancelled = False
+
+    def row_done(self, new_tokens: list[int]) -> bool:
+        if new_tokens and new_tokens[-1] in self.stop_ids:
+            return True
+        tail = self.tokenizer.decode(new_tokens[-STOP_WINDOW:], skip_special_tokens=False)
+        return any(s in tail for s in self.stops)
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        n_new = input_ids.shape[1] - self.prompt_len
+        if self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set()):
+            self.cancelled = True
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done = []
+        for row, ids in enumerate(input_ids.tolist()):
+            if self.lengths[row] is None and self.row_done(ids[self.prompt_len:]):
+                self.lengths[row] = n_new
+            done.append(self.lengths[row] is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def resolve_device(device: str | None) -> str:
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """fp32 on CPU, bf16 on a GPU that has it, unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise BackendError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+    return DTYPES[dtype]
+
+
+def read_pixel_preset(model: str) -> str | None:
+    """The resolution preset a checkpoint of ours declares in studio.json (None for others)."""
+    path = Path(model) / "studio.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("pixel_preset")
+    except (OSError, ValueError, AttributeError) as e:
+        log.warning("ignoring unreadable %s: %s", path, e)
+        return None
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or "\\" in model or model.count("/") != 1 or Path(model).exists()
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, model: str, device: str | None = None, dtype: str | torch.dtype | None = None) -> None:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        self.model_id = str(model)
+        if looks_like_path(self.model_id) and not Path(self.model_id).expanduser().exists():
+            raise BackendError(f"model folder {self.model_id} does not exist "
+                               "(give a Qwen2.5-VL checkpoint folder or a hub id like TIGER-Lab/PixelReasoner-RL-v1)")
+        if Path(self.model_id).is_dir() and not (Path(self.model_id) / "config.json").is_file():
+            raise BackendError(f"{self.model_id} is not a checkpoint folder (it has no config.json)")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        try:
+            self.encoder = VisionTextEncoder.from_pretrained(self.model_id)
+            self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.model_id, dtype=self.dtype)
+        except (OSError, ValueError, KeyError) as e:
+            raise BackendError(
+                f"cannot load model {self.model_id!r}: {str(e).strip().rstrip('.')}. A hub id needs network "
+                "access or a local cache; a folder needs config.json, weights, the tokenizer and "
+                "preprocessor_config.json.") from None
+        self.model.to(self.device).eval()
+        self.tokenizer = self.encoder.tokenizer
+        self.pixel_preset = read_pixel_preset(self.model_id)
+        ids = self.tokenizer.convert_tokens_to_ids
+        self.stop_ids = {ids("<|im_end|>"), ids("<|endoftext|>")}
+        self._lock = threading.Lock()  # one generate at a time on one model
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    def _inputs(self, batch: list[list[dict]]) -> dict[str, torch.Tensor]:
+        encoded = [self.encoder.encode(m, add_generation_prompt=True) for m in batch]
+        inputs = self.encoder.collate(encoded, pad_left=True)
+        inputs.pop("labels")
+        for key, value in inputs.items():
+            value = value.to(self.device)
+            if key in ("pixel_values", "pixel_values_videos"):
+                value = value.to(self.dtype)
+            inputs[key] = value
+        return inputs
+
+    def _generate_kwargs(self, params: GenerationParams) -> dict:
+        sample = params.temperature > 0
+        kw = dict(max_new_tokens=params.max_new_tokens, do_sample=sample, return_dict_in_generate=True,
+                  output_logits=params.logprobs, eos_token_id=sorted(self.stop_ids),
+                  pad_token_id=self.encoder.pad_token_id)
+        if sample:
+            kw.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)  # 0: no top-k
+        else:
+            kw.update(temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def _run_generate(self, inputs: dict, params: GenerationParams, criteria: StopCriteria, streamer=None):
+        from transformers import StoppingCriteriaList
+
+        with self._lock, torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            return self.model.generate(**inputs, **self._generate_kwargs(params), streamer=streamer,
+                                       stopping_criteria=StoppingCriteriaList([criteria]))
+
+    def _finish(self, out, row: int, prompt_len: int, tokens_in: int, criteria: StopCriteria,
+                params: GenerationParams, seconds: float) -> Generation:
+        new = out.sequences[row, prompt_len:].tolist()
+        stopped_at = criteria.lengths[row]
+        new = new[:stopped_at] if stopped_at is not None else new
+        raw = self.tokenizer.decode(new, skip_special_tokens=False)
+        text_full = self.tokenizer.decode(new, skip_special_tokens=True)
+        text, hit = cut_at_stop(text_full, params.stop)
+        if criteria.cancelled and stopped_at is None:
+            reason = "cancelled"
+        elif stopped_at is not None or hit or any(s in raw for s in params.stop):
+            reason = "stop"
+        else:
+            reason = "length" if len(new) >= params.max_new_tokens else "stop"
+        gen = Generation(text=text, tokens_in=tokens_in, tokens_out=len(new), finish_reason=reason,
+                         seconds=seconds, token_ids=new)
+        if params.logprobs and out.logits:
+            t = params.temperature if params.temperature > 0 else 1.0
+            gen.logprobs = [float(torch.log_softmax(out.logits[i][row].float() / t, -1)[tok])
+                            for i, tok in enumerate(new)]
+        return gen
+
+    def stream(self, messages: list[dict], params: GenerationParams,
+               cancel: threading.Event | None = None) -> Iterator[str | Generation]:
+        from transformers import TextIteratorStreamer
+
+        t0 = time.perf_counter()
+        inputs = self._inputs([messages])
+        prompt_len = inputs["input_ids"].shape[1]
+        criteria = StopCriteria(self.tokenizer, params.stop, self.stop_ids, prompt_len, 1, cancel)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                result["out"] = self._run_generate(inputs, params, criteria, streamer)
+            except BaseException as e:  # re-raised in the caller's thread below
+                result["error"] = e
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="hf-generate", daemon=True)
+        thread.start()
+        sent = ""
+        try:
+            for chunk in streamer:
+                if not chunk:
+                    continue
+                text, _ = cut_at_stop(sent + chunk, params.stop)
+                if len(text) > len(sent):
+                    yield text[len(sent):]
+                    sent = text
+        finally:  # a consumer that stops reading (closed generator) must not leave the model busy
+            if thread.is_alive() and "out" not in result:
+                criteria.abandoned.set()
+            thread.join()
+        if "error" in result:
+            raise BackendError(f"generation failed: {result['error']}") from result["error"]
+        gen = self._finish(result["out"], 0, prompt_len, prompt_len, criteria, params, time.perf_counter() - t0)
+        if len(gen.text) > len(sent) and gen.text.startswith(sent):
+            yield gen.text[len(sent):]  # what the streamer still held back
+        yield gen
+
+    def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
+        """Left-padded batched generate; each row stops on its own stop string."""
+        if not batch:
+            return []
+        t0 = time.perf_counter()
+        inputs = self._inputs(batch)
+        prompt_len = inputs["input_ids"].shape[1]
+        criteria = StopCriteria(self.tokenizer, params.stop, self.stop_ids, prompt_len, len(batch))
+        out = self._run_generate(inputs, params, criteria)
+        seconds = time.perf_counter() - t0
+        lengths = inputs["attention_mask"].sum(-1).tolist()
+        return [self._finish(out, row, prompt_len, lengths[row], criteria, params, seconds)
+                for row in range(len(batch))]

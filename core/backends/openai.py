@@ -1,0 +1,182 @@
+"""OpenAI-compatible chat endpoint backend (e.g. `vllm serve TIGER-Lab/PixelReasoner-RL-v1`).
+
+The system prompt goes as text, images as data:image/png;base64 URLs (PNG: lossless, so the
+server sees the exact pixels the loop produced), a video as its overview frames, one image part
+each. Generation stops at </tool_call>; servers drop the stop string from the text, so it is put
+back when the turn ends inside an open tool call.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+from PIL import Image
+
+from core import protocol as P
+from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop
+
+log = logging.getLogger(__name__)
+
+MAX_PARALLEL = 8  # concurrent requests of generate_batch; the server batches them
+
+
+def image_data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def to_openai_messages(messages: list[dict]) -> list[dict]:
+    """HF-style messages -> chat.completions messages (content parts for user turns)."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, str):
+            out.append({"role": m["role"], "content": content})
+            continue
+        if m["role"] in ("assistant", "system"):
+            out.append({"role": m["role"], "content": P.render_content(
+                [p for p in content if p["type"] == "text"])})
+            continue
+        parts = []
+        for part in content:
+            if part["type"] == "text":
+                parts.append({"type": "text", "text": part["text"]})
+            elif part["type"] == "image":
+                parts.append({"type": "image_url", "image_url": {"url": image_data_url(part["image"])}})
+            elif part["type"] == "video":
+                parts.extend({"type": "image_url", "image_url": {"url": image_data_url(f)}} for f in part["video"])
+            else:
+                raise ValueError(f"unknown content part type {part['type']!r}")
+        out.append({"role": m["role"], "content": parts})
+    return out
+
+
+def close_tool_call(text: str, finish_reason: str | None, stop_reason: object = None) -> str:
+    """Re-append </tool_call> that the server stripped as a stop string."""
+    open_call = text.rfind(P.TOOL_CALL_START) > text.rfind(P.TOOL_CALL_END)
+    if finish_reason == "stop" and (stop_reason == P.TOOL_CALL_END or (stop_reason is None and open_call)):
+        return text + P.TOOL_CALL_END
+    return text
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+
+    def __init__(self, base_url: str, model_name: str | None = None, api_key: str = "EMPTY",
+                 timeout: float = 600.0) -> None:
+        import openai
+
+        self.base_url = base_url.rstrip("/")
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=1)
+        self._model_name = model_name
+        self.model_id = f"{model_name}@{self.base_url}" if model_name else self.base_url
+        self.pixel_preset = None
+        if model_name is None:
+            try:  # name the served model now, so trajectories record it; a server still down fails later
+                self.model_name
+            except BackendError as e:
+                log.warning("%s", e)
+
+    @property
+    def model_name(self) -> str:
+        """The served model; asked from /models when not given."""
+        if self._model_name is None:
+            with self._errors():
+                models = self.client.models.list().data
+            if not models:
+                raise BackendError(f"{self.base_url} serves no model")
+            self._model_name = models[0].id
+            self.model_id = f"{self._model_name}@{self.base_url}"
+        return self._model_name
+
+    def _errors(self):
+        return _OpenAIErrors(self.base_url)
+
+    def stream(self, messages: list[dict], params: GenerationParams,
+               cancel: threading.Event | None = None) -> Iterator[str | Generation]:
+        t0 = time.perf_counter()
+        request = dict(
+            model=self.model_name, messages=to_openai_messages(messages), stream=True,
+            max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+            stop=list(params.stop)[:4], stream_options={"include_usage": True})
+        if params.seed is not None:
+            request["seed"] = params.seed
+        if params.logprobs:
+            request["logprobs"] = True
+        if params.top_k:
+            request["extra_body"] = {"top_k": params.top_k}
+        text, finish, stop_reason, usage, logprobs = "", None, None, None, []
+        with self._errors():
+            response = self.client.chat.completions.create(**request)
+            try:
+                for chunk in response:
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    delta = (choice.delta.content or "") if choice.delta else ""
+                    if choice.logprobs is not None and choice.logprobs.content:
+                        logprobs.extend(t.logprob for t in choice.logprobs.content)
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+                        stop_reason = getattr(choice, "stop_reason", None) or \
+                            (choice.model_extra or {}).get("stop_reason")
+                    if delta:
+                        cut, hit = cut_at_stop(text + delta, params.stop)  # a server that ignores `stop`
+                        if len(cut) > len(text):
+                            yield cut[len(text):]
+                        text = cut
+                        if hit:
+                            finish = "stop"
+                            break
+            finally:
+                response.close()
+        closed = close_tool_call(text, finish, stop_reason)
+        if closed != text:
+            yield closed[len(text):]
+        reason = finish if finish in ("stop", "length", "cancelled") else "stop"
+        yield Generation(
+            text=closed, tokens_in=getattr(usage, "prompt_tokens", 0) or 0,
+            tokens_out=getattr(usage, "completion_tokens", 0) or len(logprobs), finish_reason=reason,
+            seconds=time.perf_counter() - t0, logprobs=logprobs or None)
+
+    def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
+        """Concurrent requests; the server's own batching does the rest."""
+        if not batch:
+            return []
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(batch))) as pool:
+            return list(pool.map(lambda m: self.generate(m, params), batch))
+
+
+class _OpenAIErrors:
+    """Turn the client's exceptions into BackendError messages naming the server."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        import openai
+
+        if error is None or isinstance(error, BackendError):
+            return False
+        if isinstance(error, openai.APIConnectionError):
+            raise BackendError(f"cannot reach the OpenAI-compatible server at {self.base_url}: {error}. "
+                               "Is it running (e.g. `vllm serve MODEL`)?") from None
+        if isinstance(error, openai.APIStatusError):
+            raise BackendError(f"{self.base_url} answered HTTP {error.status_code}: {error.message}") from None
+        if isinstance(error, openai.OpenAIError):
+            raise BackendError(f"{self.base_url}: {error}") from None
+        return False
