@@ -225,10 +225,16 @@ class Episode:
 
 
 def run(backend: Backend, task: Task, config: LoopConfig | None = None, params: GenerationParams | None = None,
-        store: ImageStore | None = None, cancel: threading.Event | None = None) -> Iterator[Event]:
-    """Drive one episode, yielding an event as each step starts, streams, and finishes."""
+        store: ImageStore | None = None, cancel: threading.Event | None = None,
+        episode: Episode | None = None) -> Iterator[Event]:
+    """Drive one episode, yielding an event as each step starts, streams, and finishes.
+
+    Pass an `episode` built beforehand to see its trajectory before the first step (the app logs
+    the session row before generating).
+    """
     config, params = config or LoopConfig(), params or GenerationParams()
-    episode = Episode(task, config, store, backend.name, backend.model_id)
+    if episode is None:
+        episode = Episode(task, config, store, backend.name, backend.model_id)
     while not episode.done:
         index = len(episode.trajectory.steps)
         yield StepStart(index)

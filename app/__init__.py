@@ -1,0 +1,41 @@
+"""The Studio app (Gradio 6): Ask, Inspect, Annotate and Train tabs over one SQLite session log.
+
+`Studio` is what every tab's `build(studio)` receives: the log, the data folder and the
+settings given on the command line. Layout lives in app/ui.py; each tab's logic in its module.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.sessionlog import SessionLog
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Studio:
+    log: SessionLog
+    data_dir: Path
+    backend: str = "transformers"  # default backend name for the Ask tab
+    model: str | None = None  # default model: hub id, path, or (openai) URL; None = embedded model
+    replay: str | None = None  # replay file for --backend replay
+    enable_training: bool = False
+    step_delay: float = 0.0  # pause before each generated turn (demos, crash tests)
+    max_upload_mb: float = 200.0
+    max_image_pixels: int = 64_000_000
+    max_concurrent_runs: int = 8
+    # per browser tab (gradio session hash): the cancel events of its running generations
+    cancels: dict[str, list[threading.Event]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.log.images.root
+
+    def static_dir(self) -> Path:
+        """Pictures made for display (crop-beside-source, frame strips), content-addressed too."""
+        path = self.data_dir / "views"
+        path.mkdir(parents=True, exist_ok=True)
+        return path

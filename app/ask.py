@@ -1,0 +1,379 @@
+"""The Ask tab's logic: run one question through the tool loop, streaming chat messages and logging.
+
+`ask_stream` is a generator Gradio calls; it yields the growing message lists. Each step becomes a
+parent "thought" (pending -> done, with duration) whose children show the parsed tool call, the
+crop beside its source with the box drawn, the frame strip, or the error. Every step is written to
+the session log as it finishes; a Stop (or a closed browser) reaches the model through a
+threading.Event passed to core.loop.run, and the session is closed as cancelled or unfinished.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image, ImageDraw
+
+from app import ROOT, Studio
+from app.render import crop_beside_source, frame_label, frame_strip
+from core import protocol as P
+from core.backends import Backend, BackendError, GenerationParams, load_backend
+from core.backends.base import Generation
+from core.backends.replay import ReplayBackend
+from core.loop import Done, Episode, LoopConfig, StepDone, StepStart, Task, TextDelta, run
+from core.media import DiskImageStore, MediaError, Video, load_image, write_video
+from core.operations import PixelLimits
+from core.trajectory import Step, Trajectory
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
+STATUS_TEXT = {"done": "done", "max_ops": "stopped: operation cap reached", "max_images": "stopped: image cap",
+               "max_tokens": "stopped: context full", "cancelled": "cancelled", "error": "error",
+               "unfinished": "unfinished"}
+
+
+@dataclass
+class AskSettings:
+    backend: str = "transformers"
+    model: str = ""  # hub id, local path, OpenAI URL, or (replay) a JSON file of turns
+    tools: bool = True
+    temperature: float = 0.0
+    max_ops: int = 4
+    guideline: str = "vcot"
+    max_new_tokens: int = 512
+    compare: bool = False
+
+
+# ---- backends ------------------------------------------------------------------------------------
+
+class PacedReplay(ReplayBackend):
+    """Replay that waits before each turn and streams in pieces, like a model (demos and crash tests)."""
+
+    def __init__(self, turns, delay: float) -> None:
+        super().__init__(turns, chunk_chars=12)
+        self.delay = delay
+
+    def stream(self, messages, params, cancel=None):
+        cancel = cancel or threading.Event()
+        if cancel.wait(self.delay):
+            yield Generation(text="", finish_reason="cancelled")
+            return
+        for chunk in super().stream(messages, params, cancel):
+            if cancel.is_set():
+                yield Generation(text="", finish_reason="cancelled")
+                return
+            yield chunk
+            if isinstance(chunk, str):
+                time.sleep(self.delay / 20)
+
+
+_BACKENDS: dict[tuple, Backend] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def get_backend(studio: Studio, settings: AskSettings) -> Backend:
+    """Build (once) and return the backend the settings name; models stay loaded between questions."""
+    name, model = settings.backend, (settings.model or "").strip() or None
+    if name == "replay":
+        replay = model or studio.replay
+        if not replay:
+            raise BackendError("the replay backend needs a replay file (a JSON list of assistant turns) "
+                               "in the model field")
+        return PacedReplay(replay, studio.step_delay) if studio.step_delay else ReplayBackend(replay)
+    key = (name, model)
+    with _BACKENDS_LOCK:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = load_backend(name, model=model)
+        return _BACKENDS[key]
+
+
+# ---- media and examples ------------------------------------------------------------------------------
+
+def load_task(studio: Studio, media_path: str | None, question: str) -> Task:
+    """A Task from an uploaded file, or a MediaError saying what is wrong with it."""
+    if not media_path:
+        raise MediaError("upload an image or a video first (or pick an example)")
+    if not (question or "").strip():
+        raise MediaError("type a question")
+    path = Path(media_path)
+    if not path.exists():
+        raise MediaError(f"{path.name}: the upload is gone; upload it again")
+    size_mb = path.stat().st_size / 1e6
+    if size_mb > studio.max_upload_mb:
+        raise MediaError(f"{path.name} is {size_mb:.0f} MB; the limit is {studio.max_upload_mb:.0f} MB")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return Task(question=question.strip(), video=Video.from_file(path), media_path=str(path))
+    return Task(question=question.strip(), image=load_image(path, studio.max_image_pixels), media_path=str(path))
+
+
+def _example_picture(width: int = 800, height: int = 600) -> Image.Image:
+    """A street-like picture with a small sign, for the built-in examples when assets/ has none."""
+    img = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(img)
+    for y in range(height):
+        t = y / height
+        draw.line([(0, y), (width, y)], fill=(int(110 - 40 * t), int(160 - 40 * t), int(230 - 170 * t)))
+    for i in range(12):
+        x, y = 40 + i * 63, 330 + (i * 37) % 160
+        draw.rectangle([x, y, x + 50, y + 70], fill=((i * 70) % 255, (i * 40) % 255, (i * 90) % 255))
+    draw.rectangle([96, 132, 224, 228], fill=(240, 230, 200))
+    draw.text((110, 170), "WOOLSHOPS", fill=(20, 20, 20))
+    return img
+
+
+def _example_frames(n: int = 24, width: int = 320, height: int = 240):
+    for i in range(n):
+        img = Image.new("RGB", (width, height), (i * 9 % 255, 80, 160))
+        d = ImageDraw.Draw(img)
+        d.ellipse([10 + i * 11, 100, 50 + i * 11, 140], fill=(255, 220, 0))
+        d.text((width // 2, 20), f"frame {i}", fill=(255, 255, 255))
+        yield img
+
+
+def load_examples(studio: Studio) -> list[dict]:
+    """Examples from assets/examples/examples.json, else two generated ones in the data folder.
+
+    Each is {"media": absolute path, "question": str, "label": str}.
+    """
+    index = ROOT / "assets" / "examples" / "examples.json"
+    if index.exists():
+        try:
+            items = json.loads(index.read_text(encoding="utf-8"))
+            out = []
+            for it in items if isinstance(items, list) else items.get("examples", []):
+                media = it.get("media") or it.get("image") or it.get("video")
+                if media and it.get("question"):
+                    path = (index.parent / media) if not Path(media).is_absolute() else Path(media)
+                    if path.exists():
+                        out.append({"media": str(path), "question": it["question"],
+                                    "label": it.get("label") or it.get("id") or path.name})
+            if out:
+                return out
+        except (OSError, ValueError, AttributeError) as e:
+            logger.warning("cannot read %s: %s; using generated examples", index, e)
+    folder = studio.data_dir / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    image, video = folder / "street.png", folder / "ball.mp4"
+    if not image.exists():
+        _example_picture().save(image)
+    if not video.exists():
+        write_video(_example_frames(), video, fps=8)
+    return [{"media": str(image), "question": "What is written on the small sign?", "label": "street sign"},
+            {"media": str(video), "question": "Where is the yellow ball at the end of the clip?", "label": "ball"}]
+
+
+# ---- chat messages -------------------------------------------------------------------------------------
+
+def call_markdown(step: Step) -> str:
+    """The parsed tool call, shown as a readable call (never the raw <tool_call> text)."""
+    if step.tool == P.FRAMES_TOOL:
+        return f"`select_frames(target_frames={step.frames or step.arguments.get('target_frames')})`"
+    args = step.arguments or {}
+    line = f"`{step.tool}(bbox_2d={args.get('bbox_2d')}, target_image={args.get('target_image')})`"
+    if step.box_px:
+        norm = ", ".join(f"{v:.3f}" for v in step.box_norm or [])
+        line += f"\n\npadded box: [{norm}] = pixels {step.box_px} of image {step.target_image}"
+        if step.source_box_px and step.target_image != 1:
+            line += f" = {step.source_box_px} of the original"
+    return line
+
+
+def visible_text(text: str) -> str:
+    """Reasoning text without the tool-call block (it is rendered from the parsed call instead)."""
+    cut = text.find(P.TOOL_CALL_START)
+    return (text[:cut] if cut >= 0 else text).strip()
+
+
+class ChatView:
+    """The message list for one run, updated from loop events."""
+
+    def __init__(self, studio: Studio, traj: Trajectory, prefix: str = "") -> None:
+        self.studio, self.traj, self.prefix = studio, traj, prefix
+        self.views = DiskImageStore(studio.static_dir())
+        self.messages: list[dict] = []
+        self.parent: dict | None = None
+        self.raw = ""
+        self.t0 = time.perf_counter()
+
+    def user(self, question: str, media_path: str | None) -> None:
+        content: list = [{"type": "text", "text": question}]
+        if media_path:
+            content.insert(0, {"path": media_path})
+        self.messages.append({"role": "user", "content": content})
+
+    def start(self, index: int) -> None:
+        self.raw, self.t0 = "", time.perf_counter()
+        self.parent = {"role": "assistant", "content": "",
+                       "metadata": {"title": f"{self.prefix}Step {index + 1} · thinking", "id": f"{self.prefix}s{index}",
+                                    "status": "pending"}}
+        self.messages.append(self.parent)
+
+    def delta(self, text: str) -> None:
+        self.raw += text
+        shown = visible_text(self.raw)
+        if P.TOOL_CALL_START in self.raw:
+            shown += "\n\n*calling a visual operation…*"
+        self.parent["content"] = shown
+
+    def _image_path(self, image: Image.Image) -> str:
+        return str(self.views.path(self.views.put(image)))
+
+    def done(self, event: StepDone) -> None:
+        step, parent = event.step, self.parent
+        meta = parent["metadata"]
+        meta["status"] = "done"
+        meta["duration"] = round(step.gen_seconds + step.tool_seconds, 2)
+        parent["content"] = visible_text(step.text) or "(no text)"
+        foot = f"{step.tokens_in} → {step.tokens_out} tok · gen {step.gen_seconds:.2f} s"
+        pid = meta["id"]
+        n = step.index + 1
+        if step.error:
+            meta["title"] = f"{self.prefix}Step {n} · ⚠️ error"
+            meta["log"] = foot
+            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model is told so and may retry.")
+        elif step.tool == P.FRAMES_TOOL and step.frames:
+            times = self.traj.media.frame_times
+            labels = [frame_label(k, times[k - 1] if k - 1 < len(times) else None) for k in step.frames]
+            meta["title"] = f"{self.prefix}Step {n} · select_frames"
+            meta["log"] = f"frames {', '.join(map(str, step.frames))} · {foot}"
+            self._child(pid, call_markdown(step))
+            self._child(pid, {"path": self._image_path(frame_strip(event.images, labels))})
+        elif step.tool:
+            w, h = (step.images[0].width, step.images[0].height) if step.images else (0, 0)
+            meta["title"] = f"{self.prefix}Step {n} · {step.tool}"
+            meta["log"] = f"{w}×{h} px · {foot} · op {step.tool_seconds * 1000:.0f} ms"
+            self._child(pid, call_markdown(step))
+            if event.source is not None and event.images and step.box_px:
+                self._child(pid, {"path": self._image_path(crop_beside_source(
+                    event.source, step.box_px, event.images[0], step_color=step.index))})
+        else:
+            meta["title"] = f"{self.prefix}Step {n} · answer"
+            meta["log"] = foot
+
+    def _child(self, parent_id: str, content) -> None:
+        self.messages.append({"role": "assistant", "content": content, "metadata": {"parent_id": parent_id}})
+
+    def finish(self, traj: Trajectory) -> None:
+        if self.parent is not None and self.parent["metadata"].get("status") == "pending":
+            self.parent["metadata"]["status"] = "done"
+            self.parent["metadata"]["title"] += " (stopped)"
+        status = STATUS_TEXT.get(traj.status, traj.status)
+        if traj.error:
+            self.messages.append({"role": "assistant", "content": f"**⚠️ Error:** {traj.error}"})
+        answer = traj.answer if traj.answer is not None else "(no answer)"
+        mark = ""
+        if traj.correct is not None:
+            mark = " ✅" if traj.correct else " ❌"
+        self.messages.append({"role": "assistant", "content":
+                              f"### {self.prefix}Answer: {answer}{mark}\n\n{traj.n_ops} operations · {status} · "
+                              f"session `{traj.id}`"})
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+
+class CancelEvent(threading.Event):
+    """A cancel flag that remembers why: "stop" (the Stop button) or "closed" (the browser went away)."""
+
+    reason = "stop"
+
+
+def _register_cancel(studio: Studio, key: str, event: threading.Event) -> None:
+    with studio.lock:
+        studio.cancels.setdefault(key, []).append(event)
+
+
+def _release_cancel(studio: Studio, key: str, event: threading.Event) -> None:
+    with studio.lock:
+        events = studio.cancels.get(key, [])
+        if event in events:
+            events.remove(event)
+        if not events:
+            studio.cancels.pop(key, None)
+
+
+def stop(studio: Studio, key: str, reason: str = "stop") -> int:
+    """Set the cancel events of a browser tab's running generations; returns how many."""
+    with studio.lock:
+        events = list(studio.cancels.get(key, []))
+    for e in events:
+        e.reason = reason
+        e.set()
+    return len(events)
+
+
+def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSettings, cancel: threading.Event,
+                view_prefix: str = "", compare_of: str | None = None, client: str = "app"
+                ) -> Iterator[tuple[ChatView, Trajectory]]:
+    """Run one episode, logging each step as it finishes; yields the view after every event."""
+    preset = getattr(backend, "pixel_preset", None) or "train"
+    config = LoopConfig(tools=settings.tools, guideline=settings.guideline, max_ops=int(settings.max_ops),
+                        pixels=PixelLimits.preset(preset))
+    params = GenerationParams(max_new_tokens=int(settings.max_new_tokens), temperature=float(settings.temperature))
+    log = studio.log
+    episode = Episode(task, config, log.images, backend.name, backend.model_id)
+    traj = episode.trajectory
+    if compare_of:
+        traj.meta["compare_of"] = compare_of
+    log.start_session(traj, client=client, compare_of=compare_of)
+    view = ChatView(studio, traj, view_prefix)
+    view.user(task.question, task.media_path)
+    yield view, traj
+    finished = False
+    try:
+        for event in run(backend, task, config, params, log.images, cancel, episode=episode):
+            if isinstance(event, StepStart):
+                view.start(event.index)
+            elif isinstance(event, TextDelta):
+                view.delta(event.text)
+            elif isinstance(event, StepDone):
+                log.log_step(traj.id, event.step)
+                view.done(event)
+            elif isinstance(event, Done):
+                if traj.status == "cancelled" and getattr(cancel, "reason", "stop") == "closed":
+                    traj.status = "unfinished"
+                if task.answer is not None and traj.answer is not None:
+                    traj.correct = traj.answer.strip().lower() == task.answer.strip().lower()
+                log.finish_session(traj)
+                finished = True
+                view.finish(traj)
+            yield view, traj
+    finally:
+        if not finished:
+            # Stop pressed, or the browser went away mid-generation: close the model's loop too.
+            status = "cancelled" if cancel.is_set() and getattr(cancel, "reason", "stop") == "stop" else "unfinished"
+            cancel.set()
+            log.set_status(traj.id, status)
+
+
+def ask_stream(studio: Studio, media_path: str | None, question: str, settings: AskSettings,
+               session_key: str) -> Iterator[tuple[list[dict], list[dict], str]]:
+    """The Ask button: (main chat, compare chat, status line) after every event."""
+    try:
+        task = load_task(studio, media_path, question)
+        backend = get_backend(studio, settings)
+    except (MediaError, BackendError) as e:
+        yield [], [], f"⚠️ {e}"
+        return
+    cancel = CancelEvent()
+    _register_cancel(studio, session_key, cancel)
+    try:
+        main: list[dict] = []
+        compare: list[dict] = []
+        first_id = None
+        for view, traj in run_session(studio, backend, task, settings, cancel):
+            main, first_id = view.messages, traj.id
+            yield main, [], f"running · session `{traj.id}`"
+        if settings.compare and settings.tools and not cancel.is_set():
+            off = AskSettings(**{**vars(settings), "tools": False})
+            for view, traj in run_session(studio, backend, task, off, cancel, "tools off · ", compare_of=first_id):
+                compare = view.messages
+                yield main, compare, f"comparing · session `{traj.id}`"
+        final = studio.log.session(first_id)
+        yield main, compare, f"{STATUS_TEXT.get(final['status'], final['status'])} · session `{first_id}`"
+    finally:
+        _release_cancel(studio, session_key, cancel)

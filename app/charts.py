@@ -1,0 +1,159 @@
+"""Plotly figures for the Inspect tab: the replay image with every box, frame timelines, session charts.
+
+Every figure gets a fixed height (Gradio's gr.Plot renders autosized figures at 0 px).
+Inputs are plain rows (dicts from core.sessionlog) and PIL images, so the figures are testable.
+"""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from app.render import BOX_COLORS
+
+MAX_SIDE = 900
+
+
+def _rgb(i: int) -> str:
+    r, g, b = BOX_COLORS[i % len(BOX_COLORS)]
+    return f"rgb({r},{g},{b})"
+
+
+def _loads(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _empty(title: str, height: int = 300) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, height=height, xaxis={"visible": False}, yaxis={"visible": False},
+                      annotations=[{"text": "no data yet", "showarrow": False, "x": 0.5, "y": 0.5,
+                                    "xref": "paper", "yref": "paper"}])
+    return fig
+
+
+def boxes_in_source(steps: Sequence[dict]) -> list[tuple[int, list[int]]]:
+    """(step index, box in original pixels) for every crop whose box maps to the original image."""
+    out = []
+    for s in steps:
+        box = _loads(s.get("source_box_px"))
+        if box and not s.get("error"):
+            out.append((int(s["idx"]), [int(v) for v in box]))
+    return out
+
+
+def replay_figure(image: Image.Image, steps: Sequence[dict], current: int | None = None,
+                  height: int = 520) -> go.Figure:
+    """The source image with every crop box overlaid in step order; hover gives original pixels."""
+    scale = min(1.0, MAX_SIDE / max(image.size))
+    shown = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    fig = go.Figure(go.Image(z=np.asarray(shown), hoverinfo="skip"))
+    for idx, (x0, y0, x1, y1) in boxes_in_source(steps):
+        xs = [x0, x1, x1, x0, x0]
+        ys = [y0, y0, y1, y1, y0]
+        width = 5 if current == idx else 2.5
+        fig.add_trace(go.Scatter(
+            x=[x * scale for x in xs], y=[y * scale for y in ys], mode="lines", name=f"step {idx + 1}",
+            line={"color": _rgb(idx), "width": width}, customdata=[[x, y] for x, y in zip(xs, ys)],
+            hovertemplate=f"step {idx + 1}<br>box [{x0}, {y0}, {x1}, {y1}] px<br>corner (%{{customdata[0]}}, "
+                          "%{customdata[1]})<extra></extra>"))
+    # an invisible grid so hovering anywhere reports original-pixel coordinates
+    gx, gy = np.meshgrid(np.linspace(0, image.width - 1, 40), np.linspace(0, image.height - 1, 30))
+    fig.add_trace(go.Scatter(x=(gx * scale).ravel(), y=(gy * scale).ravel(), mode="markers", showlegend=False,
+                             marker={"opacity": 0, "size": 14},
+                             customdata=np.stack([gx.ravel(), gy.ravel()], 1).round().astype(int),
+                             hovertemplate="x %{customdata[0]} px, y %{customdata[1]} px<extra></extra>"))
+    fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 30, "b": 0},
+                      title=f"{image.width}×{image.height} px · {len(boxes_in_source(steps))} boxes",
+                      legend={"orientation": "h"}, xaxis={"visible": False},
+                      yaxis={"visible": False, "scaleanchor": "x"})
+    return fig
+
+
+def frames_timeline(frame_times: Sequence[float], steps: Sequence[dict], height: int = 260) -> go.Figure:
+    """Overview frames on a time axis, and the frames each select_frames step chose above them."""
+    if not frame_times:
+        return _empty("frames timeline (not a video)", height)
+    fig = go.Figure(go.Scatter(x=list(frame_times), y=["overview"] * len(frame_times), mode="markers+text",
+                               text=[f"#{i + 1}" for i in range(len(frame_times))], textposition="top center",
+                               marker={"color": "lightgray", "size": 10}, name="overview",
+                               hovertemplate="frame #%{text} at %{x:.2f} s<extra></extra>"))
+    for s in steps:
+        frames = _loads(s.get("frames")) or []
+        if not frames:
+            continue
+        times = [frame_times[k - 1] for k in frames if 0 < k <= len(frame_times)]
+        fig.add_trace(go.Scatter(x=times, y=[f"step {s['idx'] + 1}"] * len(times), mode="markers",
+                                 marker={"color": _rgb(s["idx"]), "size": 14, "symbol": "square"},
+                                 name=f"step {s['idx'] + 1}", text=[f"#{k}" for k in frames],
+                                 hovertemplate="frame %{text} at %{x:.2f} s<extra></extra>"))
+    fig.update_layout(height=height, title="frames selected per step", xaxis_title="time (s)",
+                      margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def step_timings(steps: Sequence[dict], height: int = 280) -> go.Figure:
+    """Per-step generation and operation time (stacked), with tokens out on hover."""
+    if not steps:
+        return _empty("step timings", height)
+    x = [f"{s['idx'] + 1}·{s.get('tool') or ('error' if s.get('error') else 'answer')}" for s in steps]
+    fig = go.Figure([
+        go.Bar(x=x, y=[s.get("gen_seconds") or 0 for s in steps], name="generation (s)",
+               customdata=[[s.get("tokens_in"), s.get("tokens_out")] for s in steps],
+               hovertemplate="%{y:.3f} s · %{customdata[0]} → %{customdata[1]} tokens<extra></extra>"),
+        go.Bar(x=x, y=[s.get("tool_seconds") or 0 for s in steps], name="operation (s)"),
+    ])
+    fig.update_layout(barmode="stack", height=height, title="time per step", margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def ops_per_session(rows: Sequence[dict], height: int = 280) -> go.Figure:
+    if not rows:
+        return _empty("operations per session", height)
+    fig = go.Figure(go.Bar(x=[r["n_ops"] for r in rows], y=[r["sessions"] for r in rows]))
+    fig.update_layout(height=height, title="operations per session", xaxis_title="operations",
+                      yaxis_title="sessions", margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def rapr_over_time(rows: Sequence[dict], height: int = 280) -> go.Figure:
+    """RaPR (share of tool-enabled sessions using at least one operation) per day, one line per model."""
+    if not rows:
+        return _empty("RaPR over time", height)
+    fig = go.Figure()
+    for model in sorted({r["model"] or "" for r in rows}):
+        pts = [r for r in rows if (r["model"] or "") == model]
+        fig.add_trace(go.Scatter(x=[r["day"] for r in pts], y=[r["rapr"] for r in pts], mode="lines+markers",
+                                 name=model[-40:] or "?", customdata=[r["sessions"] for r in pts],
+                                 hovertemplate="%{x}: RaPR %{y:.2f} over %{customdata} sessions<extra></extra>"))
+    fig.update_layout(height=height, title="RaPR over time", yaxis={"range": [0, 1.05]},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def rapr_by_model(rows: Sequence[dict], height: int = 280) -> go.Figure:
+    if not rows:
+        return _empty("RaPR and accuracy by model", height)
+    names = [(r["model"] or "?")[-40:] for r in rows]
+    fig = go.Figure([go.Bar(x=names, y=[r["rapr"] for r in rows], name="RaPR"),
+                     go.Bar(x=names, y=[r["accuracy"] for r in rows], name="accuracy (scored)")])
+    fig.update_layout(height=height, title="RaPR and accuracy by model", yaxis={"range": [0, 1.05]},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig
+
+
+def latency_per_step(rows: Sequence[dict], height: int = 280) -> go.Figure:
+    """Distribution of step latency (generation + operation) by step kind."""
+    if not rows:
+        return _empty("latency per step", height)
+    fig = go.Figure()
+    kinds = {}
+    for r in rows:
+        kind = "error" if r["is_error"] else (r["tool"] or "answer")
+        kinds.setdefault(kind, []).append((r["gen_seconds"] or 0) + (r["tool_seconds"] or 0))
+    for kind, values in sorted(kinds.items()):
+        fig.add_trace(go.Box(y=values, name=kind, boxpoints="outliers"))
+    fig.update_layout(height=height, title="latency per step (s)", margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig

@@ -1,0 +1,278 @@
+"""The Inspect tab's logic: filtered session pages, one session's replay, side-by-side, imports.
+
+Functions of the SessionLog returning plain values (rows, figures, markdown, PIL images); app/ui.py
+wires them to components.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image
+
+from app import charts
+from app.render import crop_beside_source, draw_boxes, frame_label, frame_strip
+from core.media import MediaError, load_image
+from core.sessionlog import SessionFilter, SessionLog
+from core.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ["id", "when", "question", "model", "status", "answer", "correct", "ops", "errors", "notes"]
+PAGE_SIZE = 25
+ANY = "any"
+
+
+def parse_date(text: str | None) -> float | None:
+    """'2025-01-31' or '2025-01-31 14:00' to epoch seconds; a clear error otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%d", "%Y-%m-%d %H:%M"):
+        try:
+            return datetime.strptime(text, fmt).timestamp()
+        except ValueError:
+            continue
+    raise ValueError(f"dates look like 2025-01-31 or 2025-01-31 14:00, not {text!r}")
+
+
+def make_filter(text: str = "", model: str = ANY, outcome: str = ANY, min_ops=None, max_ops=None,
+                has_errors: str = ANY, annotated: str = ANY, since: str = "", until: str = "", page: int = 1,
+                page_size: int = PAGE_SIZE) -> SessionFilter:
+    yes_no = {"yes": True, "no": False}
+    return SessionFilter(
+        text=text or None, model=None if model in (None, "", ANY) else model,
+        outcome=None if outcome in (None, "", ANY) else outcome,
+        min_ops=None if min_ops in (None, "") else int(min_ops), max_ops=None if max_ops in (None, "") else int(max_ops),
+        has_errors=yes_no.get(has_errors), annotated=yes_no.get(annotated), since=parse_date(since),
+        until=parse_date(until), limit=page_size, offset=max(0, int(page or 1) - 1) * page_size)
+
+
+def table_rows(rows: list[dict]) -> list[list]:
+    out = []
+    for r in rows:
+        correct = {1: "✅", 0: "❌"}.get(r["correct"], "")
+        out.append([r["id"], datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S"),
+                    r["question"][:120], (r["model"] or "")[-40:], r["status"], (r["answer"] or "")[:40], correct,
+                    r["n_ops"], r["n_errors"], r["n_annotations"]])
+    return out
+
+
+def sessions_page(log: SessionLog, f: SessionFilter) -> tuple[list[list], str]:
+    t0 = time.perf_counter()
+    rows, total = log.list_sessions(f)
+    pages = max(1, -(-total // f.limit))
+    info = (f"{total} sessions · page {f.offset // f.limit + 1} of {pages} · "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+    return table_rows(rows), info
+
+
+# ---- one session ------------------------------------------------------------------------------------
+
+def _image(log: SessionLog, sha: str | None) -> Image.Image | None:
+    if not sha:
+        return None
+    path = log.image_path(sha)
+    if path is None:
+        return None
+    try:
+        return load_image(path)
+    except MediaError as e:
+        logger.warning("image %s unreadable: %s", sha, e)
+        return None
+
+
+def source_image(log: SessionLog, traj: Trajectory) -> Image.Image | None:
+    """The original image (from the store, else from the media path when it still exists)."""
+    ref = traj.media.image
+    img = _image(log, ref.sha if ref else None)
+    if img is None and traj.media.kind == "image" and traj.media.path and Path(traj.media.path).exists():
+        try:
+            img = load_image(traj.media.path)
+        except MediaError:
+            img = None
+    return img
+
+
+def header_markdown(row: dict, traj: Trajectory) -> str:
+    when = datetime.fromtimestamp(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+    correct = {1: " ✅ correct", 0: " ❌ incorrect"}.get(row["correct"], "")
+    link = f" · compared with `{row['compare_of']}`" if row.get("compare_of") else ""
+    return (f"**{traj.question}**\n\n"
+            f"answer **{traj.answer}**{correct} (truth: {traj.ground_truth or '—'}) · status **{traj.status}** · "
+            f"{traj.n_ops} operations, {traj.n_errors} errors · {row['tokens_in']} → {row['tokens_out']} tokens · "
+            f"{row['seconds']:.2f} s\n\n"
+            f"`{traj.id}` · {when} · {traj.backend} · `{traj.model}` · client {row['client']} · tools "
+            f"{'on' if traj.tools_enabled else 'off'}{link}")
+
+
+def steps_table(steps: list[dict]) -> list[list]:
+    out = []
+    for s in steps:
+        what = s["tool"] or ("—" if not s["error"] else "")
+        detail = s["error"] or (s["box_px"] and f"box {s['box_px']} of image {s['target_image']}") or \
+            (s["frames"] and f"frames {s['frames']}") or ""
+        out.append([s["idx"] + 1, what, detail, s["tokens_in"], s["tokens_out"], round(s["gen_seconds"] or 0, 3),
+                    round((s["tool_seconds"] or 0) * 1000, 1)])
+    return out
+
+
+STEP_COLUMNS = ["step", "operation", "detail", "tokens in", "tokens out", "gen s", "op ms"]
+
+
+def step_picture(log: SessionLog, traj: Trajectory, idx: int, original: Image.Image | None) -> Image.Image | None:
+    """What step idx did, drawn: crop beside its source box, or the selected frames strip."""
+    if not 0 <= idx < len(traj.steps):
+        return None
+    step = traj.steps[idx]
+    results = [im for im in (_image(log, r.sha) for r in step.images) if im is not None]
+    if step.frames and results:
+        times = traj.media.frame_times
+        return frame_strip(results, [frame_label(k, times[k - 1] if k <= len(times) else None) for k in step.frames])
+    if step.box_px and results:
+        if step.source_box_px and original is not None:
+            return crop_beside_source(original, step.source_box_px, results[0], step_color=idx)
+        frame = _image(log, traj.media.overview[step.target_image - 1].sha) \
+            if traj.media.overview and step.target_image and step.target_image <= len(traj.media.overview) else None
+        if frame is not None and step.box_norm:
+            x0, y0, x1, y1 = step.box_norm
+            box = [x0 * frame.width, y0 * frame.height, x1 * frame.width, y1 * frame.height]
+            return crop_beside_source(frame, box, results[0], step_color=idx)
+        return results[0]
+    return None
+
+
+def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
+    """Everything the session panel shows; raises KeyError for an unknown id."""
+    session_id = (session_id or "").strip()
+    row = log.session(session_id)
+    if row is None:
+        raise KeyError(f"no session {session_id!r}")
+    traj = log.get_trajectory(session_id)
+    steps = log.steps(session_id)
+    original = source_image(log, traj)
+    if original is not None:
+        replay = charts.replay_figure(original, steps, current=step - 1)
+    elif traj.media.overview:
+        frame = _image(log, traj.media.overview[0].sha)
+        replay = charts.replay_figure(frame, [], None) if frame else charts._empty("no source image stored")
+    else:
+        replay = charts._empty("no source image stored (imported without pictures)")
+    idx = max(0, min(int(step or 1), max(1, len(traj.steps))) - 1)
+    raw = traj.steps[idx].text if traj.steps else ""
+    obs = traj.steps[idx].observation if traj.steps else ""
+    return {
+        "header": header_markdown(row, traj),
+        "replay": replay,
+        "timeline": charts.frames_timeline(traj.media.frame_times, steps),
+        "timings": charts.step_timings(steps),
+        "steps": steps_table(steps),
+        "n_steps": len(traj.steps),
+        "picture": step_picture(log, traj, idx, original),
+        "raw": raw + (f"\n\n--- observation fed back ---\n{obs}" if obs else ""),
+        "trajectory": traj,
+    }
+
+
+def overlay_all(log: SessionLog, session_id: str) -> Image.Image | None:
+    """The original image with all boxes drawn (for exports and screenshots)."""
+    traj = log.get_trajectory(session_id)
+    original = source_image(log, traj)
+    if original is None:
+        return None
+    boxes = [(s.index, s.source_box_px) for s in traj.steps if s.source_box_px and not s.error]
+    return draw_boxes(original, [b for _, b in boxes], [f"step {i + 1}" for i, _ in boxes])
+
+
+# ---- side by side --------------------------------------------------------------------------------------
+
+def iou(a, b) -> float | None:
+    if not a or not b:
+        return None
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def same_question(log: SessionLog, session_id: str) -> list[str]:
+    """Other sessions about the same question (newest first), the compare partner first."""
+    row = log.session(session_id)
+    if row is None:
+        return []
+    rows, _ = log.list_sessions(SessionFilter(question=row["question"], limit=50))
+    ids = [r["id"] for r in rows if r["id"] != session_id]
+    partners = [r["id"] for r in rows if r.get("compare_of") == session_id]
+    if row.get("compare_of"):
+        partners.insert(0, row["compare_of"])
+    return list(dict.fromkeys(partners + ids))
+
+
+def _describe(step) -> str:
+    if step is None:
+        return ""
+    if step.error:
+        return f"⚠️ {step.error[:80]}"
+    if step.frames:
+        return f"select_frames {step.frames}"
+    if step.box_norm:
+        return f"crop img {step.target_image} [{', '.join(f'{v:.2f}' for v in step.box_norm)}]"
+    return "answer: " + (step.text.strip().splitlines() or [""])[-1][:80]
+
+
+def compare_markdown(log: SessionLog, a: str, b: str) -> str:
+    """Two trajectories aligned by step index: operation, boxes' IoU, and a line diff of the text."""
+    ta, tb = log.get_trajectory(a.strip()), log.get_trajectory(b.strip())
+    lines = [f"| | **A** `{ta.id[:8]}` ({ta.model[-30:]}, tools {'on' if ta.tools_enabled else 'off'}) | "
+             f"**B** `{tb.id[:8]}` ({tb.model[-30:]}, tools {'on' if tb.tools_enabled else 'off'}) | box IoU |",
+             "|---|---|---|---|"]
+    for i in range(max(len(ta.steps), len(tb.steps))):
+        sa = ta.steps[i] if i < len(ta.steps) else None
+        sb = tb.steps[i] if i < len(tb.steps) else None
+        overlap = iou(sa.source_box_px if sa else None, sb.source_box_px if sb else None)
+        lines.append(f"| step {i + 1} | {_describe(sa)} | {_describe(sb)} | "
+                     f"{'' if overlap is None else f'{overlap:.2f}'} |")
+    lines.append(f"| **answer** | **{ta.answer}** ({ta.status}) | **{tb.answer}** ({tb.status}) | |")
+    diff = difflib.unified_diff("\n".join(s.text for s in ta.steps).splitlines(),
+                                "\n".join(s.text for s in tb.steps).splitlines(), "A", "B", lineterm="", n=1)
+    body = "\n".join(diff)
+    return (f"**Question:** {ta.question}" + ("" if ta.question == tb.question else f" / **B:** {tb.question}")
+            + "\n\n" + "\n".join(lines) + "\n\n**Text diff**\n```diff\n" + (body or "(same text)") + "\n```")
+
+
+# ---- import ---------------------------------------------------------------------------------------------
+
+def trajectories_in(text: str) -> list[Trajectory]:
+    """A trajectory JSON (`python -m core ask --json`), a JSON list of them, or JSON lines."""
+    text = text.strip()
+    try:
+        data = json.loads(text)
+        items = data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    out = []
+    for it in items:
+        if not isinstance(it, dict) or "question" not in it or "media" not in it:
+            raise ValueError("not a trajectory (needs 'question', 'media' and 'steps'; the format of "
+                             "`python -m core ask --json`)")
+        out.append(Trajectory.from_dict(it))
+    return out
+
+
+def import_files(log: SessionLog, paths: list[str]) -> str:
+    """Import each file; bad files are reported and skipped, good ones are kept."""
+    done, problems = 0, []
+    for path in paths or []:
+        try:
+            for traj in trajectories_in(Path(path).read_text(encoding="utf-8")):
+                log.log_trajectory(traj, client="import")
+                done += 1
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+            problems.append(f"{Path(path).name}: {e}")
+    msg = f"imported {done} trajectories"
+    return msg + ("" if not problems else "\n\n⚠️ skipped:\n- " + "\n- ".join(problems))

@@ -1,0 +1,239 @@
+"""The Studio layout: gr.Blocks with Tabs (Ask, Inspect, Annotate, Train) wired to the tab modules.
+
+Only layout and event wiring live here; what the events do is in app/ask.py, app/inspect.py and
+the Annotate/Train modules (app/annotate.py, app/train_tab.py), each built with `build(studio, ...)`.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect as pyinspect
+import logging
+
+import gradio as gr
+
+from app import ROOT, Studio
+from app import ask as A
+from app import inspect as I
+from core.backends import BACKENDS
+
+logger = logging.getLogger(__name__)
+
+CSS = """
+#answer-status {font-size: 0.95em}
+.gradio-container {max-width: 1500px !important}
+"""
+
+OUTCOMES = [I.ANY, "correct", "incorrect", "unknown"]
+YES_NO = [I.ANY, "yes", "no"]
+
+
+def _optional_tab(module: str, studio: Studio, shared: dict) -> None:
+    """Build a tab from a module owned elsewhere, passing the shared components its build() names."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        gr.Markdown(f"*This tab is not available: `{module}` could not be imported ({e}).*")
+        return
+    build = getattr(mod, "build", None)
+    if build is None:
+        gr.Markdown(f"*`{module}` has no build() yet.*")
+        return
+    params = pyinspect.signature(build).parameters
+    build(studio, **{k: v for k, v in shared.items() if k in params})
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    gr.set_static_paths([studio.data_dir, ROOT / "assets"])
+    examples = A.load_examples(studio)
+    default_backend = studio.backend
+    default_model = studio.replay if studio.backend == "replay" else (studio.model or "")
+
+    with gr.Blocks(title="Pixel Reasoner Studio") as demo:
+        gr.Markdown("## Pixel Reasoner Studio — watch a VLM zoom and pick frames, step by step")
+        with gr.Tabs(selected="ask") as tabs:
+            # ---- Ask ----------------------------------------------------------------------------
+            with gr.Tab("Ask", id="ask"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=320):
+                        media = gr.File(label="Image or video", file_types=["image", "video"], type="filepath",
+                                        elem_id="media")
+                        question = gr.Textbox(label="Question", lines=2, elem_id="question",
+                                              placeholder="What is written on the small sign?")
+                        with gr.Row():
+                            ask_btn = gr.Button("Ask", variant="primary", elem_id="ask-btn")
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                        gr.Examples([[e["media"], e["question"]] for e in examples], inputs=[media, question],
+                                    example_labels=[e["label"] for e in examples], label="Examples")
+                        with gr.Accordion("Settings", open=False):
+                            backend = gr.Dropdown(list(BACKENDS), value=default_backend, label="Backend")
+                            model = gr.Textbox(value=default_model, label="Model",
+                                               placeholder="empty = embedded model; hub id, local path, "
+                                                           "OpenAI URL, or (replay) a JSON file of turns")
+                            tools = gr.Checkbox(True, label="Visual operations (tools) on")
+                            compare = gr.Checkbox(False, label="Compare: also run with tools off")
+                            temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature")
+                            max_ops = gr.Slider(1, 8, value=4, step=1, label="Max operations")
+                            max_new = gr.Slider(16, 2048, value=512, step=16, label="Max new tokens per turn")
+                            guideline = gr.Radio(["vcot", "default"], value="vcot", label="Guideline variant")
+                    with gr.Column(scale=3):
+                        status = gr.Markdown("", elem_id="answer-status")
+                        chat = gr.Chatbot(label="Reasoning", height=640, elem_id="chat", feedback_options=None,
+                                          buttons=["copy_all"], group_consecutive_messages=False)
+                        chat_off = gr.Chatbot(label="Compare: tools off", height=300, elem_id="chat-off",
+                                              feedback_options=None)
+
+                def ask(media_path, q, backend_name, model_name, tools_on, temp, ops, new_tokens, guide, cmp,
+                        request: gr.Request):
+                    settings = A.AskSettings(backend=backend_name, model=model_name or "", tools=tools_on,
+                                             temperature=temp, max_ops=int(ops), guideline=guide,
+                                             max_new_tokens=int(new_tokens), compare=cmp)
+                    yield from A.ask_stream(studio, media_path, q, settings, request.session_hash)
+
+                def stop(request: gr.Request):
+                    n = A.stop(studio, request.session_hash)
+                    return "stopping…" if n else "nothing is running"
+
+                ask_btn.click(ask, [media, question, backend, model, tools, temperature, max_ops, max_new, guideline,
+                                    compare], [chat, chat_off, status], api_name="ask", concurrency_limit=None)
+                stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None)
+
+            # ---- Inspect --------------------------------------------------------------------------
+            with gr.Tab("Inspect", id="inspect"):
+                with gr.Row():
+                    search = gr.Textbox(label="Search question and reasoning", scale=3)
+                    f_model = gr.Dropdown([I.ANY] + studio.log.models(), value=I.ANY, label="Model",
+                                          allow_custom_value=True, scale=2)
+                    f_outcome = gr.Dropdown(OUTCOMES, value=I.ANY, label="Outcome", scale=1)
+                    f_errors = gr.Dropdown(YES_NO, value=I.ANY, label="Has errors", scale=1)
+                    f_annot = gr.Dropdown(YES_NO, value=I.ANY, label="Annotated", scale=1)
+                with gr.Row():
+                    f_min = gr.Number(0, label="Min ops", precision=0, minimum=0, scale=1)
+                    f_max = gr.Number(99, label="Max ops", precision=0, minimum=0, scale=1)
+                    f_since = gr.Textbox(label="Since (YYYY-MM-DD)", scale=1)
+                    f_until = gr.Textbox(label="Until (YYYY-MM-DD)", scale=1)
+                    page = gr.Number(1, label="Page", precision=0, minimum=1, scale=1)
+                    search_btn = gr.Button("Search", variant="primary", scale=1)
+                table_info = gr.Markdown()
+                table = gr.Dataframe(headers=I.TABLE_COLUMNS, interactive=False, wrap=True, max_height=360,
+                                     elem_id="sessions", column_widths=["14%", "11%", "27%", "12%", "7%", "9%",
+                                                                        "6%", "5%", "5%", "4%"])
+                with gr.Row():
+                    session_id = gr.Textbox(label="Session id (click a row, or paste; ?session=<id> links here)",
+                                            scale=4, elem_id="session-id")
+                    open_btn = gr.Button("Open", scale=1)
+                header = gr.Markdown()
+                with gr.Row():
+                    replay = gr.Plot(label="Source image with every crop box (hover: original pixels)")
+                    with gr.Column():
+                        step_no = gr.Slider(1, 2, value=1, step=1, label="Step")
+                        picture = gr.Image(label="What this step did", type="pil", height=360)
+                raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8)
+                steps = gr.Dataframe(headers=I.STEP_COLUMNS, interactive=False, label="Steps: tokens and timings")
+                with gr.Row():
+                    timeline = gr.Plot()
+                    timings = gr.Plot()
+                with gr.Accordion("Side by side: two trajectories of the same question", open=False):
+                    with gr.Row():
+                        cmp_a = gr.Textbox(label="A (session id)")
+                        cmp_b = gr.Dropdown([], label="B (same question; or paste an id)", allow_custom_value=True)
+                        cmp_btn = gr.Button("Compare")
+                    cmp_out = gr.Markdown()
+                with gr.Accordion("Charts", open=False):
+                    charts_btn = gr.Button("Refresh charts")
+                    with gr.Row():
+                        c_ops, c_lat = gr.Plot(), gr.Plot()
+                    with gr.Row():
+                        c_time, c_model = gr.Plot(), gr.Plot()
+                with gr.Accordion("Import trajectories (`python -m core ask --json` output, a list, or JSONL)",
+                                  open=False):
+                    files = gr.File(file_count="multiple", file_types=[".json", ".jsonl"], type="filepath")
+                    import_btn = gr.Button("Import")
+                    import_out = gr.Markdown()
+
+                filters = [search, f_model, f_outcome, f_min, f_max, f_errors, f_annot, f_since, f_until, page]
+
+                def list_sessions(text, model_name, outcome, mn, mx, errs, annot, since, until, pg):
+                    try:
+                        f = I.make_filter(text, model_name, outcome, mn, mx, errs, annot, since, until, pg or 1)
+                    except ValueError as e:
+                        return gr.update(), f"⚠️ {e}", gr.update()
+                    rows, info = I.sessions_page(studio.log, f)
+                    return rows, info, gr.update(choices=[I.ANY] + studio.log.models())
+
+                def open_session(sid, step=1):
+                    try:
+                        v = I.session_view(studio.log, sid, step)
+                    except KeyError as e:
+                        return (f"⚠️ {e}",) + (gr.update(),) * 9
+                    partners = I.same_question(studio.log, sid.strip())
+                    return (v["header"], v["replay"], gr.update(maximum=max(2, v["n_steps"]), value=step),
+                            v["picture"], v["raw"], v["steps"], v["timeline"], v["timings"], sid.strip(),
+                            gr.update(choices=partners, value=partners[0] if partners else None))
+
+                def show_step(sid, step):
+                    try:
+                        v = I.session_view(studio.log, sid, int(step))
+                    except KeyError:
+                        return gr.update(), gr.update(), gr.update()
+                    return v["replay"], v["picture"], v["raw"]
+
+                def pick_row(evt: gr.SelectData):
+                    return evt.row_value[0] if evt.row_value else gr.update()
+
+                def compare_two(a, b):
+                    try:
+                        return I.compare_markdown(studio.log, a or "", b or "")
+                    except KeyError as e:
+                        return f"⚠️ {e}"
+
+                def refresh_charts(text, model_name, outcome, mn, mx, errs, annot, since, until, pg):
+                    from app import charts as C
+                    try:
+                        f = I.make_filter(text, model_name, outcome, mn, mx, errs, annot, since, until)
+                    except ValueError:
+                        f = None
+                    s = studio.log.stats(f)
+                    return (C.ops_per_session(s["ops"]), C.latency_per_step(s["latency"]),
+                            C.rapr_over_time(s["rapr_by_day"]), C.rapr_by_model(s["rapr_by_model"]))
+
+                session_outputs = [header, replay, step_no, picture, raw, steps, timeline, timings, cmp_a, cmp_b]
+                search_btn.click(list_sessions, filters, [table, table_info, f_model], api_name="sessions")
+                search.submit(list_sessions, filters, [table, table_info, f_model])
+                table.select(pick_row, None, session_id).then(open_session, session_id, session_outputs)
+                open_btn.click(open_session, session_id, session_outputs, api_name="open_session")
+                session_id.submit(open_session, session_id, session_outputs)
+                step_no.release(show_step, [session_id, step_no], [replay, picture, raw])
+                cmp_btn.click(compare_two, [cmp_a, cmp_b], cmp_out, api_name="compare")
+                charts_btn.click(refresh_charts, filters, [c_ops, c_lat, c_time, c_model], api_name="charts")
+                import_btn.click(lambda p: I.import_files(studio.log, p), files, import_out, api_name="import")
+
+            # ---- Annotate and Train (built by their own modules) ------------------------------------
+            shared = {"session_id": session_id, "tabs": tabs, "demo": demo}
+            with gr.Tab("Annotate", id="annotate"):
+                _optional_tab("app.annotate", studio, shared)
+            with gr.Tab("Train", id="train", visible=True):
+                if studio.enable_training:
+                    _optional_tab("app.train_tab", studio, shared)
+                else:
+                    gr.Markdown("Training is off on this deployment. Start the app with `--enable-training` "
+                                "to launch SFT, RL and evaluation jobs from here.")
+
+        def on_load(request: gr.Request):
+            """Deep link ?session=<id>: open the Inspect tab on that session; else show the newest page."""
+            rows, info = I.sessions_page(studio.log, I.make_filter())
+            sid = (request.query_params.get("session") or "").strip() if request else ""
+            if sid:
+                return (gr.Tabs(selected="inspect"), rows, info, sid) + open_session(sid)
+            return (gr.update(), rows, info, gr.update()) + (gr.update(),) * len(session_outputs)
+
+        demo.load(on_load, None, [tabs, table, table_info, session_id] + session_outputs)
+        def on_unload(request: gr.Request):
+            """A closed tab stops its runs; their sessions end 'unfinished' with every finished step kept."""
+            A.stop(studio, request.session_hash, reason="closed")
+
+        demo.unload(on_unload)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    return {"css": CSS, "theme": gr.themes.Soft()}
