@@ -1,0 +1,96 @@
+"""SFT: loss masks (decoded labels hold only trained assistant text) and a few real training steps."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from core.encoding import IGNORE_INDEX, VisionTextEncoder
+from core.media import DiskImageStore
+from train.data import load_sft_records, trajectory_to_sft_record
+from train.synth.build import BuildConfig, build
+from train.synth.tasks import make_item
+from train.synth.traces import Trace, crop_call, item_task, make_trace, run_trace
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A handful of real synthetic records (all categories, one correction trace, one error turn)."""
+    root = tmp_path_factory.mktemp("sftdata")
+    build(BuildConfig(out=str(root), train=10, validation=2, test=0, seed=1, correction_rate=0.0))
+    store = DiskImageStore(root / "images")
+    rows = []
+    item = make_item("zoom_needed", 11, "corr")
+    trace = make_trace(item, np.random.default_rng(2), correction_rate=1.0)
+    traj = run_trace(item_task(item), trace, store)
+    rows.append(trajectory_to_sft_record(traj, store, trace.train_turns, relative_to=root))
+    # an execution error (a too-small crop) fed back, then a correct crop; the failed turn is masked
+    item = make_item("zoom_needed", 12, "err")
+    good = crop_call([round(v, 2) for v in item.target])
+    turns = [f"I will zoom in.\n\n{crop_call([0.5, 0.5, 0.5, 0.5])}", f"Again.\n\n{good}", f"\\boxed{{{item.answer}}}"]
+    traj = run_trace(item_task(item), Trace("correction", turns, [False, True, True]), store)
+    assert traj.steps[0].error
+    rows.append(trajectory_to_sft_record(traj, store, [False, True, True], relative_to=root))
+    with (root / "train.jsonl").open("a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return root
+
+
+def labelled_text(encoder: VisionTextEncoder, batch: dict, row: int) -> str:
+    ids = [t for t in batch["labels"][row].tolist() if t != IGNORE_INDEX]
+    return encoder.tokenizer.decode(ids)
+
+
+def test_labels_hold_only_trained_assistant_text(dataset, tiny_checkpoint):
+    from train.sft import SFTCollator
+
+    records = load_sft_records(dataset)
+    encoder = VisionTextEncoder.from_pretrained(tiny_checkpoint)
+    collator = SFTCollator(records, encoder, "tiny")
+    batch = collator([{"row": i} for i in range(len(records))])
+    assert batch["labels"].shape == batch["input_ids"].shape
+    for i, rec in enumerate(records):
+        text = labelled_text(encoder, batch, i)
+        for banned in ("Here is the cropped image", "Here are the selected frames", "Execution error",
+                       "You are a helpful assistant", "Guidelines", "<|im_start|>", "user\n", "<|image_pad|>",
+                       "<|video_pad|>", rec.meta.get("question", "@@@") if rec.meta.get("question") else "@@@"):
+            assert banned not in text, f"{rec.id}: {banned!r} is labelled"
+        assistant = [m["content"][0]["text"] for m in rec.messages if m["role"] == "assistant"]
+        flags = rec.train_turns or [True] * len(assistant)
+        for turn, trained in zip(assistant, flags):
+            if trained:
+                assert turn in text, f"{rec.id}: trained turn missing from labels"
+            else:
+                assert turn not in text, f"{rec.id}: masked (erroneous) turn is labelled"
+        assert text.count("<|im_end|>") == sum(flags)  # each trained turn ends with its stop token
+    assert any(r.train_turns and not r.train_turns[0] for r in records)
+
+
+def test_sft_few_steps_then_the_loop_runs_it(dataset, tmp_path):
+    from core.backends.hf import TransformersBackend
+    from core.backends.base import GenerationParams
+    from core.loop import run_to_end
+    from train.sft import SFTRunConfig, train
+    from train.synth.traces import loop_config
+
+    cfg = SFTRunConfig(data=str(dataset), out=str(tmp_path / "run"), max_steps=6, batch_size=2, logging_steps=1,
+                       save_steps=3, eval_limit=2, learning_rate=3e-3, report_to=[], disable_tqdm=True,
+                       vocab_size=600)
+    summary = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r and "train_runtime" not in r]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert all(isinstance(r["step"], int) and isinstance(r["time"], float) for r in rows)
+    assert min(losses[-2:]) < losses[0], f"loss did not decrease: {losses}"
+    assert any("eval_loss" in r for r in rows)
+    final = tmp_path / "run" / "final"
+    assert summary["final_dir"] == str(final) and (final / "model.safetensors").exists()
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json", "tokenizer.json", "studio.json"):
+        assert (final / name).exists(), name
+    backend = TransformersBackend(str(final))
+    item = make_item("zoom_needed", 99, "gen")
+    traj = run_to_end(backend, item_task(item), config=loop_config(), params=GenerationParams(max_new_tokens=24))
+    assert traj.steps and traj.status in ("done", "max_tokens", "max_ops")

@@ -1,0 +1,29 @@
+"""`python -m train <command> ...`: the training commands, each a module with `main(argv) -> int`.
+
+To add a command, add one entry to COMMANDS (e.g. "rl": "train.rl"); modules are imported only
+when their command runs, so a missing optional dependency of one command never breaks another.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "synth": "train.synth.build",  # write the synthetic TinyZoom dataset
+    "sft": "train.sft",  # supervised fine-tuning on multi-turn, multi-image traces
+    "tinyzoom-eval": "train.synth.evaluate",  # measure a checkpoint on the TinyZoom test split
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        names = ", ".join(COMMANDS)
+        print(f"usage: python -m train {{{names}}} [options]\n  run `python -m train <command> --help` for a command's options",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return int(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Synthetic pixel-reasoning tasks (scenes, tasks), their scripted traces, and the dataset writer."""

@@ -1,0 +1,147 @@
+"""Write a synthetic dataset folder: train/validation/test jsonl, images/, videos/, originals/.
+
+    python -m train synth --out data/tinyzoom [--train 3000] [--validation 100] [--test 330] [--seed 0]
+
+Each split has its own seed stream (seed, split name, index), so the TinyZoom test split is the
+same whatever the train size. Every record carries meta.task: the question, answer, category and
+the original media path (full resolution), which is what evaluation runs the model on.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.media import DiskImageStore, write_video
+from train.data import trajectory_to_sft_record
+from train.synth.tasks import CATEGORIES, VIDEO_FPS, make_item
+from train.synth.traces import item_task, make_trace, run_trace
+
+log = logging.getLogger(__name__)
+
+MIX = {"zoom_needed": 0.36, "zoom_optional": 0.24, "counting": 0.1, "relative": 0.1, "video": 0.2}
+"""Share of each category in a split (the test split rounds up to whole items per category)."""
+
+
+@dataclass
+class BuildConfig:
+    out: str = "data/tinyzoom"
+    train: int = 3000
+    validation: int = 100
+    test: int = 330
+    seed: int = 0
+    correction_rate: float = 0.2
+    notool_rate: float = 0.1
+
+
+def split_seed(seed: int, split: str, index: int) -> int:
+    h = hashlib.sha256(f"{seed}:{split}:{index}".encode()).digest()
+    return int.from_bytes(h[:8], "little")
+
+
+def categories_for(n: int) -> list[str]:
+    """A deterministic category list with the MIX shares (largest remainder rounding)."""
+    counts = {c: int(MIX[c] * n) for c in CATEGORIES}
+    rest = sorted(CATEGORIES, key=lambda c: MIX[c] * n - counts[c], reverse=True)
+    for c in rest[: n - sum(counts.values())]:
+        counts[c] += 1
+    return [c for c in CATEGORIES for _ in range(counts[c])]
+
+
+def build_split(cfg: BuildConfig, split: str, n: int, store: DiskImageStore) -> list[dict]:
+    out = Path(cfg.out)
+    records = []
+    keep_originals = split != "train"
+    for i, category in enumerate(categories_for(n)):
+        seed = split_seed(cfg.seed, split, i)
+        item_id = f"{split}-{i:05d}-{category}"
+        item = make_item(category, seed, item_id)
+        rng = np.random.default_rng(seed + 1)
+        media_rel, video_path = None, None
+        if item.frames is not None:
+            media_rel = f"videos/{item_id}.mp4"
+            video_path = str(write_video(item.frames, out / media_rel, fps=VIDEO_FPS, crf=18))
+        elif keep_originals:
+            media_rel = f"originals/{item_id}.png"
+            (out / "originals").mkdir(parents=True, exist_ok=True)
+            item.image.save(out / media_rel)
+        trace = make_trace(item, rng, cfg.correction_rate, cfg.notool_rate)
+        traj = run_trace(item_task(item, video_path, media_rel), trace, store)
+        if traj.answer != item.answer:
+            raise RuntimeError(f"{item_id}: scripted answer {traj.answer!r} != ground truth {item.answer!r}")
+        rec = trajectory_to_sft_record(traj, store, trace.train_turns, relative_to=out)
+        rec["id"] = item_id
+        rec["meta"] = {"category": category, "trace": trace.kind, "seed": seed,
+                       "task": {"question": item.question, "answer": item.answer, "category": category,
+                                "media": media_rel, "kind": "video" if item.frames is not None else "image",
+                                "target": [round(v, 4) for v in item.target] if item.target else None,
+                                "visible_frames": item.visible_frames},
+                       **{k: v for k, v in item.meta.items() if k in ("kind", "tag_box", "glyph_box")}}
+        records.append(rec)
+    return records
+
+
+def build(cfg: BuildConfig) -> dict[str, int]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = DiskImageStore(out / "images")
+    sizes = {}
+    for split, n in (("test", cfg.test), ("validation", cfg.validation), ("train", cfg.train)):
+        t0 = time.perf_counter()
+        records = build_split(cfg, split, n, store)
+        tmp = out / f"{split}.jsonl.tmp"
+        with tmp.open("w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        tmp.replace(out / f"{split}.jsonl")
+        sizes[split] = len(records)
+        log.info("%s: %d records in %.1f s", split, len(records), time.perf_counter() - t0)
+    (out / "dataset.json").write_text(json.dumps({"config": vars(cfg), "sizes": sizes, "mix": MIX}, indent=2))
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train synth", description="Write the synthetic TinyZoom dataset.")
+    for name, default in vars(BuildConfig()).items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    ap.add_argument("--examples", default=None, help="also write the app's example gallery to this folder")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    examples = vars(args).pop("examples")
+    if examples:
+        print(json.dumps({"examples": len(write_examples(examples))}))
+        if args.train == args.validation == args.test == 0:
+            return 0
+    sizes = build(BuildConfig(**vars(args)))
+    print(json.dumps({"out": args.out, "sizes": sizes}))
+    return 0
+
+
+EXAMPLES = (("zoom_needed", 101, "zoom needed: small tag"), ("zoom_needed", 102, "zoom needed: small tag 2"),
+            ("zoom_optional", 103, "zoom optional: large shape"), ("counting", 104, "counting"),
+            ("video", 105, "video: sign in a few frames"))
+
+
+def write_examples(out: str | Path = "assets/examples", seed: int = 12345) -> list[dict]:
+    """A few items for the app's example gallery (assets/examples/examples.json), outside every split."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for category, index, label in EXAMPLES:
+        item = make_item(category, split_seed(seed, "examples", index), f"example-{index}")
+        if item.frames is not None:
+            name = f"{category}_{index}.mp4"
+            write_video(item.frames, out / name, fps=VIDEO_FPS, crf=18)
+        else:
+            name = f"{category}_{index}.png"
+            item.image.save(out / name, optimize=True)
+        entries.append({"media": name, "question": item.question, "answer": item.answer, "category": category,
+                        "label": label})
+    (out / "examples.json").write_text(json.dumps(entries, indent=2) + "\n")
+    return entries
