@@ -1,8 +1,8 @@
 """Pixel Reasoner Studio: `python app.py` (also the Hugging Face Space entry point).
 
 Runs on the embedded model (core.backends.default_model()) unless --model/--backend say otherwise.
-On a Space (SPACE_ID set) the data folder is /data when it exists and training stays off unless
---enable-training is given.
+On a Space (SPACE_ID set) the data folder is /data when it exists. The Train tab launches jobs only
+with --enable-training (everywhere: it runs commands on the host).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay backend: seconds to wait before each turn (demos and crash tests)")
     p.add_argument("--host", default=None, help="default 127.0.0.1; 0.0.0.0 on Spaces")
     p.add_argument("--port", type=int, default=None, help="default 7860 (or GRADIO_SERVER_PORT)")
-    p.add_argument("--enable-training", action="store_true", help="show the Train tab's launch controls")
+    p.add_argument("--enable-training", action="store_true", help="turn on the Train tab (launch SFT, RL and eval jobs)")
     p.add_argument("--share", action="store_true", help="a public gradio.live link")
     p.add_argument("--max-upload-mb", type=float, default=200.0)
     return p
@@ -47,10 +47,13 @@ def make_studio(args):
     n = log.mark_unfinished()  # sessions a crash left running
     if n:
         logging.getLogger("studio").warning("marked %d sessions left running by a crash as unfinished", n)
-    on_space = bool(os.environ.get("SPACE_ID"))
-    return Studio(log=log, data_dir=db.parent, backend=args.backend, model=args.model, replay=args.replay,
-                  enable_training=args.enable_training or not on_space, step_delay=args.step_delay,
-                  max_upload_mb=args.max_upload_mb)
+    studio = Studio(log=log, data_dir=db.parent, backend=args.backend, model=args.model, replay=args.replay,
+                    enable_training=args.enable_training, step_delay=args.step_delay,
+                    max_upload_mb=args.max_upload_mb)
+    n = studio.jobs.reconcile()  # jobs a dead app left 'running' become failed (or done, from their exit file)
+    if n:
+        logging.getLogger("studio").warning("settled %d jobs left running by a stopped app", n)
+    return studio
 
 
 def main(argv: list[str] | None = None) -> None:

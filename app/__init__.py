@@ -29,6 +29,17 @@ class Studio:
     # per browser tab (gradio session hash): the cancel events of its running generations
     cancels: dict[str, list[threading.Event]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _jobs: object = field(default=None, repr=False)
+
+    @property
+    def jobs(self):
+        """The JobRunner for the Train tab (runs under <data>/runs), made on first use."""
+        with self.lock:
+            if self._jobs is None:
+                from app.jobs import JobRunner
+
+                self._jobs = JobRunner(self.log, self.data_dir / "runs")
+            return self._jobs
 
     @property
     def images_dir(self) -> Path:

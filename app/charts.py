@@ -157,3 +157,69 @@ def latency_per_step(rows: Sequence[dict], height: int = 280) -> go.Figure:
         fig.add_trace(go.Box(y=values, name=kind, boxpoints="outliers"))
     fig.update_layout(height=height, title="latency per step (s)", margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig
+
+
+# ---- training and evaluation jobs (Train tab) --------------------------------------------------------
+
+CURVE_ORDER = ("loss", "eval_loss", "reward", "accuracy", "rapr", "rapr_image", "rapr_video", "curiosity",
+               "penalty", "eval_zoom_needed_acc", "eval_zoom_optional_acc", "eval_rapr", "learning_rate",
+               "grad_norm", "kl", "ops_per_traj", "error_rate", "response_length")
+
+
+SKIP_KEYS = {"step", "time", "epoch", "total_flos", "train_runtime", "train_samples_per_second",
+             "train_steps_per_second", "num_tokens"}
+
+
+def ema(values: Sequence[float], alpha: float) -> list[float]:
+    """Exponential moving average (alpha = weight of the past: 0 keeps the raw values)."""
+    out, acc = [], None
+    for v in values:
+        acc = v if acc is None else alpha * acc + (1 - alpha) * v
+        out.append(acc)
+    return out
+
+
+def curve_keys(rows: Sequence[dict], limit: int = 9) -> list[str]:
+    """Numeric keys of metrics rows, the contract's important ones first."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k not in SKIP_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys[k] = None
+    ordered = [k for k in CURVE_ORDER if k in keys] + sorted(k for k in keys if k not in CURVE_ORDER)
+    return ordered[:limit]
+
+
+def job_curves(rows: Sequence[dict], keys: Sequence[str] | None = None, alpha: float = 0.6,
+               title: str = "", height_per_row: int = 220) -> go.Figure:
+    """One panel per metric: raw points at 25% opacity plus an EMA line; x = step, hover gives values."""
+    from plotly.subplots import make_subplots
+
+    rows = [r for r in rows if "train_runtime" not in r]  # the Trainer's end-of-run summary row
+    keys = list(keys or curve_keys(rows))
+    if not rows or not keys:
+        return _empty(title or "metrics", height=300)
+    cols = min(3, len(keys))
+    nrows = -(-len(keys) // cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=keys, horizontal_spacing=0.07,
+                        vertical_spacing=min(0.12, 0.35 / max(1, nrows - 1)) if nrows > 1 else 0.1)
+    for i, key in enumerate(keys):
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))
+               and not isinstance(r.get(key), bool)]
+        if not pts:
+            continue
+        xs, ys = [p[0] for p in pts], [float(p[1]) for p in pts]
+        r, c = i // cols + 1, i % cols + 1
+        color = _rgb(i)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+lines", name=key, opacity=0.25, showlegend=False,
+                                 line={"color": color, "width": 1}, marker={"size": 4},
+                                 hovertemplate=f"{key}<br>step %{{x}}: %{{y:.4g}}<extra></extra>"), row=r, col=c)
+        if len(pts) > 1 and alpha > 0:
+            fig.add_trace(go.Scatter(x=xs, y=ema(ys, alpha), mode="lines", name=f"{key} (EMA)", showlegend=False,
+                                     line={"color": color, "width": 2.5},
+                                     hovertemplate=f"{key} EMA<br>step %{{x}}: %{{y:.4g}}<extra></extra>"),
+                          row=r, col=c)
+    fig.update_layout(height=max(300, nrows * height_per_row + 60), title=title or None, uirevision="job",
+                      margin={"l": 40, "r": 20, "t": 60 if title else 40, "b": 30})
+    fig.update_xaxes(title_text="step", title_standoff=2)
+    return fig

@@ -247,8 +247,12 @@ def compare_markdown(log: SessionLog, a: str, b: str) -> str:
 
 # ---- import ---------------------------------------------------------------------------------------------
 
-def trajectories_in(text: str) -> list[Trajectory]:
-    """A trajectory JSON (`python -m core ask --json`), a JSON list of them, or JSON lines."""
+def trajectories_in(text: str, root: Path | None = None, store=None) -> list[Trajectory]:
+    """Trajectories in a file's text: our trajectory JSON (`python -m core ask --json`), eval items
+    ({"trajectory": ...}), message-list records or rendered rollout dumps (app/importers.py), as one
+    object, a JSON list, or JSON lines."""
+    from app import importers
+
     text = text.strip()
     try:
         data = json.loads(text)
@@ -256,11 +260,18 @@ def trajectories_in(text: str) -> list[Trajectory]:
     except json.JSONDecodeError:
         items = [json.loads(line) for line in text.splitlines() if line.strip()]
     out = []
-    for it in items:
-        if not isinstance(it, dict) or "question" not in it or "media" not in it:
-            raise ValueError("not a trajectory (needs 'question', 'media' and 'steps'; the format of "
-                             "`python -m core ask --json`)")
-        out.append(Trajectory.from_dict(it))
+    for i, it in enumerate(items):
+        if isinstance(it, dict) and importers.is_trajectory(it.get("trajectory")):
+            it = it["trajectory"]
+        if importers.is_trajectory(it):
+            out.append(Trajectory.from_dict(it))
+        elif importers.is_foreign(it):
+            if store is None:
+                raise ValueError("importing message-list records needs an image store")
+            out.append(importers.foreign_to_trajectory(it, root or Path("."), store, f"record {i + 1}"))
+        else:
+            raise ValueError("not a trajectory: expected `python -m core ask --json` output, a message-list "
+                             "record (messages/message_list/conversations) or a rollout dump (prompt/response)")
     return out
 
 
@@ -269,10 +280,10 @@ def import_files(log: SessionLog, paths: list[str]) -> str:
     done, problems = 0, []
     for path in paths or []:
         try:
-            for traj in trajectories_in(Path(path).read_text(encoding="utf-8")):
+            for traj in trajectories_in(Path(path).read_text(encoding="utf-8"), Path(path).parent, log.images):
                 log.log_trajectory(traj, client="import")
                 done += 1
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, MediaError) as e:
             problems.append(f"{Path(path).name}: {e}")
     msg = f"imported {done} trajectories"
     return msg + ("" if not problems else "\n\n⚠️ skipped:\n- " + "\n- ".join(problems))

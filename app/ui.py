@@ -211,12 +211,12 @@ def build_app(studio: Studio) -> gr.Blocks:
             shared = {"session_id": session_id, "tabs": tabs, "demo": demo}
             with gr.Tab("Annotate", id="annotate"):
                 _optional_tab("app.annotate", studio, shared)
-            with gr.Tab("Train", id="train", visible=True):
+            with gr.Tab("Train", id="train"):
                 if studio.enable_training:
                     _optional_tab("app.train_tab", studio, shared)
                 else:
-                    gr.Markdown("Training is off on this deployment. Start the app with `--enable-training` "
-                                "to launch SFT, RL and evaluation jobs from here.")
+                    gr.Markdown("Training is off. Start the app with `python app.py --enable-training` to launch "
+                                "SFT, RL and evaluation jobs from here (they run as commands on this machine).")
 
         def on_load(request: gr.Request):
             """Deep link ?session=<id>: open the Inspect tab on that session; else show the newest page."""
@@ -236,4 +236,6 @@ def build_app(studio: Studio) -> gr.Blocks:
 
 
 def launch_kwargs() -> dict:
-    return {"css": CSS, "theme": gr.themes.Soft()}
+    from app.annotate import SHORTCUTS_JS
+
+    return {"css": CSS, "theme": gr.themes.Soft(), "head": SHORTCUTS_JS}

@@ -3,6 +3,7 @@
 1. logging throughput: steps/s through SessionLog.log_step (one transaction per step)  target >= 2000
 2. session-list filter over N sessions (SQL paging, FTS, filters), median ms           target <= 200
 3. tool result -> step visible in a gradio_client stream, median ms                    target <= 300
+4. annotation export: annotated sessions re-executed into SFT records per second         (no target)
 """
 from __future__ import annotations
 
@@ -122,10 +123,31 @@ def bench_stream(tmp: Path, runs: int = 4, download: bool = False) -> list[float
     return lags
 
 
+def bench_export(tmp: Path, n: int) -> tuple[float, int, float]:
+    """n sessions with a wrong box, each annotated with a corrected box and answer, exported."""
+    from app.export import export_annotated
+
+    log = SessionLog(tmp / "export.db")
+    wrong = ["The sign is at the top.\n\n" + format_tool_call(
+        "crop_image_normalized", {"bbox_2d": [0.6, 0.05, 0.9, 0.3], "target_image": 1}), "\\boxed{SHOP}"]
+    template = run_to_end(ReplayBackend(wrong), Task(question="q", image=picture(), answer="WOOLSHOPS"),
+                          store=log.images)
+    for i in range(n):
+        traj = replace(template, id=f"e{i:05d}", question=f"What does sign {i} say?", correct=False)
+        log.log_trajectory(traj, client="app")
+        log.add_annotation(traj.id, 0, "wrong box", corrected_box=[0.12, 0.22, 0.28, 0.38])
+        log.add_annotation(traj.id, None, "wrong answer", corrected_answer="WOOLSHOPS")
+    t0 = time.perf_counter()
+    report = export_annotated(log, tmp / "export")
+    secs = time.perf_counter() - t0
+    return report.records / secs, report.records, secs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=10_000)
     p.add_argument("--skip-stream", action="store_true")
+    p.add_argument("--export", type=int, default=200, help="annotated sessions to export (0: skip)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -136,6 +158,10 @@ def main() -> None:
         log.db.analyze()
         for name, ms in bench_filters(log).items():
             print(f"session-list filter over {args.sessions} sessions, {name}: {ms:.1f} ms median (target <= 200)")
+        if args.export:
+            rate, n, secs = bench_export(tmp, args.export)
+            print(f"annotation export: {rate:.1f} sessions/s re-executed into SFT records ({n} records, "
+                  f"{secs:.1f} s, 800x600 source, one masked wrong crop + one corrected crop each)")
         if not args.skip_stream:
             for download in (False, True):
                 lags = bench_stream(tmp / f"stream{int(download)}", download=download)

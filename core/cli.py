@@ -1,4 +1,5 @@
-"""`python -m core ask ...`: ask one question about an image or video, streaming each step."""
+"""`python -m core ask ...`: ask one question about an image or video, streaming each step.
+`python -m core eval ...`: run a benchmark (V* Bench, TallyQA, MVBench, InfoVQA, TinyZoom), resumable."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +90,107 @@ def cmd_ask(args) -> int:
     return 0 if trajectory.status != "error" else 1
 
 
+# ---- eval ------------------------------------------------------------------------------------
+
+def default_db() -> Path:
+    """The Studio's session log (app.py's default), so eval items open in the Inspect tab."""
+    import os
+
+    if os.environ.get("SPACE_ID") and Path("/data").is_dir():
+        return Path("/data/studio/studio.db")
+    return Path(__file__).resolve().parents[1] / "data" / "studio.db"
+
+
+def default_out(bench: str, model_id: str, tools: bool) -> Path:
+    name = Path(model_id.rstrip("/")).name if model_id else "model"
+    return Path("runs") / "eval" / f"{bench}-{name.replace(':', '_')}{'' if tools else '-notools'}"
+
+
+def cmd_eval(args) -> int:
+    from core.evaluation import EvalDataError, RunFolderError, evaluate, load_items, resolve_settings
+    from core.sessionlog import SessionLog
+
+    if args.data is None and args.bench != "tinyzoom":
+        print(f"error: --bench {args.bench} needs --data (the released parquet, or the folder holding it and its "
+              "images); see docs/readme/eval.md", file=sys.stderr)
+        return 2
+    data = Path(args.data or "data/tinyzoom").resolve()
+    extra = {}
+    if args.bench == "tinyzoom":
+        extra = {"split": args.split, "categories": args.categories.split(",") if args.categories else None}
+    elif args.categories or args.split != "test":
+        print("error: --categories and --split apply to --bench tinyzoom only", file=sys.stderr)
+        return 2
+    if args.samples < 1 or args.batch < 1:
+        print("error: --samples and --batch must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        items = load_items(args.bench, data, limit=args.limit, **extra)
+        backend = backend_from_args(args)
+        settings = resolve_settings(getattr(backend, "pixel_preset", None), args.pixels, args.temperature,
+                                    args.max_new_tokens, args.min_pixels, args.max_pixels,
+                                    args.crop_min_pixels, args.crop_max_pixels)
+    except (EvalDataError, BackendError, MediaError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config = LoopConfig(tools=not args.no_tools, guideline=args.guideline, max_ops=args.max_ops, pixels=settings.pixels)
+    params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=args.seed)
+    out = Path(args.out) if args.out else default_out(args.bench, backend.model_id, config.tools)
+    log = None if args.no_db else SessionLog(args.db or default_db())
+    try:
+        result = evaluate(backend, items, args.bench, out, config, params, samples=args.samples, batch=args.batch,
+                          session_log=log, progress=not args.quiet, data=str(data),
+                          details={"pixel_preset": settings.preset, "settings_from": settings.source,
+                                   "db": str(log.path) if log else None})
+    except RunFolderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished items are saved in {out}/items.jsonl; run the same command again to "
+              "finish the rest", file=sys.stderr)
+        return 130
+    report = result.report
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        from core.evaluation import to_markdown
+        print(to_markdown(report))
+        print(f"report: {out / 'report.json'}  items: {out / 'items.jsonl'}  chart: {out / 'report.html'}")
+    if result.n_failed:
+        print(f"error: {result.n_failed} items failed in the backend ({result.failure}); run the same command "
+              "again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    from core.evaluation.benches import BENCHES
+
+    ev = sub.add_parser("eval", help="run a benchmark; resumable (re-run the same command to continue)",
+                        description="Evaluate a model on a benchmark; see docs/readme/eval.md.")
+    ev.add_argument("--bench", required=True, choices=list(BENCHES))
+    ev.add_argument("--data", help="the released parquet (or its folder), or the TinyZoom folder "
+                                   "(default for tinyzoom: data/tinyzoom)")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    ev.add_argument("--samples", type=int, default=1, help="answers per question (use --temperature > 0)")
+    ev.add_argument("--out", help="run folder (default runs/eval/<bench>-<model>[-notools])")
+    ev.add_argument("--db", help="session log to add every trajectory to (default: the Studio's data/studio.db)")
+    ev.add_argument("--no-db", action="store_true", help="do not write the session log")
+    ev.add_argument("--batch", type=int, default=8, help="conversations advanced together (vLLM: 64-256)")
+    ev.add_argument("--min-pixels", type=int, help="first image MIN_PIXELS (reproduction default 401408)")
+    ev.add_argument("--max-pixels", type=int, help="first image MAX_PIXELS (reproduction default 4014080)")
+    ev.add_argument("--crop-min-pixels", type=int, help="crops, min pixels (reproduction default 200704)")
+    ev.add_argument("--crop-max-pixels", type=int, help="crops, max pixels (reproduction default 4014080)")
+    ev.add_argument("--seed", type=int, default=None)
+    ev.add_argument("--split", default="test", help="tinyzoom: test or validation")
+    ev.add_argument("--categories", help="tinyzoom: comma-separated categories (default: all)")
+    ev.add_argument("--json", action="store_true", help="print report.json instead of the markdown table")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_args(ev)
+    # None: chosen by the checkpoint (studio.json preset: greedy, 128 tokens; else the release's 0.6, 2048)
+    ev.set_defaults(func=cmd_eval, temperature=None, max_new_tokens=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print the whole trajectory as JSON on stdout")
     add_model_args(ask)
     ask.set_defaults(func=cmd_ask)
+    add_eval_parser(sub)
     return parser
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from PIL import Image
 
@@ -266,8 +266,13 @@ def run_to_end(backend: Backend, task: Task, **kw) -> Trajectory:
 
 def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = None,
               params: GenerationParams | None = None, store: ImageStore | None = None,
-              episodes: list[Episode] | None = None) -> list[Trajectory]:
-    """Advance many episodes turn by turn together through the backend's batched call."""
+              episodes: list[Episode] | None = None,
+              on_done: Callable[[Episode], None] | None = None) -> list[Trajectory]:
+    """Advance many episodes turn by turn together through the backend's batched call.
+
+    `on_done(episode)` is called as each episode ends, before its batch-mates finish (evaluation
+    writes every finished item at once).
+    """
     config, params = config or LoopConfig(), params or GenerationParams()
     if episodes is None:
         episodes = [Episode(t, config, store, backend.name, backend.model_id) for t in tasks]
@@ -277,7 +282,11 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
         except Exception as e:
             for ep in active:
                 ep.fail(f"{type(e).__name__}: {e}")
+                if on_done is not None:
+                    on_done(ep)
             break
         for episode, generation in zip(active, generations):
             episode.advance(generation)
+            if on_done is not None and episode.done:
+                on_done(episode)
     return [e.trajectory for e in episodes]

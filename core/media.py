@@ -194,15 +194,19 @@ class DiskImageStore:
         return load_image(self.path(sha))
 
 
-def write_video(frames, path: str | Path, fps: float = 8.0, crf: int = 23) -> Path:
-    """Encode frames (PIL images or HxWx3 uint8 arrays, even sides) as an H.264 mp4 with PyAV."""
+def write_video(frames, path: str | Path, fps: float = 8.0, qp: int = 23) -> Path:
+    """Encode frames (PIL images or HxWx3 uint8 arrays, even sides) as an H.264 mp4 with PyAV.
+
+    Constant quantiser (qp), one thread: x264's CRF rate control gives different bytes from run to
+    run, and generated datasets must be identical for a given seed.
+    """
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = None
-        for frame in frames:
+        for i, frame in enumerate(frames):
             arr = np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame, dtype=np.uint8)
             if stream is None:
                 from fractions import Fraction
@@ -210,8 +214,11 @@ def write_video(frames, path: str | Path, fps: float = 8.0, crf: int = 23) -> Pa
                 stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
                 stream.height, stream.width = arr.shape[:2]
                 stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": str(crf), "preset": "veryfast"}
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                stream.options = {"qp": str(qp), "preset": "veryfast"}
+                stream.codec_context.thread_count = 1
+            vf = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            vf.pts = i
+            for packet in stream.encode(vf):
                 container.mux(packet)
         if stream is not None:
             for packet in stream.encode():

@@ -117,7 +117,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER,
     log_path TEXT, metrics_path TEXT, out_dir TEXT,
     dataset TEXT,
-    created_at REAL NOT NULL, started_at REAL, ended_at REAL
+    created_at REAL NOT NULL, started_at REAL, ended_at REAL,
+    note TEXT                   -- why it failed when no exit code tells (e.g. the app died while it ran)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -150,7 +151,8 @@ def _unjs(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process runs (a zombie, exited but not yet reaped, does not)."""
     if not pid:
         return False
     try:
@@ -159,7 +161,11 @@ def _pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def make_thumb(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
@@ -244,6 +250,8 @@ class SessionLog:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if "note" not in db.table("jobs").columns_dict:  # DBs made before the column existed
+                db.execute("ALTER TABLE jobs ADD COLUMN note TEXT")
             if "sessions_fts" not in db.table_names():
                 db.table("sessions").enable_fts(["question", "answer"], create_triggers=True, tokenize="porter")
             if "steps_fts" not in db.table_names():
@@ -362,7 +370,7 @@ class SessionLog:
             ids = list(session_ids)
         else:
             rows = db.execute("SELECT id, host, pid FROM sessions WHERE status = 'running'").fetchall()
-            ids = [i for i, host, pid in rows if host == self._host and not _pid_alive(pid)]
+            ids = [i for i, host, pid in rows if host == self._host and not pid_alive(pid)]
         n = 0
         with self._tx():
             for sid in ids:
@@ -494,7 +502,6 @@ class SessionLog:
         }
 
     # ---- annotations and jobs ----------------------------------------------------------------
-    # (helper "annotate" may extend this section)
 
     def add_annotation(self, session_id: str, step_idx: int | None = None, label: str | None = None,
                        comment: str | None = None, corrected_answer: str | None = None,
@@ -545,3 +552,17 @@ class SessionLog:
         for r in rows:
             r["cmd"] = json.loads(r["cmd"])
         return rows
+
+    def add_metrics(self, job_id: str, rows: Iterable[dict]) -> int:
+        """Copy metrics.jsonl rows into `metrics` (one row per numeric key), replacing the job's old ones."""
+        values = [(job_id, int(r["step"]), k, float(v), r.get("time")) for r in rows if "step" in r
+                  for k, v in r.items() if k not in ("step", "time") and isinstance(v, (int, float))
+                  and not isinstance(v, bool)]
+        with self._tx() as db:
+            db.execute("DELETE FROM metrics WHERE job_id = ?", [job_id])
+            db.conn.executemany("INSERT INTO metrics (job_id, step, name, value, t) VALUES (?, ?, ?, ?, ?)", values)
+        return len(values)
+
+    def job_metrics(self, job_id: str) -> list[dict]:
+        return list(self.db.query("SELECT step, name, value, t FROM metrics WHERE job_id = ? ORDER BY step, name",
+                                  [job_id]))

@@ -45,3 +45,17 @@ def test_ask_clear_errors(tmp_path):
     assert out.returncode == 2 and "not a readable image" in out.stderr and "Traceback" not in out.stderr
     out = ask("--image", str(bad), "--video", "v.mp4", "--question", "Q")
     assert out.returncode == 2 and "exactly one of --image or --video" in out.stderr
+
+
+def test_ask_needs_neither_sqlite_utils_nor_plotly(tmp_path, photo_path):
+    """A GPU box with only the model stack installed can still run `core ask` (the eval and app
+    extras are imported where they are used)."""
+    turns = tmp_path / "turns.json"
+    turns.write_text(json.dumps(["\\boxed{B}"]))
+    code = ("import sys; sys.modules['sqlite_utils'] = None; sys.modules['plotly'] = None; "
+            "from core.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "ask", "--image", str(photo_path), "--question", "Q?",
+                          "--backend", "replay", "--replay", str(turns), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["answer"] == "B"

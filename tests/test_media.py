@@ -57,7 +57,7 @@ def test_overview_indices_are_uniform_and_cover_the_ends():
 
 def test_video_frames_are_the_right_ones_at_full_resolution(tmp_path):
     frames = list(numbered_frames(32, 320, 240))
-    path = write_video(frames, tmp_path / "v.mp4", fps=8, crf=10)
+    path = write_video(frames, tmp_path / "v.mp4", fps=8, qp=10)
     video = Video.from_file(path)
     assert video.n_frames == 16 and video.n_source_frames == 32 and video.fps == 8.0
     got = video.frames([1, 16])

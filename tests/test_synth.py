@@ -76,7 +76,7 @@ def test_zoom_optional_items_answer_without_tools():
 def test_video_sign_only_in_selected_frames(tmp_path):
     """The sign shows in 3 of 16 overview frames; select_frames returns them from the real mp4."""
     item = make_item("video", 5, "v")
-    path = write_video(item.frames, tmp_path / "v.mp4", fps=VIDEO_FPS, crf=18)
+    path = write_video(item.frames, tmp_path / "v.mp4", fps=VIDEO_FPS, qp=18)
     store = MemoryImageStore()
     traj = run_trace(item_task(item, str(path)), make_trace(item, np.random.default_rng(0)), store)
     step = traj.steps[0]

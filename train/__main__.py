@@ -11,7 +11,8 @@ import sys
 COMMANDS = {
     "synth": "train.synth.build",  # write the synthetic TinyZoom dataset
     "sft": "train.sft",  # supervised fine-tuning on multi-turn, multi-image traces
-    "tinyzoom-eval": "train.synth.evaluate",  # measure a checkpoint on the TinyZoom test split
+    "rl": "train.rl",  # curiosity-driven GRPO with tool-loop rollouts
+    "tinyzoom-eval": "train.synth.evaluate",  # alias of `python -m core eval --bench tinyzoom`
 }
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from core import protocol as P
 from core.encoding import VisionTextEncoder
@@ -73,6 +75,8 @@ class SFTRunConfig:
     num_workers: int = 0
     torch_threads: int | None = None
     disable_tqdm: bool = False
+    max_seconds: float | None = None  # a wall-clock budget: warmup + cosine over time, then stop
+    save_dtype: str | None = None  # e.g. "bfloat16" to halve the shipped weights
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] = ()) -> "SFTRunConfig":
@@ -143,7 +147,7 @@ def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path):
         source = save_checkpoint(model, tokenizer, out / "init", pixel_preset=cfg.pixel_preset)
         encoder = VisionTextEncoder.from_pretrained(source)
     else:
-        kwargs = {"dtype": torch.bfloat16 if cfg.bf16 else torch.float32}
+        kwargs = {"dtype": torch.float32}  # fp32 master weights; bf16=true trains under autocast (or DeepSpeed's bf16)
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.model, **kwargs)
@@ -158,8 +162,37 @@ def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path):
     return model, encoder, source
 
 
+class TimeBudgetCallback(TrainerCallback):
+    """Train for a wall-clock budget rather than a step count: the learning rate follows warmup then
+    cosine decay over elapsed time (set before each optimiser step) and training stops at the budget.
+    Used where a machine is lent for minutes and its speed is not known ahead."""
+
+    def __init__(self, seconds: float, lr: float, warmup: float = 0.05) -> None:
+        self.seconds, self.lr, self.warmup, self.t0 = seconds, lr, warmup, None
+
+    def lr_at(self, frac: float) -> float:
+        if frac < self.warmup:
+            return self.lr * max(frac / self.warmup, 0.01)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - self.warmup) / (1 - self.warmup))))
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.time()
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kw):
+        lr = self.lr_at((time.time() - self.t0) / self.seconds)
+        for group in (optimizer.param_groups if optimizer is not None else []):
+            group["lr"] = lr
+
+    def on_step_end(self, args, state, control, **kw):
+        if time.time() - self.t0 >= self.seconds:
+            control.should_training_stop = True
+            control.should_save = True
+
+
 def save_final(trainer, encoder: VisionTextEncoder, cfg: SFTRunConfig, source: Path | None, final: Path) -> None:
     """A plain HF folder: weights, config, tokenizer, processor configs (copied from the start)."""
+    if cfg.save_dtype:
+        trainer.model.to(getattr(torch, cfg.save_dtype))
     trainer.save_model(str(final))
     if not trainer.is_world_process_zero():
         return
@@ -196,7 +229,9 @@ def train(cfg: SFTRunConfig) -> dict:
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,  # < 1: a ratio weight_decay=cfg.weight_decay,
+        lr_scheduler_type="constant" if cfg.max_seconds else cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # < 1: a ratio of the steps
+        weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16, activation_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if has_eval else "no", eval_steps=(cfg.eval_steps or cfg.save_steps) if has_eval else None,
@@ -209,6 +244,8 @@ def train(cfg: SFTRunConfig) -> dict:
     trainer = SFTTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=encoder.tokenizer,
                          callbacks=[MetricsJsonlCallback(out / "metrics.jsonl")])
+    if cfg.max_seconds:
+        trainer.add_callback(TimeBudgetCallback(cfg.max_seconds, cfg.learning_rate, cfg.warmup_ratio))
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=_last_checkpoint(out))
     seconds = time.time() - t0
@@ -227,16 +264,20 @@ def _last_checkpoint(out: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train sft", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", help="JSON file with SFTRunConfig fields")
+def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None) -> int:
+    """The shared command line of `train sft` and `train rl`: --config FILE, --out, key=value overrides."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    ap.add_argument("--config", help=f"JSON file with {config_cls.__name__} fields")
     ap.add_argument("--out", help="output folder (overrides the config's `out`)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, values parsed as JSON when possible")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = SFTRunConfig.from_file(args.config, args.overrides)
+    cfg = config_cls.from_file(args.config, args.overrides)
     if args.out:
         cfg.out = args.out
-    summary = train(cfg)
-    print(json.dumps(summary))
+    print(json.dumps(train_fn(cfg)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("python -m train sft", __doc__, SFTRunConfig, train, argv)

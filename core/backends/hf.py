@@ -126,8 +126,12 @@ class TransformersBackend(Backend):
 
     # ---- generation ---------------------------------------------------------------------------
 
+    def _encode_prompt(self, messages: list[dict]):
+        """The conversation as the model is fed it (RL's policy backend feeds its own token ledger)."""
+        return self.encoder.encode(messages, add_generation_prompt=True)
+
     def _inputs(self, batch: list[list[dict]]) -> dict[str, torch.Tensor]:
-        encoded = [self.encoder.encode(m, add_generation_prompt=True) for m in batch]
+        encoded = [self._encode_prompt(m) for m in batch]
         inputs = self.encoder.collate(encoded, pad_left=True)
         inputs.pop("labels")
         for key, value in inputs.items():

@@ -1,6 +1,6 @@
 """Write a synthetic dataset folder: train/validation/test jsonl, images/, videos/, originals/.
 
-    python -m train synth --out data/tinyzoom [--train 3000] [--validation 100] [--test 330] [--seed 0]
+    python -m train synth --out data/tinyzoom [--train 3000] [--validation 100] [--test 330] [--seed 0] [--workers 8]
 
 Each split has its own seed stream (seed, split name, index), so the TinyZoom test split is the
 same whatever the train size. Every record carries meta.task: the question, answer, category and
@@ -38,6 +38,7 @@ class BuildConfig:
     seed: int = 0
     correction_rate: float = 0.2
     notool_rate: float = 0.1
+    workers: int = 1  # processes; the records and files are the same whatever the number
 
 
 def split_seed(seed: int, split: str, index: int) -> int:
@@ -54,47 +55,63 @@ def categories_for(n: int) -> list[str]:
     return [c for c in CATEGORIES for _ in range(counts[c])]
 
 
-def build_split(cfg: BuildConfig, split: str, n: int, store: DiskImageStore) -> list[dict]:
+def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
+    """One record: the item, its media on disk, its scripted trace replayed through the real loop.
+
+    Training items keep no mp4 (videos are traced from their frames, which is all SFT reads);
+    validation and test items keep the full-resolution media that evaluation runs on.
+    """
     out = Path(cfg.out)
-    records = []
-    keep_originals = split != "train"
-    for i, category in enumerate(categories_for(n)):
-        seed = split_seed(cfg.seed, split, i)
-        item_id = f"{split}-{i:05d}-{category}"
-        item = make_item(category, seed, item_id)
-        rng = np.random.default_rng(seed + 1)
-        media_rel, video_path = None, None
+    store = DiskImageStore(out / "images")
+    seed = split_seed(cfg.seed, split, i)
+    item_id = f"{split}-{i:05d}-{category}"
+    item = make_item(category, seed, item_id)
+    rng = np.random.default_rng(seed + 1)
+    media_rel, video_path = None, None
+    if split != "train":
         if item.frames is not None:
             media_rel = f"videos/{item_id}.mp4"
-            video_path = str(write_video(item.frames, out / media_rel, fps=VIDEO_FPS, crf=18))
-        elif keep_originals:
+            video_path = str(write_video(item.frames, out / media_rel, fps=VIDEO_FPS, qp=18))
+        else:
             media_rel = f"originals/{item_id}.png"
             (out / "originals").mkdir(parents=True, exist_ok=True)
             item.image.save(out / media_rel)
-        trace = make_trace(item, rng, cfg.correction_rate, cfg.notool_rate)
-        traj = run_trace(item_task(item, video_path, media_rel), trace, store)
-        if traj.answer != item.answer:
-            raise RuntimeError(f"{item_id}: scripted answer {traj.answer!r} != ground truth {item.answer!r}")
-        rec = trajectory_to_sft_record(traj, store, trace.train_turns, relative_to=out)
-        rec["id"] = item_id
-        rec["meta"] = {"category": category, "trace": trace.kind, "seed": seed,
-                       "task": {"question": item.question, "answer": item.answer, "category": category,
-                                "media": media_rel, "kind": "video" if item.frames is not None else "image",
-                                "target": [round(v, 4) for v in item.target] if item.target else None,
-                                "visible_frames": item.visible_frames},
-                       **{k: v for k, v in item.meta.items() if k in ("kind", "tag_box", "glyph_box")}}
-        records.append(rec)
-    return records
+    trace = make_trace(item, rng, cfg.correction_rate, cfg.notool_rate)
+    traj = run_trace(item_task(item, video_path, media_rel), trace, store)
+    if traj.answer != item.answer:
+        raise RuntimeError(f"{item_id}: scripted answer {traj.answer!r} != ground truth {item.answer!r}")
+    rec = trajectory_to_sft_record(traj, store, trace.train_turns, relative_to=out)
+    rec["id"] = item_id
+    rec["meta"] = {"category": category, "trace": trace.kind, "seed": seed,
+                   "task": {"question": item.question, "answer": item.answer, "category": category,
+                            "media": media_rel, "kind": "video" if item.frames is not None else "image",
+                            "target": [round(v, 4) for v in item.target] if item.target else None,
+                            "visible_frames": item.visible_frames},
+                   **{k: v for k, v in item.meta.items() if k in ("kind", "tag_box", "glyph_box")}}
+    return rec
+
+
+def _build_item(args: tuple) -> dict:
+    return build_item(*args)
+
+
+def build_split(cfg: BuildConfig, split: str, n: int) -> list[dict]:
+    jobs = [(cfg, split, i, category) for i, category in enumerate(categories_for(n))]
+    if cfg.workers <= 1 or len(jobs) < 2 * cfg.workers:
+        return [build_item(*job) for job in jobs]
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(cfg.workers) as pool:  # records come back in order
+        return list(pool.imap(_build_item, jobs, chunksize=8))
 
 
 def build(cfg: BuildConfig) -> dict[str, int]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    store = DiskImageStore(out / "images")
     sizes = {}
     for split, n in (("test", cfg.test), ("validation", cfg.validation), ("train", cfg.train)):
         t0 = time.perf_counter()
-        records = build_split(cfg, split, n, store)
+        records = build_split(cfg, split, n)
         tmp = out / f"{split}.jsonl.tmp"
         with tmp.open("w", encoding="utf-8") as f:
             for rec in records:
@@ -102,7 +119,8 @@ def build(cfg: BuildConfig) -> dict[str, int]:
         tmp.replace(out / f"{split}.jsonl")
         sizes[split] = len(records)
         log.info("%s: %d records in %.1f s", split, len(records), time.perf_counter() - t0)
-    (out / "dataset.json").write_text(json.dumps({"config": vars(cfg), "sizes": sizes, "mix": MIX}, indent=2))
+    config = {k: v for k, v in vars(cfg).items() if k != "workers"}
+    (out / "dataset.json").write_text(json.dumps({"config": config, "sizes": sizes, "mix": MIX}, indent=2))
     return sizes
 
 
@@ -137,7 +155,7 @@ def write_examples(out: str | Path = "assets/examples", seed: int = 12345) -> li
         item = make_item(category, split_seed(seed, "examples", index), f"example-{index}")
         if item.frames is not None:
             name = f"{category}_{index}.mp4"
-            write_video(item.frames, out / name, fps=VIDEO_FPS, crf=18)
+            write_video(item.frames, out / name, fps=VIDEO_FPS, qp=18)
         else:
             name = f"{category}_{index}.png"
             item.image.save(out / name, optimize=True)

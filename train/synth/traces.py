@@ -20,10 +20,10 @@ import numpy as np
 from core import protocol as P
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
-from core.media import ImageStore, Video
+from core.media import ImageStore, Video, overview_indices
 from core.operations import PIXEL_PRESETS
 from core.trajectory import Trajectory
-from train.synth.tasks import Item
+from train.synth.tasks import OVERVIEW, VIDEO_FPS, Item
 
 
 @dataclass
@@ -97,14 +97,22 @@ def make_trace(item: Item, rng: np.random.Generator, correction_rate: float = 0.
 
 
 def item_task(item: Item, video_path: str | None = None, media_path: str | None = None) -> Task:
-    """The loop's Task for an item; videos are read back from their mp4 so frames are as eval sees them."""
+    """The loop's Task for an item; videos are read back from their mp4 when there is one, so frames are
+    as evaluation sees them."""
     if item.category == "video":
-        if video_path is None:
-            raise ValueError("a video item needs its mp4 path")
-        return Task(item.question, video=Video.from_file(video_path), answer=item.answer, id=item.id,
+        video = Video.from_file(video_path) if video_path else frames_video(item)
+        return Task(item.question, video=video, answer=item.answer, id=item.id,
                     media_path=media_path or video_path, meta={"category": item.category})
     return Task(item.question, image=item.image, answer=item.answer, id=item.id, media_path=media_path,
                 meta={"category": item.category})
+
+
+def frames_video(item: Item, n: int = OVERVIEW) -> Video:
+    """The video straight from its generated frames (no mp4 round trip): the same overview sampling
+    as a decoded file, for training splits where writing and decoding mp4s only costs time."""
+    idx = overview_indices(len(item.frames), n)
+    return Video(overview=[item.frames[i] for i in idx], times=[i / VIDEO_FPS for i in idx],
+                 source_indices=idx, fps=VIDEO_FPS, n_source_frames=len(item.frames))
 
 
 def loop_config(tools: bool = True, preset: str = "tiny") -> LoopConfig:

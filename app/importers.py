@@ -1,0 +1,153 @@
+"""Trajectories made elsewhere, turned into our Trajectory record for the Inspect tab.
+
+Accepted shapes (one JSON object, a JSON list, or JSON lines):
+- our own trajectory JSON (`python -m core ask --json`, eval items' "trajectory"): used as is;
+- message-list records, as in the reference's released data and rollout dumps: {"messages" |
+  "message_list" | "conversations": [...], "id"/"qid", "answer"/"gt"/"meta": {...}} with images as
+  paths (relative to the file's folder) or {"type": "image", "image": path} parts;
+- rendered rollout dumps (verl / OpenRLHF style): {"prompt": str, "response": str, "images": [paths],
+  "answer"...}, the text in Qwen chat markup (`<|im_start|>role ... <|im_end|>`); turns are split at
+  the markup and the images relinked from "images"/"image".
+
+When the picture (or video, or frame files) exists, the assistant turns are re-run through the real
+operations (ReplayBackend), so the boxes, crops and observations shown are true; otherwise a
+text-only trajectory is built from the turns (no pictures, tool calls parsed for display).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core import protocol as P
+from core.backends.replay import ReplayBackend
+from core.loop import LoopConfig, Task, run_to_end
+from core.media import MediaError, Video, load_image
+from core.scoring import extract_answer
+from core.trajectory import Media, Step, Trajectory
+from train.data import MESSAGE_KEYS, DataError, parse_record
+
+CHAT_TURN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)", re.S)
+VISION = re.compile(r"<\|vision_start\|>.*?<\|vision_end\|>|<image>|<video>")
+ANSWER_KEYS = ("answer", "gt", "ground_truth", "label", "solution")
+
+
+def is_trajectory(obj) -> bool:
+    return isinstance(obj, dict) and "question" in obj and "media" in obj
+
+
+def is_foreign(obj) -> bool:
+    return isinstance(obj, dict) and (any(k in obj for k in MESSAGE_KEYS) or ("prompt" in obj and (
+        "response" in obj or "output" in obj)))
+
+
+def _messages_from_rendered(obj: dict) -> list[dict]:
+    text = str(obj.get("prompt", "")) + str(obj.get("response", obj.get("output", "")))
+    turns = [(role, body.strip("\n")) for role, body in CHAT_TURN.findall(text)]
+    if not turns:
+        raise ValueError("no <|im_start|> chat turns in prompt/response")
+    images = obj.get("images") or obj.get("image") or []
+    images = [images] if isinstance(images, str) else list(images)
+    messages, first_user = [], True
+    for role, body in turns:
+        if role == "user" and first_user:
+            first_user = False
+            parts = [{"type": "image", "image": images[0]}] if images else []
+            messages.append({"role": "user", "content": parts + [{"type": "text", "text": VISION.sub("", body).strip()}]})
+        else:
+            messages.append({"role": role, "content": VISION.sub("", body)})
+    return messages
+
+
+def _split_question(text: str) -> tuple[str, list[str] | None, str]:
+    """(question, choices, guideline) from the first user text."""
+    guideline = "vcot"
+    for name, suffix in sorted(P.GUIDELINES.items(), key=lambda kv: -len(kv[1])):
+        if suffix and text.endswith(suffix):
+            text, guideline = text[: -len(suffix)], name
+            break
+    choices = None
+    if "\nchoices:\n" in text:
+        text, block = text.split("\nchoices:\n", 1)
+        choices = [re.sub(r"^[A-Z]:\s*", "", line).strip() for line in block.splitlines() if line.strip()]
+    return text.strip(), choices, guideline
+
+
+def _text(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def _media(content, root: Path):
+    """The first user turn's picture: ('image', path) or ('video', path | [frame paths]) or (None, None)."""
+    if isinstance(content, str):
+        return None, None
+    for p in content:
+        if p["type"] == "image":
+            return "image", p["image"]
+        if p["type"] == "video":
+            return "video", p["video"]
+    return None, None
+
+
+def _resolve(ref: str, root: Path) -> Path:
+    path = Path(ref)
+    return path if path.is_absolute() else root / path
+
+
+def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record") -> Trajectory:
+    """One message-list or rendered record as a Trajectory (re-executed when its media exist)."""
+    if not any(k in obj for k in MESSAGE_KEYS):
+        obj = {**obj, "messages": _messages_from_rendered(obj)}
+    try:
+        rec = parse_record(obj, root, where)
+    except DataError as e:
+        raise ValueError(str(e)) from None
+    system = next((m for m in rec.messages if m["role"] == "system"), None)
+    user = next(m for m in rec.messages if m["role"] == "user")
+    turns = [_text(m["content"]) for m in rec.messages if m["role"] == "assistant"]
+    question, choices, guideline = _split_question(_text(user["content"]))
+    tools = system is None or "<tools>" in _text(system["content"])
+    meta = dict(rec.meta) if isinstance(rec.meta, dict) else {}
+    truth = next((str(obj[k]) for k in ANSWER_KEYS if obj.get(k) not in (None, "")), None) or \
+        (str(meta["answer"]) if meta.get("answer") not in (None, "") else None)
+    kind, ref = _media(user["content"], root)
+    task = None
+    try:
+        if kind == "image" and _resolve(ref, root).exists():
+            task = Task(question=question, image=load_image(_resolve(ref, root)), choices=choices, answer=truth,
+                        media_path=str(_resolve(ref, root)))
+        elif kind == "video" and isinstance(ref, list) and all(_resolve(r, root).exists() for r in ref):
+            task = Task(question=question, video=Video.from_frame_files([_resolve(r, root) for r in ref]),
+                        choices=choices, answer=truth)
+        elif kind == "video" and isinstance(ref, str) and _resolve(ref, root).exists():
+            task = Task(question=question, video=Video.from_file(_resolve(ref, root)), choices=choices, answer=truth,
+                        media_path=str(_resolve(ref, root)))
+    except MediaError:
+        task = None
+    model = str(obj.get("model") or meta.get("model") or "import")
+    if task is not None:
+        config = LoopConfig(tools=tools, guideline=guideline if guideline != "notool" else "vcot",
+                            max_ops=max(4, len(turns)), max_context_tokens=10 ** 9)
+        traj = run_to_end(ReplayBackend(turns), task, config=config, store=store)
+        traj.steps = traj.steps[:len(turns)]
+    else:
+        traj = Trajectory(question=question, choices=choices, ground_truth=truth, tools_enabled=tools,
+                          guideline=guideline, media=Media(kind=kind or "image", path=str(ref) if ref else None))
+        for i, t in enumerate(turns):
+            step = Step(index=i, text=t)
+            if P.has_tool_call(t):
+                try:
+                    call = P.parse_tool_call(t)
+                    step.tool, step.arguments = call.name, call.arguments
+                except P.ToolCallError as e:
+                    step.error = str(e)
+            traj.steps.append(step)
+        traj.status = "done"
+        traj.answer = extract_answer(turns[-1]) if turns else None
+        meta["pictures"] = "missing: text only"
+    traj.backend, traj.model = "import", model
+    traj.meta = {**meta, "source_id": rec.id, "imported_from": where}
+    if truth is not None and traj.answer is not None:
+        traj.correct = traj.answer.strip().lower() == truth.strip().lower()
+    return traj

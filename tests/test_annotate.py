@@ -1,0 +1,109 @@
+"""The Annotate tab through the real server (gradio_client): queue, open, save labels and corrections
+into SQLite, clear errors, delete, export preview and export; plus the overlay and IoU helpers.
+"""
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import annotate as A
+from core.sessionlog import SessionLog
+from tests.test_export import ANSWER_7, GOOD_BOX, WRONG, logged
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from app import Studio
+    from app.ui import build_app, launch_kwargs
+
+    data = tmp_path_factory.mktemp("annotate")
+    log = SessionLog(data / "studio.db")
+    ids = [logged(log, [WRONG, ANSWER_7]), logged(log, [ANSWER_7.replace("7", "3")], question="Tag?")]
+    studio = Studio(log=log, data_dir=data, backend="replay")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(studio)
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs())
+    yield Client(demo.local_url, verbose=False), studio, ids
+    demo.close()
+
+
+def test_queue_open_save_and_export(server, tmp_path):
+    client, studio, (sid, other) = server
+    log = studio.log
+    queued_sid, info = client.predict("unannotated", "any", "", api_name="/annotate_queue")
+    assert queued_sid == sid and "1 of 2" in info  # oldest first
+    out = client.predict(sid, api_name="/annotate_open")
+    header, image, target, step_text = out[0], out[1], out[2], out[4]
+    assert "What is written on the blue tag?" in header and "❌" in header
+    shown = Image.open(image)
+    assert shown.size == (1000, round(996 * 1000 / 1180))  # the original, scaled to 1000 px
+    assert target["value"] == A.WHOLE and "final answer: 7" in step_text
+    assert [c[0] for c in target["choices"]] == [A.WHOLE, "step 1 · crop_image_normalized", "step 2 · answer"]
+
+    msg, table = client.predict(sid, "step 1 · crop_image_normalized", "wrong box", "the tag is lower", "",
+                                *GOOD_BOX, "", "", "ann", api_name="/annotate_save")
+    assert msg.startswith("saved annotation") and table["data"][0][1:3] == ["step 1", "wrong box"]
+    msg, table = client.predict(sid, A.WHOLE, "wrong answer", "", "3", None, None, None, None, "", "", "ann",
+                                api_name="/annotate_save")
+    assert msg.startswith("saved") and len(table["data"]) == 2
+    rows = log.list_annotations(sid)
+    assert [(r["step_idx"], r["label"], r["corrected_box"], r["corrected_answer"], r["annotator"]) for r in rows] == [
+        (0, "wrong box", GOOD_BOX, None, "ann"), (None, "wrong answer", None, "3", "ann")]
+
+    # clear messages, nothing written
+    for args, expected in [((sid, A.WHOLE, None, "", "", None, None, None, None, "", "", ""), "nothing to save"),
+                           ((sid, A.WHOLE, "other", "", "", 0.5, 0.5, 0.4, 0.6, "", "", ""), "x0 < x1"),
+                           ((sid, A.WHOLE, "other", "", "", 0.1, None, None, None, "", "", ""), "all four numbers"),
+                           ((sid, A.WHOLE, "wrong frame", "", "", None, None, None, None, "3, x", "", ""), "whole numbers"),
+                           (("nope", A.WHOLE, "other", "c", "", None, None, None, None, "", "", ""), "no session")]:
+        msg, _ = client.predict(*args, api_name="/annotate_save")
+        assert msg.startswith("⚠️") and expected in msg, msg
+    assert len(log.list_annotations()) == 2
+
+    # a third annotation, deleted again
+    msg, table = client.predict(other, A.WHOLE, "other", "no zoom needed here", "", None, None, None, None, "", "",
+                                "ann", api_name="/annotate_save")
+    aid = table["data"][0][0]
+    table = client.predict(other, aid, api_name="/annotate_delete")
+    assert table["data"] in ([], [["", "", "", "", "", "", ""]]) or not any(r[0] == aid for r in table["data"])
+    assert log.list_annotations(other) == []
+    queued_sid, info = client.predict("annotated", "any", "", api_name="/annotate_queue")
+    assert queued_sid == sid and "1 of 1" in info
+
+    md, preview = client.predict(str(tmp_path / "x"), api_name="/export_preview")
+    assert "**1** would become SFT records" in md
+    assert preview["data"][0][5] == "masked (labeled bad) → correction → corrected answer"
+    folder = tmp_path / "export"
+    md, _, next_folder = client.predict(str(folder), api_name="/export")
+    assert "Exported **1** SFT records (1 with corrections) and **2** labels" in md and next_folder != str(folder)
+    rec = json.loads((folder / "train.jsonl").read_text())
+    assert rec["train_turns"] == [False, True, True] and rec["meta"]["source_session"] == sid
+    md, _, _ = client.predict(str(folder), api_name="/export")
+    assert "not empty" in md
+
+
+def test_overlay_draws_the_corrected_box_and_iou_compares_padded_boxes(server):
+    _, studio, (sid, _) = server
+    log = studio.log
+    traj = log.get_trajectory(sid)
+    original = Image.open(log.image_path(traj.media.image.sha))
+    img = np.asarray(A.overlay(original, traj, 0, GOOD_BOX))
+    h, w = img.shape[:2]
+    x0 = round(GOOD_BOX[0] * w)
+    y_mid = round((GOOD_BOX[1] + GOOD_BOX[3]) / 2 * h)
+    assert tuple(img[y_mid, x0 + 1]) == A.CORRECTED_COLOR
+    same = A.box_iou(traj, 0, [0.7, 0.05, 0.85, 0.2], original.size)  # the model's own box
+    assert "**1.00**" in same
+    assert "**0.00**" in A.box_iou(traj, 0, GOOD_BOX, original.size)
+    assert A.box_iou(traj, 1, GOOD_BOX, original.size).startswith("the model's step has no box")
+    assert A.step_of("step 3 · crop_image_normalized") == 2 and A.step_of(A.WHOLE) is None
+    assert A.parse_frames("3, 7 9") == [3, 7, 9] and A.parse_frames("") is None
