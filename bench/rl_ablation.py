@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = {"curiosity": out / "rl_curiosity", "no_curiosity": out / "rl_no_curiosity"}
     procs = {}
     for name, path in arms.items():
-        if (path / "metrics.jsonl").exists():
-            (path / "metrics.jsonl").unlink()
+        if path.exists():  # a fresh arm: `train rl` would otherwise resume from a checkpoint left there
+            shutil.rmtree(path)
         procs[name] = run([py, "-m", "train", "rl", "--config", "configs/rl_tiny.json", *common, f"out={path}",
                            f"curiosity={'true' if name == 'curiosity' else 'false'}"],
                           out / "logs" / f"rl_{name}.log", env={"OMP_NUM_THREADS": str(threads)}, wait=False)

@@ -112,7 +112,7 @@ def cmd_eval(args) -> int:
 
     if args.data is None and args.bench != "tinyzoom":
         print(f"error: --bench {args.bench} needs --data (the released parquet, or the folder holding it and its "
-              "images); see docs/readme/eval.md", file=sys.stderr)
+              "images); see the Evaluation section of README.md", file=sys.stderr)
         return 2
     data = Path(args.data or "data/tinyzoom").resolve()
     extra = {}
@@ -167,7 +167,7 @@ def add_eval_parser(sub) -> None:
     from core.evaluation.benches import BENCHES
 
     ev = sub.add_parser("eval", help="run a benchmark; resumable (re-run the same command to continue)",
-                        description="Evaluate a model on a benchmark; see docs/readme/eval.md.")
+                        description="Evaluate a model on a benchmark; see the Evaluation section of README.md.")
     ev.add_argument("--bench", required=True, choices=list(BENCHES))
     ev.add_argument("--data", help="the released parquet (or its folder), or the TinyZoom folder "
                                    "(default for tinyzoom: data/tinyzoom)")

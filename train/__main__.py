@@ -12,7 +12,6 @@ COMMANDS = {
     "synth": "train.synth.build",  # write the synthetic TinyZoom dataset
     "sft": "train.sft",  # supervised fine-tuning on multi-turn, multi-image traces
     "rl": "train.rl",  # curiosity-driven GRPO with tool-loop rollouts
-    "tinyzoom-eval": "train.synth.evaluate",  # alias of `python -m core eval --bench tinyzoom`
 }
 
 
