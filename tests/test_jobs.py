@@ -17,6 +17,7 @@ import pytest
 from app import charts as C
 from app import jobs as J
 from core.sessionlog import SessionLog
+from core.sessionlog import pid_alive as _alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +45,6 @@ def writer(tmp_path):
     path = tmp_path / "writer.py"
     path.write_text(WRITER)
     return path
-
-
-def _alive(pid: int) -> bool:
-    return J._alive(pid)
 
 
 def test_job_writes_metrics_and_ends_done(runner, writer):
