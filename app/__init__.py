@@ -13,6 +13,10 @@ from core.sessionlog import SessionLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
+UI_ONLY = {"api_visibility": "undocumented"}
+"""For events only the page itself triggers: callable (the page and tests call them) but kept off
+the API page, which lists the named endpoints (/ask, /sessions, /annotate_save, ...)."""
+
 
 @dataclass
 class Studio:

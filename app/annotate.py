@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from app import Studio
+from app import UI_ONLY, Studio
 from app import export as E
 from app import inspect as I
 from app.render import draw_boxes
@@ -361,26 +361,28 @@ def build(studio: Studio, session_id=None, demo=None) -> None:
         return annotations_table(log, (session or "").strip())
 
     q_btn.click(load_queue, [q_kind, q_outcome, q_text], [queue, pos, sid, q_info], api_name="annotate_queue") \
-        .then(show, sid, outputs)
-    prev_btn.click(lambda q, p: go(q, p, -1), [queue, pos], [pos, sid, q_info]).then(show, sid, outputs)
-    next_btn.click(lambda q, p: go(q, p, 1), [queue, pos], [pos, sid, q_info]).then(show, sid, outputs)
+        .then(show, sid, outputs, **UI_ONLY)
+    prev_btn.click(lambda q, p: go(q, p, -1), [queue, pos], [pos, sid, q_info], **UI_ONLY) \
+        .then(show, sid, outputs, **UI_ONLY)
+    next_btn.click(lambda q, p: go(q, p, 1), [queue, pos], [pos, sid, q_info], **UI_ONLY) \
+        .then(show, sid, outputs, **UI_ONLY)
     open_btn.click(show, sid, outputs, api_name="annotate_open")
-    sid.submit(show, sid, outputs)
+    sid.submit(show, sid, outputs, **UI_ONLY)
     if session_id is not None:
-        from_inspect.click(lambda s: s, session_id, sid).then(show, sid, outputs)
-    target.change(pick_target, [sid, target, *bx], [image, step_pic, step_text, iou_md])
+        from_inspect.click(lambda s: s, session_id, sid, **UI_ONLY).then(show, sid, outputs, **UI_ONLY)
+    target.change(pick_target, [sid, target, *bx], [image, step_pic, step_text, iou_md], **UI_ONLY)
     for n in bx:
-        n.input(redraw, [sid, target, corner, *bx], [image, iou_md])
-    image.select(click, [sid, target, corner], [image, corner, *bx, iou_md])
-    clear_btn.click(lambda: (None, None, None, None, None, ""), None, [corner, *bx, iou_md]) \
-        .then(redraw, [sid, target, corner, *bx], [image, iou_md])
+        n.input(redraw, [sid, target, corner, *bx], [image, iou_md], **UI_ONLY)
+    image.select(click, [sid, target, corner], [image, corner, *bx, iou_md], **UI_ONLY)
+    clear_btn.click(lambda: (None, None, None, None, None, ""), None, [corner, *bx, iou_md], **UI_ONLY) \
+        .then(redraw, [sid, target, corner, *bx], [image, iou_md], **UI_ONLY)
     save_inputs = [sid, target, label, comment, answer, *bx, frames, text, annotator]
     save_btn.click(do_save, save_inputs, [saved, existing], api_name="annotate_save")
-    save_next_btn.click(do_save, save_inputs, [saved, existing]) \
-        .then(lambda q, p: go(q, p, 1), [queue, pos], [pos, sid, q_info]).then(show, sid, outputs)
+    save_next_btn.click(do_save, save_inputs, [saved, existing], **UI_ONLY) \
+        .then(lambda q, p: go(q, p, 1), [queue, pos], [pos, sid, q_info], **UI_ONLY).then(show, sid, outputs, **UI_ONLY)
     del_btn.click(delete, [sid, del_id], existing, api_name="annotate_delete")
     prev_exp.click(export_preview, out_dir, [exp_md, exp_table], api_name="export_preview")
     exp_btn.click(export, out_dir, [exp_md, exp_table, out_dir], api_name="export")
-    annotator.change(lambda v: v, annotator, name_store)
+    annotator.change(lambda v: v, annotator, name_store, **UI_ONLY)
     if demo is not None:
-        demo.load(lambda v: v or "", name_store, annotator)
+        demo.load(lambda v: v or "", name_store, annotator, **UI_ONLY)

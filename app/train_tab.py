@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app import ROOT, Studio
+from app import ROOT, UI_ONLY, Studio
 from app import charts as C
 from app import jobs as J
 
@@ -197,15 +197,15 @@ def build(studio: Studio, demo=None) -> None:
         return evt.row_value[0] if evt.row_value else gr.update()
 
     for c in inputs:
-        c.change(preview, inputs, command)
-    kind.change(on_kind, kind, [config, bench, model, limit, custom])
-    refresh_ds.click(lambda: gr.update(choices=datasets(studio)), None, dataset)
+        c.change(preview, inputs, command, **UI_ONLY)
+    kind.change(on_kind, kind, [config, bench, model, limit, custom], **UI_ONLY)
+    refresh_ds.click(lambda: gr.update(choices=datasets(studio)), None, dataset, **UI_ONLY)
     launch_btn.click(launch, inputs + [parallel], [launch_md, table, job_id], api_name="train_launch")
     cancel_btn.click(cancel, job_id, [launch_md, table], api_name="train_cancel")
-    table.select(pick, None, job_id)
+    table.select(pick, None, job_id, **UI_ONLY)
     poll_outputs = [table, job_md, progress, curves, log_box, seen]
-    job_id.change(poll, [job_id, alpha, seen], poll_outputs)
-    alpha.release(redraw, [job_id, alpha], curves)
+    job_id.change(poll, [job_id, alpha, seen], poll_outputs, **UI_ONLY)
+    alpha.release(redraw, [job_id, alpha], curves, **UI_ONLY)
     timer.tick(poll, [job_id, alpha, seen], poll_outputs, api_name="train_poll", show_progress="hidden")
     if demo is not None:
-        demo.load(preview, inputs, command)
+        demo.load(preview, inputs, command, **UI_ONLY)

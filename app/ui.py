@@ -11,7 +11,7 @@ import logging
 
 import gradio as gr
 
-from app import ROOT, Studio
+from app import ROOT, UI_ONLY, Studio
 from app import ask as A
 from app import inspect as I
 from core.backends import BACKENDS
@@ -198,11 +198,12 @@ def build_app(studio: Studio) -> gr.Blocks:
 
                 session_outputs = [header, replay, step_no, picture, raw, steps, timeline, timings, cmp_a, cmp_b]
                 search_btn.click(list_sessions, filters, [table, table_info, f_model], api_name="sessions")
-                search.submit(list_sessions, filters, [table, table_info, f_model])
-                table.select(pick_row, None, session_id).then(open_session, session_id, session_outputs)
+                search.submit(list_sessions, filters, [table, table_info, f_model], **UI_ONLY)
+                table.select(pick_row, None, session_id, **UI_ONLY) \
+                    .then(open_session, session_id, session_outputs, **UI_ONLY)
                 open_btn.click(open_session, session_id, session_outputs, api_name="open_session")
-                session_id.submit(open_session, session_id, session_outputs)
-                step_no.release(show_step, [session_id, step_no], [replay, picture, raw])
+                session_id.submit(open_session, session_id, session_outputs, **UI_ONLY)
+                step_no.release(show_step, [session_id, step_no], [replay, picture, raw], **UI_ONLY)
                 cmp_btn.click(compare_two, [cmp_a, cmp_b], cmp_out, api_name="compare")
                 charts_btn.click(refresh_charts, filters, [c_ops, c_lat, c_time, c_model], api_name="charts")
                 import_btn.click(lambda p: I.import_files(studio.log, p), files, import_out, api_name="import")
@@ -226,7 +227,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 return (gr.Tabs(selected="inspect"), rows, info, sid) + open_session(sid)
             return (gr.update(), rows, info, gr.update()) + (gr.update(),) * len(session_outputs)
 
-        demo.load(on_load, None, [tabs, table, table_info, session_id] + session_outputs)
+        demo.load(on_load, None, [tabs, table, table_info, session_id] + session_outputs, **UI_ONLY)
         def on_unload(request: gr.Request):
             """A closed tab stops its runs; their sessions end 'unfinished' with every finished step kept."""
             A.stop(studio, request.session_hash, reason="closed")
