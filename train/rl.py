@@ -130,27 +130,16 @@ class RLRunConfig:
 # ---- data ------------------------------------------------------------------------------------
 
 def load_queries(data: str, split: str, categories=None, limit=None) -> list[Task]:
-    """TinyZoom-style records -> loop Tasks on their original media (meta.task names it)."""
-    from core.media import Video, load_image
-    from train.data import load_sft_records
+    """TinyZoom-style records -> loop Tasks on their original media (meta.task names it), read by the
+    evaluation harness's TinyZoom loader."""
+    from core.evaluation.data import EvalDataError, load_tinyzoom
 
-    root, tasks = Path(data), []
-    for rec in load_sft_records(root, split):
-        t = rec.meta.get("task") or {}
-        if categories and t.get("category") not in categories:
-            continue
-        if not t.get("media"):
-            raise SystemExit(f"{data}/{split}.jsonl record {rec.id} has no original media (meta.task.media): "
-                             "RL needs full-resolution originals, e.g. the validation split of `train synth`")
-        media = root / t["media"]
-        kw = {"video": Video.from_file(media)} if t.get("kind") == "video" else {"image": load_image(media)}
-        tasks.append(Task(t["question"], answer=t["answer"], id=rec.id, media_path=str(media),
-                          meta={"category": t.get("category")}, **kw))
-        if limit and len(tasks) >= limit:
-            break
-    if not tasks:
-        raise SystemExit(f"no RL queries in {data}/{split}.jsonl (categories={categories})")
-    return tasks
+    try:
+        items = load_tinyzoom(data, split, limit, categories)
+    except EvalDataError as e:
+        raise SystemExit(f"{e}; RL needs records with full-resolution originals (meta.task.media), "
+                         "e.g. the validation split of `train synth`") from None
+    return [item.task() for item in items]
 
 
 def is_correct(traj) -> bool:
