@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Train the embedded model (assets/pixel-reasoner-tiny) end to end on one machine:
-# synthetic TinyZoom data, then SFT from scratch for a wall-clock budget.
+# synthetic TinyZoom data, optionally a vision pre-training stage, then SFT for a wall-clock budget.
 #
 #   bash scripts/train_embedded.sh [DEST]      # DEST defaults to assets/pixel-reasoner-tiny
 #
 # Environment: BUDGET (seconds for the whole script, default 520), TRAIN_ITEMS (default 12000),
 # WORKERS (data processes, default: cores - 1), DATA (default data/tinyzoom), RUN (default runs/sft_tiny),
-# SEED (data seed, default 0), FROM (continue from this checkpoint instead of a fresh tiny model).
+# SEED (data seed, default 0), FROM (continue from this checkpoint instead of a fresh tiny model),
+# VISION_SECONDS (default 0; > 0 first pre-trains a fresh vision tower for that long with
+# `train vision`, keeping the language model of FROM or of the shipped model, then runs SFT from it
+# with the tower frozen).
 # On one H100 with 16 cores the default budget gives ~6 minutes of SFT. The TinyZoom test split is
 # written by `python -m train synth --test 330` separately (evaluation needs its mp4s).
 set -euo pipefail
@@ -27,6 +30,16 @@ echo "data ready after $(( $(date +%s) - T0 )) s"
 TRAIN_SECONDS=$(( BUDGET - ($(date +%s) - T0) - 40 ))
 if [ "$TRAIN_SECONDS" -lt 30 ]; then TRAIN_SECONDS=30; fi
 EXTRA=()
+VISION_SECONDS=${VISION_SECONDS:-0}
+if [ "$VISION_SECONDS" -gt 0 ]; then
+  $PY -m train vision --config configs/vision_tiny.json model="${FROM:-assets/pixel-reasoner-tiny}" \
+    out="$RUN-vision" max_seconds="$VISION_SECONDS" num_workers="$(( WORKERS < 12 ? WORKERS : 12 ))"
+  echo "vision tower ready after $(( $(date +%s) - T0 )) s"
+  FROM="$RUN-vision/final"
+  EXTRA+=(freeze_vision=true)
+  TRAIN_SECONDS=$(( TRAIN_SECONDS - VISION_SECONDS - 30 ))
+  if [ "$TRAIN_SECONDS" -lt 30 ]; then TRAIN_SECONDS=30; fi
+fi
 if [ -n "${FROM:-}" ]; then EXTRA+=(model="$FROM" warmup_ratio=0.01); fi
 if ! $PY -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   EXTRA+=(bf16=false num_workers=1 batch_size=8)   # CPU: same recipe, smaller batches

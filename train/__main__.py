@@ -12,6 +12,7 @@ COMMANDS = {
     "synth": "train.synth.build",  # write the synthetic TinyZoom dataset
     "sft": "train.sft",  # supervised fine-tuning on multi-turn, multi-image traces
     "rl": "train.rl",  # curiosity-driven GRPO with tool-loop rollouts
+    "vision": "train.vision",  # pre-train the tiny vision tower on per-token labels (before sft)
 }
 
 

@@ -1,0 +1,103 @@
+"""Vision pre-training (train/vision.py): per-token labels on generated views, scoring, and a few
+real training steps on the tiny checkpoint whose result loads and runs as a Qwen2.5-VL model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from train.synth import scenes as S
+from train.vision import (BACKGROUND, CELL, CLASSES, VisionRunConfig, View, cls, lr_at, make_view, score_views,
+                          token_labels, train)
+
+
+def test_token_labels_take_the_first_class_that_covers_a_cell():
+    size = (3 * CELL, 2 * CELL)
+    glyph = np.zeros((2 * CELL, 3 * CELL), bool)
+    glyph[CELL + 5:CELL + 20, CELL + 5:CELL + 20] = True  # inside cell (1, 1)
+    tag = np.zeros_like(glyph)
+    tag[CELL:, CELL:2 * CELL + 10] = True  # cell (1, 1) fully, cell (1, 2) by 10/28
+    labels = token_labels([(cls("glyph:7"), glyph), (cls("tag:red"), tag)], size)
+    assert labels.shape == (2, 3)
+    assert labels[1, 1] == cls("glyph:7")  # the glyph wins where both cover
+    assert labels[1, 2] == cls("tag:red")  # 10/28 of the cell >= 0.1
+    assert (labels[0] == BACKGROUND).all() and labels[1, 0] == BACKGROUND
+
+
+@pytest.mark.parametrize("kind", ["crop", "overview", "frame", "shape", "sheet"])
+def test_generated_views_are_model_sized_and_labelled(kind):
+    rng = np.random.default_rng(3)
+    view = make_view(kind, rng, wrong_crop_rate=0.0)
+    w, h = view.image.size
+    assert w % CELL == 0 and h % CELL == 0 and w * h <= 64 * CELL * CELL
+    assert view.labels.shape == (h // CELL, w // CELL)
+    names = {CLASSES[c] for c in np.unique(view.labels)}
+    expected = {"crop": "glyph:", "frame": "glyph:", "overview": "tag:", "shape": "shape:", "sheet": "glyph:"}[kind]
+    assert any(n.startswith(expected) for n in names), names
+    if kind == "overview":  # at overview size the glyph is unreadable: only the tag's colour is labelled
+        assert not any(n.startswith("glyph:") for n in names)
+
+
+@pytest.mark.parametrize("kind", ["crop", "sheet"])
+def test_glyph_label_sits_on_the_dark_ink(kind):
+    """The labelled cells are where the glyphs' black ink is (labels follow the pixels)."""
+    view = make_view(kind, np.random.default_rng(11), wrong_crop_rate=0.0)
+    ink = np.asarray(view.image.convert("L")) < 60
+    glyph_cells = np.isin(view.labels, [cls(f"glyph:{g}") for g in S.GLYPHS])
+    rows, cols = view.labels.shape
+    ink_share = ink[:rows * CELL, :cols * CELL].reshape(rows, CELL, cols, CELL).mean(axis=(1, 3))
+    assert glyph_cells.any()
+    assert ink_share[glyph_cells].mean() > 5 * ink_share[~glyph_cells].mean()
+
+
+def test_score_views_reads_glyphs_tags_and_colours_from_cell_logits():
+    crop_labels = np.full((2, 2), BACKGROUND)
+    crop_labels[0, 1] = cls("glyph:K")
+    over_labels = np.full((2, 2), BACKGROUND)
+    over_labels[1, 0] = cls("tag:green")
+    shape_labels = np.full((1, 2), cls("shape:yellow"))
+    views = [View("crop", None, crop_labels), View("overview", None, over_labels), View("shape", None, shape_labels)]
+    logits = torch.zeros(4 + 4 + 2, len(CLASSES))
+    logits[1, cls("glyph:K")] = 5.0  # the crop: K is read in the right cell
+    logits[4 + 2, cls("tag:green")] = 3.0  # the overview: the green tag is found in cell (1, 0)
+    logits[8:, cls("shape:purple")] = 4.0  # the shape: named wrongly
+    scores = score_views(logits, views)
+    assert scores == {"crop_glyph_acc": 1.0, "overview_tag_found": 1.0, "shape_colour_acc": 0.0}
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    cfg = VisionRunConfig(learning_rate=1e-3, warmup_steps=10, max_steps=100)
+    assert lr_at(cfg, 0, 0) == pytest.approx(1e-4)
+    assert lr_at(cfg, 10, 0) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 0.1)))
+    assert lr_at(cfg, 100, 0) == pytest.approx(0.0)
+    timed = VisionRunConfig(learning_rate=1e-3, warmup_steps=0, max_seconds=60)
+    assert lr_at(timed, 5, 30.0) == pytest.approx(5e-4)
+
+
+def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from core.encoding import VisionTextEncoder
+
+    cfg = VisionRunConfig(model=str(tiny_checkpoint), out=str(tmp_path / "run"), batch_size=4, max_steps=3,
+                          warmup_steps=1, eval_views=2, eval_every=2, num_workers=0)
+    summary = train(cfg)
+    assert summary["steps"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and 0.0 <= r["shared"] <= 1.0 for r in rows)
+    assert "crop_glyph_acc" in rows[1] and "overview_tag_found" in rows[1]
+    final = tmp_path / "run" / "final"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(final, dtype=torch.float32)
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    tower = dict(model.model.visual.named_parameters())
+    assert any(not torch.equal(p, tower[n]) for n, p in base.model.visual.named_parameters())  # the tower changed
+    lm = dict(model.model.language_model.named_parameters())
+    assert all(torch.equal(p, lm[n]) for n, p in base.model.language_model.named_parameters())  # the LM did not
+    encoder = VisionTextEncoder.from_pretrained(final)  # tokenizer and processor configs came along
+    view = make_view("crop", np.random.default_rng(0))
+    pv, grid = encoder.encode_images([view.image])
+    feats = model.model.visual(pv, grid_thw=grid).pooler_output
+    assert feats.shape == (view.labels.size, model.config.text_config.hidden_size)
