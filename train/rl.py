@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,7 +43,7 @@ from train.metrics import MetricsJsonlCallback, metrics_row
 from train.rewards import group_advantages, informative_groups, shaped_rewards
 from train.rollout import (PolicyBackend, Rollout, VLLMPolicyBackend, forward_logps, rollout,
                            training_batch)
-from train.sft import SFTRunConfig, run_main, save_final
+from train.sft import SFTRunConfig, run_main, save_final, start_run
 
 log = logging.getLogger(__name__)
 
@@ -379,11 +379,7 @@ def train(cfg: RLRunConfig) -> dict:
     from trl import GRPOConfig
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "rl_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    out = start_run(cfg, "rl")
     model, encoder, preset = build_model(cfg)
     cfg.pixel_preset = preset
     loop = LoopConfig(tools=cfg.tools, pixels=PIXEL_PRESETS[preset], max_ops=cfg.max_ops,

@@ -162,6 +162,14 @@ def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path):
     return model, encoder, source
 
 
+def warmup_cosine(lr: float, frac: float, warmup: float) -> float:
+    """The learning rate at `frac` of training: linear warmup over the first `warmup` share (from 1%
+    of lr), then cosine decay to zero."""
+    if frac < warmup:
+        return lr * max(frac / warmup, 0.01)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - warmup) / (1 - warmup))))
+
+
 class TimeBudgetCallback(TrainerCallback):
     """Train for a wall-clock budget rather than a step count: the learning rate follows warmup then
     cosine decay over elapsed time (set before each optimiser step) and training stops at the budget.
@@ -171,9 +179,7 @@ class TimeBudgetCallback(TrainerCallback):
         self.seconds, self.lr, self.warmup, self.t0 = seconds, lr, warmup, None
 
     def lr_at(self, frac: float) -> float:
-        if frac < self.warmup:
-            return self.lr * max(frac / self.warmup, 0.01)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - self.warmup) / (1 - self.warmup))))
+        return warmup_cosine(self.lr, frac, self.warmup)
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0 = time.time()
@@ -207,15 +213,22 @@ def save_final(trainer, encoder: VisionTextEncoder, cfg: SFTRunConfig, source: P
 
 # ---- run -------------------------------------------------------------------------------------
 
-def train(cfg: SFTRunConfig) -> dict:
-    """Run SFT; returns a summary (steps, final loss, seconds, paths)."""
-    from trl import SFTConfig, SFTTrainer
-
+def start_run(cfg, name: str) -> Path:
+    """Shared start of `train sft|rl|vision`: torch threads, the run folder, and the config as run
+    (`<out>/<name>_config.json`), so every run folder says how it was made."""
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sft_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / f"{name}_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return out
+
+
+def train(cfg: SFTRunConfig) -> dict:
+    """Run SFT; returns a summary (steps, final loss, seconds, paths)."""
+    from trl import SFTConfig, SFTTrainer
+
+    out = start_run(cfg, "sft")
     records = load_sft_records(cfg.data, cfg.train_split, cfg.limit)
     eval_records = []
     if cfg.eval_split and Path(cfg.data).is_dir() and (Path(cfg.data) / f"{cfg.eval_split}.jsonl").exists():

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from PIL import Image
 
 from core.encoding import VisionTextEncoder
 from core.operations import PIXEL_PRESETS, crop, resize_for_model
-from train.sft import SFTRunConfig, run_main
+from train.sft import SFTRunConfig, run_main, start_run, warmup_cosine
 from train.synth import scenes as S
 from train.synth.tasks import VIDEO_SIZE, make_item
 from train.synth.traces import noisy_box, wrong_box
@@ -201,7 +200,7 @@ class VisionRunConfig:
     max_steps: int = 1000
     max_seconds: float | None = None  # stop after this much training time (cosine over time)
     learning_rate: float = 1e-3
-    warmup_steps: int = 50
+    warmup_ratio: float = 0.05  # of max_steps, or of max_seconds with a budget
     weight_decay: float = 0.01
     background_weight: float = 0.2  # most cells are background: weigh them down
     center_weight: float = 1.0  # penalty on the share of the merged tokens' mean vector
@@ -311,21 +310,15 @@ def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs
 # ---- run -------------------------------------------------------------------------------------
 
 def lr_at(cfg: VisionRunConfig, step: int, elapsed: float) -> float:
-    """Linear warmup, then cosine to zero over max_steps or, with a budget, over max_seconds."""
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, elapsed / cfg.max_seconds) if cfg.max_seconds else step / max(1, cfg.max_steps)
-    return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+    """Warmup then cosine to zero, over max_steps or, with a budget, over max_seconds."""
+    frac = elapsed / cfg.max_seconds if cfg.max_seconds else step / max(1, cfg.max_steps)
+    return warmup_cosine(cfg.learning_rate, frac, cfg.warmup_ratio)
 
 
 def train(cfg: VisionRunConfig) -> dict:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vision_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    out = start_run(cfg, "vision")
     torch.manual_seed(cfg.seed)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.model, dtype=torch.float32)
     encoder = VisionTextEncoder.from_pretrained(cfg.model)
