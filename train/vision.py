@@ -4,16 +4,17 @@
 
 Why: SFT alone never taught the from-scratch tower to read (bench/vision_probe.py: the tiny ViT
 stays at chance on glyphs where a small CNN reads 98%). Two things were wrong. One sentence-level
-label per picture is too weak a signal for a ViT with no convolutional prior, and the merged
-tokens the language model reads were one large shared vector (norm ~170) with ~2% of variation
-on top, which the LM's RMSNorm flattens.
+label per picture is too weak a signal for a ViT with no convolutional prior, and 99.9% of the
+energy of the merged tokens the language model reads was one vector shared by every token, so
+every picture looked alike to the LM.
 
 So this stage trains the tower alone on generated views, with a label for every merged token
 (the 28x28-pixel cell each LM image token covers): which glyph, which tag colour, which shape
 colour, or background. A linear head reads the merger's output, the very vectors the LM gets, and
 a centring term keeps the shared part of those vectors small. The views are the ones the model
-meets: a zoom-needed overview, the crop after a good zoom (or a wrong one), a video frame showing
-the sign, and a zoom-optional overview. Every view is generated on the fly: no epochs, no repeats.
+meets (a zoom-needed overview, the crop after a good, wrong or tight zoom, a video frame showing
+the sign, a zoom-optional overview) plus "sheets" of several tags, which give many glyphs per
+view. Every view is generated on the fly: no epochs, no repeats.
 
 The result is the base checkpoint with the new tower (fp32), ready for `train sft model=...`.
 """
