@@ -293,19 +293,17 @@ def eval_views(cfg: VisionRunConfig) -> list[View]:
 
 
 def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs: int = 64) -> dict[str, float]:
+    """Scores over all held-out views (forward passes in chunks of `bs`, scored together)."""
     model.eval()
-    scores: dict[str, list[float]] = {}
+    device = next(model.parameters()).device
+    chunks = []
     with torch.no_grad():
         for i in range(0, len(views), bs):
-            chunk = views[i:i + bs]
-            batch = encode_views(encoder, chunk)
-            device = next(model.parameters()).device
+            batch = encode_views(encoder, views[i:i + bs])
             logits, _ = model(batch["pixel_values"].to(device), batch["grid_thw"].to(device))
-            for k, v in score_views(logits.float().cpu(), chunk).items():
-                scores.setdefault(k, []).append(v * len(chunk))
-                scores.setdefault(f"_{k}_n", []).append(len(chunk))
+            chunks.append(logits.float().cpu())
     model.train()
-    return {k: round(sum(v) / sum(scores[f"_{k}_n"]), 4) for k, v in scores.items() if not k.startswith("_")}
+    return {k: round(v, 4) for k, v in score_views(torch.cat(chunks), views).items()}
 
 
 # ---- run -------------------------------------------------------------------------------------
