@@ -195,6 +195,13 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_save = True
 
 
+def copy_processor_files(source: Path, final: Path) -> None:
+    """The start checkpoint's processor configs, chat template and studio.json, where `final` lacks them."""
+    for name in PROCESSOR_FILES:
+        if (source / name).exists() and not (final / name).exists():
+            shutil.copy(source / name, final / name)
+
+
 def save_final(trainer, encoder: VisionTextEncoder, cfg: SFTRunConfig, source: Path | None, final: Path) -> None:
     """A plain HF folder: weights, config, tokenizer, processor configs (copied from the start)."""
     if cfg.save_dtype:
@@ -204,9 +211,7 @@ def save_final(trainer, encoder: VisionTextEncoder, cfg: SFTRunConfig, source: P
         return
     encoder.tokenizer.save_pretrained(str(final))
     if source is not None:
-        for name in PROCESSOR_FILES:
-            if (source / name).exists() and not (final / name).exists():
-                shutil.copy(source / name, final / name)
+        copy_processor_files(source, final)
     if not (final / "studio.json").exists():
         (final / "studio.json").write_text(json.dumps({"pixel_preset": cfg.pixel_preset}, indent=2))
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import signal
 import threading
 import time
@@ -35,7 +34,7 @@ from PIL import Image
 
 from core.encoding import VisionTextEncoder
 from core.operations import PIXEL_PRESETS, crop, resize_for_model
-from train.sft import SFTRunConfig, run_main, start_run, warmup_cosine
+from train.sft import SFTRunConfig, copy_processor_files, run_main, start_run, warmup_cosine
 from train.synth import scenes as S
 from train.synth.tasks import VIDEO_SIZE, make_item
 from train.synth.traces import noisy_box, wrong_box
@@ -46,7 +45,6 @@ CELL = 28  # pixels per merged token (patch 14 x merge 2)
 CLASSES = ([f"glyph:{g}" for g in S.GLYPHS] + [f"tag:{c}" for c in S.TAG_COLORS]
            + [f"shape:{c}" for c in S.SHAPE_COLORS] + ["background"])
 BACKGROUND = len(CLASSES) - 1
-VIEW_KINDS = ("crop", "overview", "frame", "shape", "sheet")
 SCORED_KINDS = ("crop", "overview", "frame", "shape")  # held-out views; sheets are for training
 
 
@@ -86,13 +84,19 @@ def box_mask(size: tuple[int, int], box, sx: float = 1.0, sy: float = 1.0, dx: f
     return mask
 
 
-def _tag_masks(size, meta: dict, color: str, sx: float, sy: float, dx: float = 0.0, dy: float = 0.0,
-               readable: bool = True) -> list[tuple[int, np.ndarray]]:
-    tag = box_mask(size, meta["tag_box"], sx, sy, dx, dy)
+def tag_masks(size, tag: S.Tag, sx: float = 1.0, sy: float = 1.0, dx: float = 0.0, dy: float = 0.0,
+              readable: bool = True) -> list[tuple[int, np.ndarray]]:
+    """(glyph, tag-colour) masks of a drawn tag in a view; only the colour where the glyph is unreadable."""
+    colour = (cls(f"tag:{tag.color}"), box_mask(size, tag.box, sx, sy, dx, dy))
     if not readable:
-        return [(cls(f"tag:{color}"), tag)]
-    glyph = box_mask(size, meta["glyph_box"], sx, sy, dx, dy)
-    return [(cls(f"glyph:{meta['glyph']}"), glyph), (cls(f"tag:{color}"), tag)]
+        return [colour]
+    return [(cls(f"glyph:{tag.glyph}"), box_mask(size, tag.glyph_box, sx, sy, dx, dy)), colour]
+
+
+def zoom_tag(item) -> S.Tag:
+    """The tag of a zoom-needed item, from its answer, question subject ("red tag") and meta boxes."""
+    return S.Tag(color=item.subject.split()[0], glyph=item.answer, box=tuple(item.meta["tag_box"]),
+                 glyph_box=tuple(item.meta["glyph_box"]))
 
 
 def crop_view(rng: np.random.Generator, wrong: bool = False, tight: bool = False) -> View:
@@ -114,9 +118,7 @@ def crop_view(rng: np.random.Generator, wrong: bool = False, tight: bool = False
     limits = PIXEL_PRESETS["tiny"]
     sized = resize_for_model(view, limits.crop_max * 3 // 4 if tight else limits.crop_min, limits.crop_max)
     sx, sy = sized.width / view.width, sized.height / view.height
-    meta = dict(item.meta, glyph=item.answer)
-    color = item.subject.split()[0]
-    masks = _tag_masks(sized.size, meta, color, sx, sy, -px[0], -px[1])
+    masks = tag_masks(sized.size, zoom_tag(item), sx, sy, -px[0], -px[1])
     return View("crop", sized, token_labels(masks, sized.size))
 
 
@@ -126,7 +128,7 @@ def overview_view(rng: np.random.Generator) -> View:
     limits = PIXEL_PRESETS["tiny"]
     sized = resize_for_model(item.image, limits.first_min, limits.first_max)
     sx, sy = sized.width / item.image.width, sized.height / item.image.height
-    masks = _tag_masks(sized.size, item.meta, item.subject.split()[0], sx, sy, readable=False)
+    masks = tag_masks(sized.size, zoom_tag(item), sx, sy, readable=False)
     return View("overview", sized, token_labels(masks, sized.size, min_cover=0.05))
 
 
@@ -138,8 +140,7 @@ def frame_view(rng: np.random.Generator) -> View:
     tag = S.draw_glyph_tag(img, rng, "red", glyph, glyph_px=int(rng.integers(22, 26)), margin=0.06)
     limits = PIXEL_PRESETS["tiny"]
     sized = resize_for_model(img, limits.frame_min, limits.frame_max)
-    meta = {"tag_box": tag.box, "glyph_box": tag.glyph_box, "glyph": glyph}
-    masks = _tag_masks(sized.size, meta, "red", sized.width / w, sized.height / h)
+    masks = tag_masks(sized.size, tag, sized.width / w, sized.height / h)
     return View("frame", sized, token_labels(masks, sized.size))
 
 
@@ -173,17 +174,20 @@ def sheet_view(rng: np.random.Generator) -> View:
             break  # no free spot: keep the sheet as it was
         img = drawn
         placed.append(tag.box)
-        g, t = _tag_masks(img.size, {"tag_box": tag.box, "glyph_box": tag.glyph_box, "glyph": glyph}, color, 1.0, 1.0)
+        g, t = tag_masks(img.size, tag)
         glyphs.append(g)
         tags.append(t)
     return View("sheet", img, token_labels(glyphs + tags, img.size))
+
+
+VIEWS = {"overview": overview_view, "frame": frame_view, "shape": shape_view, "sheet": sheet_view}  # and "crop"
 
 
 def make_view(kind: str, rng: np.random.Generator, wrong_crop_rate: float = 0.1, tight_crop_rate: float = 0.0) -> View:
     if kind == "crop":
         u = rng.random()
         return crop_view(rng, wrong=bool(u < wrong_crop_rate), tight=bool(u > 1 - tight_crop_rate))
-    return {"overview": overview_view, "frame": frame_view, "shape": shape_view, "sheet": sheet_view}[kind](rng)
+    return VIEWS[kind](rng)
 
 
 # ---- config ----------------------------------------------------------------------------------
@@ -359,7 +363,7 @@ def train(cfg: VisionRunConfig) -> dict:
             last = row
     final_scores = evaluate(probe, encoder, held_out)
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
-    save_with_tower(model, cfg.model, final)
+    save_with_tower(model, encoder, cfg.model, final)
     torch.save(probe.head.state_dict(), out / "token_head.pt")
     summary = {"steps": step, "seconds": round(time.time() - t0, 1), "final_dir": str(final),
                "loss": last.get("loss"), **final_scores}
@@ -367,15 +371,12 @@ def train(cfg: VisionRunConfig) -> dict:
     return summary
 
 
-def save_with_tower(model, source: str | Path, final: Path) -> None:
-    """The base checkpoint's files with this model's weights (fp32: SFT continues from them)."""
-    final.mkdir(parents=True, exist_ok=True)
-    src = Path(source)
-    if src.is_dir():
-        for f in src.iterdir():
-            if f.is_file() and not f.name.endswith(".safetensors") and f.name != "README.md":
-                shutil.copy(f, final / f.name)
+def save_with_tower(model, encoder: VisionTextEncoder, source: str | Path, final: Path) -> None:
+    """This model's weights (fp32: SFT continues from them) with the base checkpoint's tokenizer and
+    processor files."""
     model.to("cpu", torch.float32).save_pretrained(final, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(str(final))
+    copy_processor_files(Path(source), final)
 
 
 def main(argv: list[str] | None = None) -> int:
