@@ -144,3 +144,25 @@ def test_build_is_reproducible(tmp_path):
     rows = [json.loads(line) for line in a.splitlines()]
     assert len(rows) == 10 and all((tmp_path / "a" / r["meta"]["task"]["media"]).exists() for r in rows)
     assert {r["meta"]["category"] for r in rows} == set(cats)
+
+
+def test_closeups_are_training_only_crops_answered_directly(tmp_path):
+    """`closeups` appends short reading records to train (not to test): the tool's own crop of the
+    tag, where the glyph is readable, answered without a tool call."""
+    build(BuildConfig(out=str(tmp_path), train=2, validation=0, test=5, seed=3, closeups=2))
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    closeups = [r for r in rows if r["meta"]["category"] == "closeup"]
+    assert len(rows) == 4 and len(closeups) == 2
+    assert all(json.loads(line)["meta"]["category"] != "closeup" for line in (tmp_path / "test.jsonl").open())
+    for row in closeups:
+        answer = row["meta"]["task"]["answer"]
+        assert row["messages"][-1]["content"][0]["text"] == f"The tag reads {answer}.\n\n\\boxed{{{answer}}}"
+        assert "<tool_call>" not in json.dumps(row["messages"][2:])
+        [rec] = [r for r in load_sft_records(tmp_path) if r.id == row["id"]]
+        [image] = [p["image"] for m in record_to_messages(rec, TINY) if not isinstance(m["content"], str)
+                   for p in m["content"] if p["type"] == "image"]
+        scene = make_item("zoom_needed", row["meta"]["seed"], "x")
+        assert image.width < scene.image.width / 2  # a crop, not the scene
+    # the same seed gives the same close-ups
+    build(BuildConfig(out=str(tmp_path / "again"), train=2, validation=0, test=0, seed=3, closeups=2))
+    assert (tmp_path / "again" / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()

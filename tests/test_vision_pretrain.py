@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from train.synth import scenes as S
-from train.vision import (BACKGROUND, CELL, CLASSES, VisionRunConfig, View, cls, lr_at, make_view, score_views,
-                          token_labels, train)
+from train.vision import (BACKGROUND, CELL, CLASSES, VisionRunConfig, View, class_word_ids, cls, lr_at, make_view,
+                          fit_words, score_views, token_labels, train, view_loss, word_logits)
 
 
 def test_token_labels_take_the_first_class_that_covers_a_cell():
@@ -67,6 +67,53 @@ def test_score_views_reads_glyphs_tags_and_colours_from_cell_logits():
     assert scores == {"crop_glyph_acc": 1.0, "overview_tag_found": 1.0, "shape_colour_acc": 0.0}
 
 
+def test_each_class_has_the_word_it_is_read_out_as(tiny_checkpoint):
+    from core.encoding import VisionTextEncoder
+
+    encoder = VisionTextEncoder.from_pretrained(tiny_checkpoint)
+    ids = class_word_ids(encoder.tokenizer, encoder.image_token_id)
+    assert ids[BACKGROUND] == encoder.image_token_id
+    for name, token in zip(CLASSES, ids):
+        if name != "background":
+            piece = encoder.tokenizer.decode([token]).strip()
+            assert piece and name.split(":")[1].startswith(piece)
+    assert ids[cls("tag:red")] == ids[cls("shape:red")]  # one word, "red", whatever is red
+
+
+def test_word_loss_is_zero_on_the_words_and_word_logits_read_them():
+    cfg = VisionRunConfig(word_weight=1.0, center_weight=0.0, background_weight=0.5)
+    targets = torch.randn(len(CLASSES), 8)
+    labels = torch.tensor([cls("glyph:7"), BACKGROUND, cls("tag:blue")])
+    logits = torch.zeros(3, len(CLASSES))
+    on = view_loss(logits, targets[labels].clone(), labels, cfg, targets)
+    assert on["word"].item() == pytest.approx(0.0, abs=1e-6)
+    off = targets[labels].clone() + 0.5
+    feats = off.requires_grad_()
+    loss = view_loss(logits, feats, labels, cfg, targets)
+    assert loss["word"].item() > 0 and loss["loss"].item() == pytest.approx((loss["ce"] + loss["word"]).item())
+    loss["loss"].backward()  # the gradient points from each token toward its word
+    assert torch.all((feats.grad * (off - targets[labels])).sum(-1) > 0)
+    assert word_logits(targets[labels], targets).argmax(-1).tolist() == labels.tolist()
+    assert "word" not in view_loss(logits, off, labels, cfg)  # without targets: the plain objective
+
+
+def test_fit_words_folds_a_least_squares_map_into_the_last_layer():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    last = torch.nn.Linear(len(CLASSES), 32)
+    visual = SimpleNamespace(merger=SimpleNamespace(mlp=[torch.nn.GELU(), last]))
+    labels = torch.randint(0, len(CLASSES), (400,))
+    hidden = torch.nn.functional.one_hot(labels, len(CLASSES)).float() + 0.05 * torch.randn(400, len(CLASSES))
+    targets = torch.randn(len(CLASSES), 32)
+    with torch.no_grad():
+        before = (last(hidden) - targets[labels]).pow(2).sum(-1).mean()
+        fit_words(visual, last(hidden), labels, targets)
+        after = last(hidden)  # the same layer, refitted in place
+    assert (after - targets[labels]).pow(2).sum(-1).mean() < 0.05 * before
+    assert torch.equal(word_logits(after, targets).argmax(-1), labels)
+
+
 def test_lr_warms_up_then_decays_to_zero_by_steps_or_by_time():
     cfg = VisionRunConfig(learning_rate=1e-3, warmup_ratio=0.1, max_steps=100)
     assert lr_at(cfg, 5, 0) == pytest.approx(5e-4)
@@ -77,19 +124,23 @@ def test_lr_warms_up_then_decays_to_zero_by_steps_or_by_time():
     assert lr_at(timed, 5, 30.0) == pytest.approx(5e-4)  # the step count does not matter under a budget
 
 
-def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("word_weight", [0.0, 1.0])
+def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tmp_path, word_weight):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from core.encoding import VisionTextEncoder
 
     cfg = VisionRunConfig(model=str(tiny_checkpoint), out=str(tmp_path / "run"), batch_size=4, max_steps=3,
-                          warmup_ratio=0.3, eval_views=2, eval_every=2, num_workers=0)
+                          warmup_ratio=0.3, eval_views=2, eval_every=2, num_workers=0, word_weight=word_weight,
+                          word_init_views=4 if word_weight else 0, fresh_vision=not word_weight)
     summary = train(cfg)
     assert summary["steps"] == 3
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and 0.0 <= r["shared"] <= 1.0 for r in rows)
     assert "crop_glyph_acc" in rows[1] and "overview_tag_found" in rows[1]
+    if word_weight:  # the word objective is logged and scored
+        assert all(r["word"] > 0 for r in rows) and "word_crop_glyph_acc" in rows[1]
     final = tmp_path / "run" / "final"
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(final, dtype=torch.float32)
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)

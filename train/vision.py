@@ -16,6 +16,13 @@ meets (a zoom-needed overview, the crop after a good, wrong or tight zoom, a vid
 the sign, a zoom-optional overview) plus "sheets" of several tags, which give many glyphs per
 view. Every view is generated on the fly: no epochs, no repeats.
 
+A tower that a linear head reads at 98% was still not read by the LM (bench/read_probe.py: near
+chance after 300 steps, fresh LM or not). So a second run (`word_weight`, configs/vision_words.json)
+pulls each merged token toward the LM's own input embedding of its class's word (" 7", " red";
+background: the image pad token), starting from a least-squares refit of the merger's last layer
+(`fit_words`). The LM then meets image tokens that look like words it already copies, and learns to
+read them within ~150 steps of the probe. The architecture is unchanged: still a plain Qwen2.5-VL.
+
 The result is the base checkpoint with the new tower (fp32), ready for `train sft model=...`.
 """
 from __future__ import annotations
@@ -209,6 +216,11 @@ class VisionRunConfig:
     weight_decay: float = 0.01
     background_weight: float = 0.2  # most cells are background: weigh them down
     center_weight: float = 1.0  # penalty on the share of the merged tokens' mean vector
+    # Pull each merged token toward the LM's input embedding of its class's word (" 7", " red";
+    # background: the image pad token), so the LM meets image tokens it reads like words. The
+    # background then is one shared vector by design: use center_weight 0 with it.
+    word_weight: float = 0.0
+    word_init_views: int = 0  # with a trained tower: views for a least-squares start toward the words
     eval_views: int = 96  # held-out views per kind, fixed seed
     eval_every: int = 100
     num_workers: int = 1
@@ -232,12 +244,50 @@ class TokenHead(torch.nn.Module):
         return self.head(feats), feats
 
 
-def view_loss(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, cfg: VisionRunConfig) -> dict:
+def class_word_ids(tokenizer, image_token_id: int) -> list[int]:
+    """The token each class would be read out as: the first piece of " 7" / " red" that is not a
+    bare space; background is the image pad token (never an LM input otherwise)."""
+    def word(name: str) -> int:
+        ids = tokenizer(" " + name.split(":")[1], add_special_tokens=False)["input_ids"]
+        return next(i for i in ids if tokenizer.decode([i]).strip())
+    return [image_token_id if i == BACKGROUND else word(c) for i, c in enumerate(CLASSES)]
+
+
+def word_logits(feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-cell class scores by nearness to each class's word embedding (for score_views)."""
+    return -torch.cdist(feats.float(), targets.float())
+
+
+def fit_words(visual, feats: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3) -> None:
+    """A closed-form start for the word objective: refit the merger's last Linear so that its output
+    on these cells is, in least squares with classes weighed equally, their class's word. The
+    layer is replaced by itself followed by the fitted map (still one Linear: the checkpoint keeps
+    Qwen2.5-VL's architecture)."""
+    x = torch.cat([feats.double(), torch.ones(len(feats), 1, dtype=torch.float64)], 1)
+    w = (1.0 / torch.bincount(labels, minlength=len(targets)).clamp(min=1).double())[labels].sqrt()
+    xw, yw = x * w[:, None], targets.double()[labels] * w[:, None]
+    gram = xw.T @ xw
+    a = torch.linalg.solve(gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype), xw.T @ yw)
+    last = visual.merger.mlp[-1]
+    a = a.to(last.weight.device)
+    with torch.no_grad():
+        last.bias.copy_((last.bias.double() @ a[:-1] + a[-1]).to(last.bias.dtype))
+        last.weight.copy_((a[:-1].T @ last.weight.double()).to(last.weight.dtype))
+
+
+def view_loss(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, cfg: VisionRunConfig,
+              targets: torch.Tensor | None = None) -> dict:
     weight = torch.ones(len(CLASSES), device=logits.device)
     weight[BACKGROUND] = cfg.background_weight
     ce = torch.nn.functional.cross_entropy(logits, labels, weight=weight)
     shared = feats.mean(0).pow(2).sum() / feats.pow(2).sum(-1).mean()  # 1.0 when every token is the same vector
-    return {"loss": ce + cfg.center_weight * shared, "ce": ce, "shared": shared}
+    losses = {"loss": ce + cfg.center_weight * shared, "ce": ce, "shared": shared}
+    if targets is not None and cfg.word_weight:
+        w = weight[labels]  # squared distance to the class's word, relative to the words' size
+        dist = (feats - targets[labels]).pow(2).sum(-1) / targets.pow(2).sum(-1).mean()
+        losses["word"] = (w * dist).sum() / w.sum()
+        losses["loss"] = losses["loss"] + cfg.word_weight * losses["word"]
+    return losses
 
 
 def score_views(logits: torch.Tensor, views: list[View]) -> dict[str, float]:
@@ -296,21 +346,48 @@ def eval_views(cfg: VisionRunConfig) -> list[View]:
     return [make_view(kind, rng, wrong_crop_rate=0.0) for kind in SCORED_KINDS for _ in range(cfg.eval_views)]
 
 
-def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs: int = 64) -> dict[str, float]:
-    """Scores over all held-out views (forward passes in chunks of `bs`, scored together)."""
+def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs: int = 64,
+             targets: torch.Tensor | None = None) -> dict[str, float]:
+    """Scores over all held-out views (forward passes in chunks of `bs`, scored together); with
+    word targets, also as read by nearness to the words (`word_` keys)."""
     model.eval()
     device = next(model.parameters()).device
-    chunks = []
+    chunks, words = [], []
     with torch.no_grad():
         for i in range(0, len(views), bs):
             batch = encode_views(encoder, views[i:i + bs])
-            logits, _ = model(batch["pixel_values"].to(device), batch["grid_thw"].to(device))
+            logits, feats = model(batch["pixel_values"].to(device), batch["grid_thw"].to(device))
             chunks.append(logits.float().cpu())
+            if targets is not None:
+                words.append(word_logits(feats, targets).cpu())
     model.train()
-    return {k: round(v, 4) for k, v in score_views(torch.cat(chunks), views).items()}
+    scores = score_views(torch.cat(chunks), views)
+    if words:
+        scores.update({f"word_{k}": v for k, v in score_views(torch.cat(words), views).items()})
+    return {k: round(v, 4) for k, v in scores.items()}
 
 
 # ---- run -------------------------------------------------------------------------------------
+
+def start_words(probe: TokenHead, model, encoder: VisionTextEncoder, cfg: VisionRunConfig) -> torch.Tensor:
+    """The classes' word embeddings (the LM's own); with word_init_views, the merger's last layer is
+    first refitted toward them on that many generated views (fit_words)."""
+    device = next(probe.parameters()).device
+    ids = class_word_ids(encoder.tokenizer, encoder.image_token_id)
+    targets = model.get_input_embeddings().weight.detach()[ids].to(device)
+    if cfg.word_init_views:
+        rng = np.random.default_rng([cfg.seed, 7])
+        kinds, probs = list(cfg.mix), np.array(list(cfg.mix.values()), dtype=float)
+        views = [make_view(str(rng.choice(kinds, p=probs / probs.sum())), rng) for _ in range(cfg.word_init_views)]
+        feats = []
+        with torch.no_grad():
+            for i in range(0, len(views), 64):
+                batch = encode_views(encoder, views[i:i + 64])
+                feats.append(probe(batch["pixel_values"].to(device), batch["grid_thw"].to(device))[1].cpu())
+        labels = torch.from_numpy(np.concatenate([v.labels.reshape(-1) for v in views]))
+        fit_words(probe.visual, torch.cat(feats), labels, targets.cpu())
+    return targets
+
 
 def lr_at(cfg: VisionRunConfig, step: int, elapsed: float) -> float:
     """Warmup then cosine to zero, over max_steps or, with a budget, over max_seconds."""
@@ -329,6 +406,7 @@ def train(cfg: VisionRunConfig) -> dict:
         model.model.visual = type(model.model.visual)._from_config(model.config.vision_config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probe = TokenHead(model.model.visual, model.config.vision_config.out_hidden_size).to(device)
+    targets = start_words(probe, model, encoder, cfg) if cfg.word_weight else None
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     held_out = eval_views(cfg)
     loader = torch.utils.data.DataLoader(ViewStream(encoder, cfg), batch_size=None, num_workers=cfg.num_workers,
@@ -347,7 +425,7 @@ def train(cfg: VisionRunConfig) -> dict:
                 group["lr"] = lr_at(cfg, step, elapsed)
             batch = {k: v.to(device) for k, v in batch.items()}
             logits, feats = probe(batch["pixel_values"], batch["grid_thw"])
-            losses = view_loss(logits, feats, batch["labels"], cfg)
+            losses = view_loss(logits, feats, batch["labels"], cfg, targets)
             opt.zero_grad()
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
@@ -356,12 +434,12 @@ def train(cfg: VisionRunConfig) -> dict:
             row = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
                    **{k: round(v.item(), 4) for k, v in losses.items()}}
             if step % cfg.eval_every == 0:
-                row.update(evaluate(probe, encoder, held_out))
+                row.update(evaluate(probe, encoder, held_out, targets=targets))
                 log.info("step %d: %s", step, row)
             mf.write(json.dumps(row) + "\n")
             mf.flush()
             last = row
-    final_scores = evaluate(probe, encoder, held_out)
+    final_scores = evaluate(probe, encoder, held_out, targets=targets)
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     save_with_tower(model, encoder, cfg.model, final)
     torch.save(probe.head.state_dict(), out / "token_head.pt")

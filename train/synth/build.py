@@ -1,6 +1,9 @@
 """Write a synthetic dataset folder: train/validation/test jsonl, images/, videos/, originals/.
 
     python -m train synth --out data/tinyzoom [--train 3000] [--validation 100] [--test 330] [--seed 0] [--workers 8]
+                          [--closeups 3000]
+
+`--closeups N` adds N training-only "closeup" records after the train split's own (traces.closeup_item).
 
 Each split has its own seed stream (seed, split name, index), so the TinyZoom test split is the
 same whatever the train size. Every record carries meta.task: the question, answer, category and
@@ -21,7 +24,7 @@ import numpy as np
 from core.media import DiskImageStore, write_video
 from train.data import trajectory_to_sft_record
 from train.synth.tasks import CATEGORIES, VIDEO_FPS, make_item
-from train.synth.traces import item_task, make_trace, run_trace
+from train.synth.traces import closeup_item, item_task, make_trace, run_trace
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class BuildConfig:
     seed: int = 0
     correction_rate: float = 0.2
     notool_rate: float = 0.1
+    closeups: int = 0  # training-only close-up reading records appended to the train split
     workers: int = 1  # processes; the records and files are the same whatever the number
 
 
@@ -65,8 +69,11 @@ def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
     store = DiskImageStore(out / "images")
     seed = split_seed(cfg.seed, split, i)
     item_id = f"{split}-{i:05d}-{category}"
-    item = make_item(category, seed, item_id)
     rng = np.random.default_rng(seed + 1)
+    if category == "closeup":
+        item = closeup_item(make_item("zoom_needed", seed, item_id), rng)
+    else:
+        item = make_item(category, seed, item_id)
     media_rel, video_path = None, None
     if split != "train":
         if item.frames is not None:
@@ -96,7 +103,8 @@ def _build_item(args: tuple) -> dict:
 
 
 def build_split(cfg: BuildConfig, split: str, n: int) -> list[dict]:
-    jobs = [(cfg, split, i, category) for i, category in enumerate(categories_for(n))]
+    categories = categories_for(n) + (["closeup"] * cfg.closeups if split == "train" else [])
+    jobs = [(cfg, split, i, category) for i, category in enumerate(categories)]
     if cfg.workers <= 1 or len(jobs) < 2 * cfg.workers:
         return [build_item(*job) for job in jobs]
     import multiprocessing as mp

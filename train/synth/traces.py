@@ -21,7 +21,7 @@ from core import protocol as P
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import ImageStore, Video, overview_indices
-from core.operations import PIXEL_PRESETS
+from core.operations import PIXEL_PRESETS, crop
 from core.trajectory import Trajectory
 from train.synth.tasks import OVERVIEW, VIDEO_FPS, Item
 
@@ -57,6 +57,16 @@ def wrong_box(rng: np.random.Generator, target) -> list[float]:
     raise ValueError("no free spot for a wrong box")
 
 
+def closeup_item(item: Item, rng: np.random.Generator) -> Item:
+    """A training-only close-up: the picture a good zoom on a zoom_needed scene returns (the tool's
+    own crop of a noisy box), asked about directly. In a full trace the glyph's answer token is one
+    of ~60 trained tokens; these short records give the language model an undiluted signal to learn
+    to read the tower's tokens (bench/token_loss.py: answer 1.82 nats without them, 0.44 with)."""
+    view, _ = crop(item.image, noisy_box(rng, item.target))
+    return Item(item.id, "closeup", "What is written on the tag in this close-up?", item.answer, image=view,
+                subject=item.subject)
+
+
 def crop_call(box: list[float], target_image: int = 1) -> str:
     return P.format_tool_call(P.CROP_TOOL, {"bbox_2d": box, "target_image": target_image})
 
@@ -67,6 +77,8 @@ def textual_answer(item: Item) -> str:
         if item.meta["kind"] == "colour":
             return f"The {item.subject} is {a}.\n\n{boxed(a)}"
         return f"The {item.subject} is on the {a} side.\n\n{boxed(a)}"
+    if item.category == "closeup":
+        return f"The tag reads {a}.\n\n{boxed(a)}"
     if item.category == "counting":
         return f"I count {a} {item.subject}.\n\n{boxed(a)}"
     if item.category == "relative":
