@@ -6,7 +6,8 @@
 #
 # Environment: BUDGET (seconds for the whole script, default 520), TRAIN_ITEMS (default 12000),
 # WORKERS (data processes, default: cores - 1), DATA (default data/tinyzoom), RUN (default runs/sft_tiny),
-# SEED (data seed, default 0), CLOSEUPS (training-only close-up reading records, default 0), FROM (continue from this checkpoint instead of a fresh tiny model),
+# SEED (data seed, default 0), CLOSEUPS (training-only close-up reading records, default 0),
+# FROM (continue from this checkpoint instead of a fresh tiny model),
 # VISION_SECONDS (default 0; > 0 first pre-trains a fresh vision tower for that long with
 # `train vision`, keeping the language model of FROM or of the shipped model, then teaches it to hand
 # the LM words for WORDS_SECONDS (default 720; configs/vision_words.json), then runs SFT from it
