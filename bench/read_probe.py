@@ -8,9 +8,10 @@ a good zoom (train.vision.crop_view), "What is written on the <colour> tag?", an
 glyph (chance: 10 glyphs, ~2.3 nats). `--oracle` replaces the tower's output by exactly the word
 embedding of each cell's class (train.vision.class_word_ids): the best any tower could hand the LM.
 
-Measured with it: a tower trained on class labels alone (configs/vision_tiny.json) reads 97.9% of
-crops through a linear head, yet its LM stays at chance here; the same tower taught to hand the
-LM words (configs/vision_words.json) is read within ~150 steps.
+Measured with it (250 steps x 16, 2 CPU cores, ~4 min): a tower trained on class labels alone
+(configs/vision_tiny.json) reads 97.9% of crops through a linear head, yet its LM stays near chance
+for 225 steps (3-14%) and reaches 34% at step 250; the same tower taught to hand the LM words
+(configs/vision_words.json): 42% at step 50, 56% at 150, 64% at 250.
 """
 from __future__ import annotations
 
