@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder  # noqa: E402
 from train.synth import scenes as S  # noqa: E402
-from train.vision import CLASSES, class_word_ids, cls, crop_view  # noqa: E402
+from train.vision import class_word_ids, cls, crop_view  # noqa: E402
 
 GLYPH_OF = {cls(f"glyph:{g}"): g for g in S.GLYPHS}
 
@@ -62,9 +62,10 @@ def main() -> int:
     words = embed.weight.detach()[class_word_ids(encoder.tokenizer, encoder.image_token_id)]
     rng = np.random.default_rng(0)
     views = [v for v in (crop_view(rng) for _ in range(args.views)) if glyph_of(v.labels)]
-    encoded = [encoder.encode(conversation(v.image, glyph_of(v.labels))) for v in views]
+    glyphs = [glyph_of(v.labels) for v in views]
+    encoded = [encoder.encode(conversation(v.image, g)) for v, g in zip(views, glyphs)]
     # the token that spells the glyph: the last piece of " X" (digits come as " " + "7")
-    answer_ids = [encoder.tokenizer(" " + glyph_of(v.labels), add_special_tokens=False)["input_ids"][-1] for v in views]
+    answer_ids = [encoder.tokenizer(" " + g, add_special_tokens=False)["input_ids"][-1] for g in glyphs]
     held_out, train_rows = list(range(64)), list(range(64, len(views)))
     for p in model.model.visual.parameters():
         p.requires_grad_(False)

@@ -328,11 +328,17 @@ class ViewStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.cfg.seed, info.id if info else 0, 1])
-        kinds, probs = list(self.cfg.mix), np.array(list(self.cfg.mix.values()), dtype=float)
         while True:
-            views = [make_view(str(rng.choice(kinds, p=probs / probs.sum())), rng, self.cfg.wrong_crop_rate,
-                               self.cfg.tight_crop_rate) for _ in range(self.cfg.batch_size)]
+            views = sample_views(self.cfg, rng, self.cfg.batch_size, self.cfg.wrong_crop_rate, self.cfg.tight_crop_rate)
             yield encode_views(self.encoder, views)
+
+
+def sample_views(cfg: VisionRunConfig, rng: np.random.Generator, n: int, wrong_crop_rate: float = 0.1,
+                 tight_crop_rate: float = 0.0) -> list[View]:
+    """n fresh views, their kinds drawn from cfg.mix."""
+    kinds, probs = list(cfg.mix), np.array(list(cfg.mix.values()), dtype=float)
+    return [make_view(str(rng.choice(kinds, p=probs / probs.sum())), rng, wrong_crop_rate, tight_crop_rate)
+            for _ in range(n)]
 
 
 def encode_views(encoder: VisionTextEncoder, views: list[View]) -> dict:
@@ -351,20 +357,26 @@ def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs
     """Scores over all held-out views (forward passes in chunks of `bs`, scored together); with
     word targets, also as read by nearness to the words (`word_` keys)."""
     model.eval()
+    logits, feats = forward_views(model, encoder, views, bs)
+    model.train()
+    scores = score_views(logits, views)
+    if targets is not None:
+        scores.update({f"word_{k}": v for k, v in score_views(word_logits(feats, targets.cpu()), views).items()})
+    return {k: round(v, 4) for k, v in scores.items()}
+
+
+def forward_views(model: TokenHead, encoder: VisionTextEncoder, views: list[View],
+                  bs: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell logits and merged tokens of all views (no grad; chunks of `bs`; float32 on the CPU)."""
     device = next(model.parameters()).device
-    chunks, words = [], []
+    logits, feats = [], []
     with torch.no_grad():
         for i in range(0, len(views), bs):
             batch = encode_views(encoder, views[i:i + bs])
-            logits, feats = model(batch["pixel_values"].to(device), batch["grid_thw"].to(device))
-            chunks.append(logits.float().cpu())
-            if targets is not None:
-                words.append(word_logits(feats, targets).cpu())
-    model.train()
-    scores = score_views(torch.cat(chunks), views)
-    if words:
-        scores.update({f"word_{k}": v for k, v in score_views(torch.cat(words), views).items()})
-    return {k: round(v, 4) for k, v in scores.items()}
+            lg, ft = model(batch["pixel_values"].to(device), batch["grid_thw"].to(device))
+            logits.append(lg.float().cpu())
+            feats.append(ft.float().cpu())
+    return torch.cat(logits), torch.cat(feats)
 
 
 # ---- run -------------------------------------------------------------------------------------
@@ -372,20 +384,13 @@ def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs
 def start_words(probe: TokenHead, model, encoder: VisionTextEncoder, cfg: VisionRunConfig) -> torch.Tensor:
     """The classes' word embeddings (the LM's own); with word_init_views, the merger's last layer is
     first refitted toward them on that many generated views (fit_words)."""
-    device = next(probe.parameters()).device
     ids = class_word_ids(encoder.tokenizer, encoder.image_token_id)
-    targets = model.get_input_embeddings().weight.detach()[ids].to(device)
+    targets = model.get_input_embeddings().weight.detach()[ids].to(next(probe.parameters()).device)
     if cfg.word_init_views:
-        rng = np.random.default_rng([cfg.seed, 7])
-        kinds, probs = list(cfg.mix), np.array(list(cfg.mix.values()), dtype=float)
-        views = [make_view(str(rng.choice(kinds, p=probs / probs.sum())), rng) for _ in range(cfg.word_init_views)]
-        feats = []
-        with torch.no_grad():
-            for i in range(0, len(views), 64):
-                batch = encode_views(encoder, views[i:i + 64])
-                feats.append(probe(batch["pixel_values"].to(device), batch["grid_thw"].to(device))[1].cpu())
+        views = sample_views(cfg, np.random.default_rng([cfg.seed, 7]), cfg.word_init_views)
+        _, feats = forward_views(probe, encoder, views)
         labels = torch.from_numpy(np.concatenate([v.labels.reshape(-1) for v in views]))
-        fit_words(probe.visual, torch.cat(feats), labels, targets.cpu())
+        fit_words(probe.visual, feats, labels, targets.cpu())
     return targets
 
 
