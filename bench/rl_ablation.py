@@ -1,7 +1,14 @@
 """The curiosity ablation, measured: RL with and without the curiosity term from one warm start.
 
-    python bench/rl_ablation.py --out runs/rl_ablation                 # the real run (one GPU + 16 cores, ~7 min)
+    python bench/rl_ablation.py --out runs/rl_ablation --budget 540    # the real run: one GPU + 16 cores, 9 min
+    python bench/rl_ablation.py --out runs/rl_ablation                 # all 200 RL steps, no budget (~15 min)
     python bench/rl_ablation.py --out /tmp/rl_ablation --size smoke    # every stage, a few steps (CPU, ~4 min)
+    python bench/rl_ablation.py --out runs/rl_ablation --docs-only     # the docs again from a finished run
+
+With `--budget`, the RL arms get what the data and warm start left of it (`train rl max_seconds`):
+each stops after its last step that fits, evaluating there; the goal check compares the arms at the
+last step both evaluated. `--no-docs` leaves the docs to a later `--docs-only` (a machine without
+plotly); the run's facts are kept in <out>/info.json for it.
 
 Stages, each a `python -m train ...` command (printed as it runs):
 1. data: TinyZoom (`train synth`): a train split for the warm start, a validation split whose
@@ -27,14 +34,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {
-    # real run: sized for one H100 + 16 cores in about 7 minutes
-    "full": dict(sft_train=3000, rl_queries=400, test=330, warm_steps=200, rl_steps=40, group=8, batch=32,
+    # real run, measured on one H200 + 16 cores: data 36 s, warm start 72 s, RL 2.6-2.9 s per step
+    # (both arms at once, evals included); give it a --budget
+    "full": dict(sft_train=2000, rl_queries=400, test=330, warm_steps=200, rl_steps=200, group=8, batch=32,
                  eval_every=5, eval_limit=100, max_new_tokens=96, workers=14, lr=2e-5, warm_lr=3e-4),
     # every stage end to end on a laptop CPU
     "smoke": dict(sft_train=120, rl_queries=16, test=20, warm_steps=4, rl_steps=2, group=4, batch=8,
                   eval_every=1, eval_limit=8, max_new_tokens=96, workers=1, lr=2e-5, warm_lr=3e-4),
 }
 TEXTUAL = ("textual", "textual_notool")
+WINDOW = 10  # steps per row of the docs' rollout table
+RL_MARGIN_S = 45  # under a budget: each arm's model loading, its last eval and saving
 
 
 def run(cmd: list[str], log_path: Path, env: dict | None = None, wait: bool = True):
@@ -77,6 +87,44 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if "reward" in r], [r for r in rows if "eval_rapr" in r]
 
 
+def windowed(train: list[dict], size: int) -> dict[int, dict]:
+    """Means of the rollout metrics over windows of `size` steps (steps 1..size, size+1..2*size, ...),
+    keyed by window; one step's rollouts are too few to read a trend from. A metric missing from a
+    step (video RaPR where the batch held no video) is left out of its mean."""
+    out: dict[int, dict] = {}
+    for k in sorted({(r["step"] - 1) // size for r in train}):
+        rows = [r for r in train if (r["step"] - 1) // size == k]
+        means = {}
+        for key in ("rapr", "rapr_image", "rapr_video", "accuracy", "reward"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            means[key] = sum(vals) / len(vals) if vals else float("nan")
+        out[k] = {"steps": f"{rows[0]['step']}-{rows[-1]['step']}", **means}
+    return out
+
+
+def budget_note(info: dict, data: dict) -> str:
+    if not info.get("budget"):
+        return ""
+    reached = ", ".join(f"{name} {max([r['step'] for r in train] or [0])}" for name, (train, _) in data.items())
+    return f" within a {info['budget']:.0f} s budget (steps reached: {reached})"
+
+
+def goal_check(evals: dict[str, dict[int, dict]], H: float) -> dict | None:
+    """The issue's goal at the last step both arms evaluated (a time budget can stop them apart):
+    does the curiosity run keep eval RaPR >= H, and is its zoom-needed accuracy higher?"""
+    if set(evals) != {"curiosity", "no_curiosity"}:
+        return None
+    common = set(evals["curiosity"]) & set(evals["no_curiosity"])
+    if not common:
+        return None
+    step = max(common)
+    c, n = evals["curiosity"][step], evals["no_curiosity"][step]
+    keeps = all(r["eval_rapr"] >= H for s, r in evals["curiosity"].items() if s <= step)
+    return {"step": step, "keeps_rapr": keeps, "curiosity_acc": c["eval_zoom_needed_acc"],
+            "no_curiosity_acc": n["eval_zoom_needed_acc"],
+            "higher": c["eval_zoom_needed_acc"] > n["eval_zoom_needed_acc"]}
+
+
 def write_docs(arms: dict[str, Path], info: dict, md: Path, html: Path) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -86,7 +134,7 @@ def write_docs(arms: dict[str, Path], info: dict, md: Path, html: Path) -> None:
     lines = ["# Curiosity ablation on TinyZoom (measured)", "",
              f"Command: `{info['command']}`  ", f"Machine: {info['machine']}; wall time {info['seconds']:.0f} s.  ",
              f"Warm start: the shipped tiny model + {info['warm_steps']} SFT steps on a textual-dominated mix "
-             f"({info['warm_mix']}). RL: {info['rl_steps']} steps, group {info['group']}, "
+             f"({info['warm_mix']}). RL: up to {info['rl_steps']} steps{budget_note(info, data)}, group {info['group']}, "
              f"{info['batch']} rollouts per step, seed {info['seed']}, on {info['rl_queries']} validation queries; "
              f"evaluation: greedy, {info['eval_items']} TinyZoom test items (zoom-needed + zoom-optional). "
              f"RaPR = share of answers that used at least one visual operation; H = {H}.", "",
@@ -110,14 +158,27 @@ def write_docs(arms: dict[str, Path], info: dict, md: Path, html: Path) -> None:
             return f"{sum(vals) / len(vals):.3f} / {vals[-1]:.3f}" if vals else ""
         lines.append(f"| {name} | " + " | ".join(both(k) for k in ("reward", "accuracy", "rapr", "curiosity",
                                                                     "penalty", "ops_per_traj")) + " |")
-    final = {name: max(ev.values(), key=lambda r: r["step"]) for name, ev in evals.items() if ev}
-    if len(final) == 2:
-        c, n = final["curiosity"], final["no_curiosity"]
-        keeps = all(r["eval_rapr"] >= H for r in evals["curiosity"].values())
-        lines += ["", f"Goal check: curiosity run keeps eval RaPR >= H at every evaluation: {'yes' if keeps else 'no'}; "
-                  f"final zoom-needed accuracy {c['eval_zoom_needed_acc']:.3f} (curiosity) vs "
-                  f"{n['eval_zoom_needed_acc']:.3f} (no curiosity): "
-                  f"{'higher' if c['eval_zoom_needed_acc'] > n['eval_zoom_needed_acc'] else 'not higher'}."]
+    lines += ["", f"Training rollouts (sampled at temperature 1), means over windows of {WINDOW} steps:", "",
+              "| steps | curiosity: RaPR | curiosity: image / video RaPR | curiosity: accuracy "
+              "| no curiosity: RaPR | no curiosity: image / video RaPR | no curiosity: accuracy |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    windows = {name: windowed(train, WINDOW) for name, (train, _) in data.items()}
+    for k in sorted(set().union(*[set(w) for w in windows.values()])):
+        cells = []
+        for name in ("curiosity", "no_curiosity"):
+            w = windows.get(name, {}).get(k)
+            cells += ["", "", ""] if w is None else [
+                f"{w['rapr']:.3f}", f"{w['rapr_image']:.3f} / {w['rapr_video']:.3f}", f"{w['accuracy']:.3f}"]
+        lines.append(f"| {k * WINDOW + 1}-{(k + 1) * WINDOW} | " + " | ".join(cells) + " |")
+    check = goal_check(evals, H)
+    if check:
+        lines += ["", f"Goal check at step {check['step']}, the last step both runs evaluated: the curiosity run "
+                  f"keeps eval RaPR >= H at every evaluation up to it: {'yes' if check['keeps_rapr'] else 'no'}; "
+                  f"zoom-needed accuracy {check['curiosity_acc']:.3f} (curiosity) vs "
+                  f"{check['no_curiosity_acc']:.3f} (no curiosity): {'higher' if check['higher'] else 'not higher'}. "
+                  "Greedy evaluation answers directly whenever a direct answer is the likelier turn; the rollouts' "
+                  "RaPR over the last window above: " + ", ".join(
+                      f"{name} {w[max(w)]['rapr']:.3f}" for name, w in windows.items() if w) + f" (H = {H})."]
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines) + "\n")
 
@@ -148,7 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--docs", default="docs", help="where rl_ablation.md/.html go")
     ap.add_argument("--set", nargs="*", default=[], help="size overrides, key=value (e.g. rl_steps=30)")
+    ap.add_argument("--budget", type=float, default=None, help="wall-clock seconds for the whole run")
+    ap.add_argument("--no-docs", action="store_true", help="leave the docs to a later --docs-only")
+    ap.add_argument("--docs-only", action="store_true", help="write the docs from a finished run in --out")
     args = ap.parse_args(argv)
+    out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
+    arms = {"curiosity": out / "rl_curiosity", "no_curiosity": out / "rl_no_curiosity"}
+    docs = ROOT / args.docs if not Path(args.docs).is_absolute() else Path(args.docs)
+    if args.docs_only:
+        return report(arms, json.loads((out / "info.json").read_text()), docs)
     size = dict(SIZES[args.size])
     for item in args.set:
         k, v = item.split("=", 1)
@@ -157,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = torch.cuda.is_available()
     cores = os.cpu_count() or 2
-    out, py = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out), sys.executable
+    py = sys.executable
     data, warm = out / "data", out / "warm"
     t0 = time.time()
     if not (data / "dataset.json").exists():
@@ -180,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
               f"eval_every={size['eval_every']}", "eval_split=test", f"eval_limit={size['eval_limit']}",
               f"eval_batch={min(64, size['eval_limit'])}", "freeze_vision=false", "report_to=[]", "disable_tqdm=true",
               f"seed={args.seed}", f"torch_threads={threads}", "save_steps=100000", "log_trajectories=0"]
-    arms = {"curiosity": out / "rl_curiosity", "no_curiosity": out / "rl_no_curiosity"}
+    if args.budget:  # what the data and warm start left, less loading, the last eval and saving
+        left = args.budget - (time.time() - t0) - RL_MARGIN_S
+        if left <= 0:
+            sys.exit(f"no time left for RL: the budget of {args.budget:.0f} s is spent after the warm start")
+        common.append(f"max_seconds={left:.0f}")
+        print(f"RL arms get {left:.0f} s each", flush=True)
     procs = {}
     for name, path in arms.items():
         if path.exists():  # a fresh arm: `train rl` would otherwise resume from a checkpoint left there
@@ -197,11 +271,19 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine, "seconds": seconds, "warm_steps": size["warm_steps"],
             "warm_mix": ", ".join(f"{k}: {v}" for k, v in sorted(kept.items())), "rl_steps": size["rl_steps"],
             "group": size["group"], "batch": size["batch"], "seed": args.seed, "rl_queries": size["rl_queries"],
-            "eval_items": size["eval_limit"], "H": 0.3}
-    docs = ROOT / args.docs if not Path(args.docs).is_absolute() else Path(args.docs)
+            "eval_items": size["eval_limit"], "H": 0.3, "budget": args.budget}
+    (out / "info.json").write_text(json.dumps(info, indent=2))
+    print(f"done in {seconds:.0f} s", flush=True)
+    if args.no_docs:
+        print(f"docs: python bench/rl_ablation.py --out {args.out} --docs-only")
+        return 0
+    return report(arms, info, docs)
+
+
+def report(arms: dict[str, Path], info: dict, docs: Path) -> int:
     write_docs(arms, info, docs / "rl_ablation.md", docs / "rl_ablation.html")
     print((docs / "rl_ablation.md").read_text())
-    print(f"done in {seconds:.0f} s: {docs / 'rl_ablation.md'}, {docs / 'rl_ablation.html'}")
+    print(f"wrote {docs / 'rl_ablation.md'}, {docs / 'rl_ablation.html'}")
     return 0
 
 

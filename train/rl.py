@@ -43,7 +43,7 @@ from train.metrics import MetricsJsonlCallback, metrics_row
 from train.rewards import group_advantages, informative_groups, shaped_rewards
 from train.rollout import (PolicyBackend, Rollout, VLLMPolicyBackend, forward_logps, rollout,
                            training_batch)
-from train.sft import SFTRunConfig, run_main, save_final, start_run
+from train.sft import SFTRunConfig, TimeBudgetCallback, run_main, save_final, start_run
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class RLRunConfig:
     grad_accum: int = 4
     epochs: float = 3.0
     max_steps: int = -1
+    max_seconds: float | None = None  # a wall-clock budget: stop (with a last eval) once it is spent
     freeze_vision: bool = True
     bf16: bool = False
     gradient_checkpointing: bool = False
@@ -346,7 +347,8 @@ def _eval_callback(trainer, eval_tasks: list[Task], every: int, path: Path):
             self._run(state)
 
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step % every == 0 or state.global_step == state.max_steps:
+            last = state.global_step == state.max_steps or control.should_training_stop
+            if state.global_step % every == 0 or last:
                 self._run(state)
 
     return TinyZoomEval()
@@ -411,8 +413,11 @@ def train(cfg: RLRunConfig) -> dict:
         session_log = SessionLog(cfg.db)
     trainer_cls = _trainer_class()
     metrics_path = out / "metrics.jsonl"
+    callbacks = [MetricsJsonlCallback(metrics_path)]
+    if cfg.max_seconds:  # before the eval callback, so that the stopping step is evaluated too
+        callbacks.append(TimeBudgetCallback(cfg.max_seconds, lr=None))
     trainer = trainer_cls(model=model, args=args, reward_funcs=[shaped_reward_placeholder], train_dataset=dataset,
-                          processing_class=encoder.tokenizer, callbacks=[MetricsJsonlCallback(metrics_path)])
+                          processing_class=encoder.tokenizer, callbacks=callbacks)
     trainer.setup(cfg, tasks, encoder, loop, session_log)
     if cfg.eval_every:
         eval_tasks = load_queries(cfg.eval_data or cfg.data, cfg.eval_split, cfg.eval_categories, None)

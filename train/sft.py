@@ -173,9 +173,10 @@ def warmup_cosine(lr: float, frac: float, warmup: float) -> float:
 class TimeBudgetCallback(TrainerCallback):
     """Train for a wall-clock budget rather than a step count: the learning rate follows warmup then
     cosine decay over elapsed time (set before each optimiser step) and training stops at the budget.
-    Used where a machine is lent for minutes and its speed is not known ahead."""
+    Used where a machine is lent for minutes and its speed is not known ahead. With `lr=None` the
+    schedule is left alone and only the stop applies (RL's constant learning rate)."""
 
-    def __init__(self, seconds: float, lr: float, warmup: float = 0.05) -> None:
+    def __init__(self, seconds: float, lr: float | None, warmup: float = 0.05) -> None:
         self.seconds, self.lr, self.warmup, self.t0 = seconds, lr, warmup, None
 
     def lr_at(self, frac: float) -> float:
@@ -185,6 +186,8 @@ class TimeBudgetCallback(TrainerCallback):
         self.t0 = time.time()
 
     def on_step_begin(self, args, state, control, optimizer=None, **kw):
+        if self.lr is None:
+            return
         lr = self.lr_at((time.time() - self.t0) / self.seconds)
         for group in (optimizer.param_groups if optimizer is not None else []):
             group["lr"] = lr
