@@ -52,7 +52,7 @@ BAD_TURNS = {
     "nan box": "<tool_call>\n{\"name\": \"crop_image\", \"arguments\": {\"bbox_2d\": [0.1, NaN, 0.5, 0.5], \"target_image\": 1}}\n</tool_call>",
     "string box": crop_call(["a", "b", "c", "d"]),
     "inverted box": crop_call([0.6, 0.6, 0.2, 0.2]),
-    "zero-area box": crop_call([0.4, 0.4, 0.4, 0.4]),
+    "box inverted beyond its padding": crop_call([0.4, 0.7, 0.6, 0.4]),
     "out of range box": crop_call([1500, 1200, 1700, 1400]),
     "target out of range": crop_call([0.1, 0.1, 0.5, 0.5], target=3),
     "target zero": crop_call([0.1, 0.1, 0.5, 0.5], target=0),

@@ -56,7 +56,7 @@ def test_too_small_crop_is_an_error():
     ([0.1, 0.1, float("nan"), 0.5], "finite"),
     (["0.1", 0.1, 0.2, 0.5], "must be a number"),
     ([0.5, 0.5, 0.2, 0.9], "x1 < x2"),
-    ([0.5, 0.5, 0.5, 0.5], "x1 < x2"),
+    ([0.1, 0.7, 0.3, 0.45], "x1 < x2"),  # inverted by more than the two paddings
     ([-0.2, 0.1, 0.3, 0.4], ">= 0"),
     ([900, 700, 1200, 900], "outside the image"),
     ([0.1, 0.2, 0.3], "list of 4"),
@@ -67,6 +67,14 @@ def test_too_small_crop_is_an_error():
 def test_bad_boxes_give_clear_errors(bbox, fragment):
     with pytest.raises(ToolCallError, match=fragment):
         ops.crop_box(bbox, 800, 600)
+
+
+@pytest.mark.parametrize("bbox", [[0.54, 0.66, 0.69, 0.61], [0.5, 0.5, 0.5, 0.5], [0.3, 0.2, 0.25, 0.4]])
+def test_slightly_inverted_or_point_boxes_crop_the_padded_region_like_the_release(bbox):
+    """The release pads first and crops what that gives: order is judged on the padded box."""
+    box = ops.crop_box(bbox, 800, 600)
+    assert box.px == release_crop_px(bbox, 800, 600)
+    assert box.px[2] > box.px[0] and box.px[3] > box.px[1]
 
 
 def test_partially_out_of_range_absolute_box_is_clamped_like_the_release():

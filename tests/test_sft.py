@@ -26,10 +26,10 @@ def dataset(tmp_path_factory):
     trace = make_trace(item, np.random.default_rng(2), correction_rate=1.0)
     traj = run_trace(item_task(item), trace, store)
     rows.append(trajectory_to_sft_record(traj, store, trace.train_turns, relative_to=root))
-    # an execution error (a too-small crop) fed back, then a correct crop; the failed turn is masked
+    # an execution error (a box inverted beyond its padding) fed back, then a correct crop; the failed turn is masked
     item = make_item("zoom_needed", 12, "err")
     good = crop_call([round(v, 2) for v in item.target])
-    turns = [f"I will zoom in.\n\n{crop_call([0.5, 0.5, 0.5, 0.5])}", f"Again.\n\n{good}", f"\\boxed{{{item.answer}}}"]
+    turns = [f"I will zoom in.\n\n{crop_call([0.6, 0.6, 0.2, 0.2])}", f"Again.\n\n{good}", f"\\boxed{{{item.answer}}}"]
     traj = run_trace(item_task(item), Trace("correction", turns, [False, True, True]), store)
     assert traj.steps[0].error
     rows.append(trajectory_to_sft_record(traj, store, [False, True, True], relative_to=root))
