@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from train.synth import scenes as S
-from train.vision import (BACKGROUND, CELL, CLASSES, VisionRunConfig, View, class_word_ids, cls, lr_at, make_view,
-                          fit_words, score_views, token_labels, train, view_loss, word_logits)
+from train.vision import (BACKGROUND, CELL, CLASSES, VisionRunConfig, View, cell_tenths, class_word_ids, cls, lr_at,
+                          make_view, fit_words, position_loss, score_views, token_labels, train, view_loss,
+                          word_logits)
 
 
 def test_token_labels_take_the_first_class_that_covers_a_cell():
@@ -124,15 +125,31 @@ def test_lr_warms_up_then_decays_to_zero_by_steps_or_by_time():
     assert lr_at(timed, 5, 30.0) == pytest.approx(5e-4)  # the step count does not matter under a budget
 
 
-@pytest.mark.parametrize("word_weight", [0.0, 1.0])
-def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tmp_path, word_weight):
+def test_cell_tenths_are_row_major_like_the_merged_tokens_and_position_loss_scores_them():
+    t = cell_tenths(2, 4)  # cell centres at 1/8, 3/8, 5/8, 7/8 of the width; 1/4, 3/4 of the height
+    assert t.tolist() == [[1, 2], [3, 2], [6, 2], [8, 2], [1, 7], [3, 7], [6, 7], [8, 7]]
+    assert cell_tenths(1, 10)[:, 0].tolist() == list(range(10))
+    tenths = torch.from_numpy(t)
+    exact = torch.full((8, 20), -9.0)
+    exact[torch.arange(8), tenths[:, 0]] = 9.0
+    exact[torch.arange(8), 10 + tenths[:, 1]] = 9.0
+    loss, hit = position_loss(exact, tenths)
+    assert hit.item() == 1.0 and loss.item() < 1e-3
+    wrong_y = exact.clone()
+    wrong_y[:, 10:] = exact[:, 10:].roll(1, 1)
+    assert position_loss(wrong_y, tenths)[1].item() == 0.0  # both tenths must be right
+
+
+@pytest.mark.parametrize("word_weight,position_weight", [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)])
+def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tmp_path, word_weight, position_weight):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from core.encoding import VisionTextEncoder
 
     cfg = VisionRunConfig(model=str(tiny_checkpoint), out=str(tmp_path / "run"), batch_size=4, max_steps=3,
                           warmup_ratio=0.3, eval_views=2, eval_every=2, num_workers=0, word_weight=word_weight,
-                          word_init_views=4 if word_weight else 0, fresh_vision=not word_weight)
+                          word_init_views=4 if word_weight else 0, fresh_vision=not word_weight,
+                          position_weight=position_weight)
     summary = train(cfg)
     assert summary["steps"] == 3
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -141,6 +158,8 @@ def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tm
     assert "crop_glyph_acc" in rows[1] and "overview_tag_found" in rows[1]
     if word_weight:  # the word objective is logged and scored
         assert all(r["word"] > 0 for r in rows) and "word_crop_glyph_acc" in rows[1]
+    if position_weight:  # so is the position objective
+        assert all(r["position"] > 0 and 0 <= r["position_hit"] <= 1 for r in rows) and 0 <= rows[1]["position_acc"] <= 1
     final = tmp_path / "run" / "final"
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(final, dtype=torch.float32)
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)
