@@ -98,7 +98,7 @@ def windowed(train: list[dict], size: int) -> dict[int, dict]:
         for key in ("rapr", "rapr_image", "rapr_video", "accuracy", "reward"):
             vals = [r[key] for r in rows if r.get(key) is not None]
             means[key] = sum(vals) / len(vals) if vals else float("nan")
-        out[k] = {"steps": f"{rows[0]['step']}-{rows[-1]['step']}", **means}
+        out[k] = means
     return out
 
 

@@ -160,6 +160,8 @@ def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tm
         assert all(r["word"] > 0 for r in rows) and "word_crop_glyph_acc" in rows[1]
     if position_weight:  # so is the position objective
         assert all(r["position"] > 0 and 0 <= r["position_hit"] <= 1 for r in rows) and 0 <= rows[1]["position_acc"] <= 1
+    else:
+        assert "position" not in rows[0] and "position_acc" not in rows[1]
     final = tmp_path / "run" / "final"
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(final, dtype=torch.float32)
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)

@@ -384,17 +384,19 @@ def eval_views(cfg: VisionRunConfig) -> list[View]:
 
 
 def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs: int = 64,
-             targets: torch.Tensor | None = None) -> dict[str, float]:
+             targets: torch.Tensor | None = None, positions: bool = False) -> dict[str, float]:
     """Scores over all held-out views (forward passes in chunks of `bs`, scored together); with
-    word targets, also as read by nearness to the words (`word_` keys)."""
+    word targets, also as read by nearness to the words (`word_` keys); with `positions`, the share
+    of cells whose both tenths the position head gets right (`position_acc`)."""
     model.eval()
     logits, feats = forward_views(model, encoder, views, bs)
     model.train()
     scores = score_views(logits, views)
     if targets is not None:
         scores.update({f"word_{k}": v for k, v in score_views(word_logits(feats, targets.cpu()), views).items()})
-    with torch.no_grad():  # both tenths right, over all held-out cells
-        where = model.where(feats.to(next(model.parameters()).device)).float().cpu()
+    if positions:
+        with torch.no_grad():
+            where = model.where(feats.to(next(model.parameters()).device)).float().cpu()
         tenths = torch.from_numpy(np.concatenate([cell_tenths(*v.labels.shape) for v in views]))
         scores["position_acc"] = position_loss(where, tenths)[1].item()
     return {k: round(v, 4) for k, v in scores.items()}
@@ -477,12 +479,12 @@ def train(cfg: VisionRunConfig) -> dict:
             row = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
                    **{k: round(v.item(), 4) for k, v in losses.items()}}
             if step % cfg.eval_every == 0:
-                row.update(evaluate(probe, encoder, held_out, targets=targets))
+                row.update(evaluate(probe, encoder, held_out, targets=targets, positions=cfg.position_weight > 0))
                 log.info("step %d: %s", step, row)
             mf.write(json.dumps(row) + "\n")
             mf.flush()
             last = row
-    final_scores = evaluate(probe, encoder, held_out, targets=targets)
+    final_scores = evaluate(probe, encoder, held_out, targets=targets, positions=cfg.position_weight > 0)
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     save_with_tower(model, encoder, cfg.model, final)
     torch.save(probe.head.state_dict(), out / "token_head.pt")
