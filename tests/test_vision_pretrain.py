@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from train.synth import scenes as S
-from train.vision import (BACKGROUND, CELL, CLASSES, VisionRunConfig, View, cell_tenths, class_word_ids, cls, lr_at,
-                          make_view, fit_words, position_loss, score_views, token_labels, train, view_loss,
-                          word_logits)
+from train.vision import (BACKGROUND, CELL, CLASSES, VisionRunConfig, View, cell_targets, cell_tenths, class_word_ids,
+                          cls, lr_at, make_view, fit_words, position_loss, score_views, token_labels, train,
+                          view_loss, word_logits)
 
 
 def test_token_labels_take_the_first_class_that_covers_a_cell():
@@ -109,7 +109,7 @@ def test_fit_words_folds_a_least_squares_map_into_the_last_layer():
     targets = torch.randn(len(CLASSES), 32)
     with torch.no_grad():
         before = (last(hidden) - targets[labels]).pow(2).sum(-1).mean()
-        fit_words(visual, last(hidden), labels, targets)
+        fit_words(visual, last(hidden), labels, targets[labels])
         after = last(hidden)  # the same layer, refitted in place
     assert (after - targets[labels]).pow(2).sum(-1).mean() < 0.05 * before
     assert torch.equal(word_logits(after, targets).argmax(-1), labels)
@@ -140,8 +140,21 @@ def test_cell_tenths_are_row_major_like_the_merged_tokens_and_position_loss_scor
     assert position_loss(wrong_y, tenths)[1].item() == 0.0  # both tenths must be right
 
 
-@pytest.mark.parametrize("word_weight,position_weight", [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)])
-def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tmp_path, word_weight, position_weight):
+def test_position_words_add_the_column_digit_to_every_non_background_cell():
+    targets, digits = torch.randn(len(CLASSES), 6), torch.randn(10, 6)
+    labels = torch.tensor([BACKGROUND, cls("glyph:7"), cls("tag:red"), BACKGROUND])
+    tenths = torch.tensor([[0, 1], [3, 1], [8, 6], [9, 6]])
+    assert torch.equal(cell_targets(targets, labels), targets[labels])
+    cells = cell_targets(targets, labels, digits, tenths)
+    assert torch.equal(cells[0], targets[BACKGROUND]) and torch.equal(cells[3], targets[BACKGROUND])
+    assert torch.allclose(cells[1], targets[cls("glyph:7")] + digits[3])
+    assert torch.allclose(cells[2], targets[cls("tag:red")] + digits[8])
+
+
+@pytest.mark.parametrize("word_weight,position_weight,position_words",
+                         [(0.0, 0.0, False), (1.0, 0.0, False), (1.0, 1.0, False), (1.0, 0.0, True)])
+def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tmp_path, word_weight, position_weight,
+                                                             position_words):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from core.encoding import VisionTextEncoder
@@ -149,7 +162,7 @@ def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tm
     cfg = VisionRunConfig(model=str(tiny_checkpoint), out=str(tmp_path / "run"), batch_size=4, max_steps=3,
                           warmup_ratio=0.3, eval_views=2, eval_every=2, num_workers=0, word_weight=word_weight,
                           word_init_views=4 if word_weight else 0, fresh_vision=not word_weight,
-                          position_weight=position_weight)
+                          position_weight=position_weight, position_words=position_words)
     summary = train(cfg)
     assert summary["steps"] == 3
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -26,7 +26,9 @@ read them far sooner (42% at step 50, 64% at 250). The architecture is unchanged
 `position_weight` (configs/vision_position.json, an experiment) adds a third term: a linear head reads,
 from each merged token, the tenth of the view's width and height it lies in. Trained for it, the
 tower finds the image's edges through attention and reads position at 86% after 219 steps, at
-the price of drifting from the words (README, "Positions").
+the price of drifting from the words (README, "Positions"). `position_words` instead adds to each
+non-background token's word target the digit word of its column's tenth, the form the LM reads at
+once (read_probe's oracle); 173 steps did not yet teach the tower to produce it.
 
 The result is the base checkpoint with the new tower (fp32), ready for `train sft model=...`.
 """
@@ -136,7 +138,11 @@ def crop_view(rng: np.random.Generator, wrong: bool = False, tight: bool = False
 
 def overview_view(rng: np.random.Generator) -> View:
     """A zoom-needed scene at overview size: the tag is a coloured speck, its glyph unreadable."""
-    item = make_item("zoom_needed", int(rng.integers(2**62)), "view")
+    return overview_of(make_item("zoom_needed", int(rng.integers(2**62)), "view"))
+
+
+def overview_of(item) -> View:
+    """A zoom-needed item's picture as the tiny preset shows it, labelled per merged token."""
     limits = PIXEL_PRESETS["tiny"]
     sized = resize_for_model(item.image, limits.first_min, limits.first_max)
     sx, sy = sized.width / item.image.width, sized.height / item.image.height
@@ -230,6 +236,10 @@ class VisionRunConfig:
     # view's width and height its cell centre lies in. The tower has no absolute position otherwise
     # (2D RoPE), and the LM cannot get it through M-RoPE (bench/read_probe.py --task position).
     position_weight: float = 0.0
+    # Or hand the LM the position in its own words: each non-background token's word target also
+    # gets the input embedding of the digit of its column's tenth ("3": the x of a box), as the
+    # words did for glyphs (with --oracle, bench/read_probe.py --task position learns from that).
+    position_words: bool = False
     eval_views: int = 96  # held-out views per kind, fixed seed
     eval_every: int = 100
     num_workers: int = 1
@@ -288,14 +298,25 @@ def word_logits(feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -torch.cdist(feats.float(), targets.float())
 
 
-def fit_words(visual, feats: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3) -> None:
+def cell_targets(targets: torch.Tensor, labels: torch.Tensor, digits: torch.Tensor | None = None,
+                 tenths: torch.Tensor | None = None) -> torch.Tensor:
+    """Each cell's word target: its class's word, plus (position_words) on non-background cells
+    the digit word of its column's tenth."""
+    out = targets[labels]
+    if digits is not None:
+        out = out + digits[tenths[:, 0]] * (labels != BACKGROUND)[:, None].to(out.dtype)
+    return out
+
+
+def fit_words(visual, feats: torch.Tensor, labels: torch.Tensor, cells: torch.Tensor, ridge: float = 1e-3) -> None:
     """A closed-form start for the word objective: refit the merger's last Linear so that its output
-    on these cells is, in least squares with classes weighed equally, their class's word. The
+    on these cells is, in least squares with classes weighed equally, their word (`cells`: one
+    target per cell, from cell_targets). The
     layer is replaced by itself followed by the fitted map (still one Linear: the checkpoint keeps
     Qwen2.5-VL's architecture)."""
     x = torch.cat([feats.double(), torch.ones(len(feats), 1, dtype=torch.float64)], 1)
-    w = (1.0 / torch.bincount(labels, minlength=len(targets)).clamp(min=1).double())[labels].sqrt()
-    xw, yw = x * w[:, None], targets.double()[labels] * w[:, None]
+    w = (1.0 / torch.bincount(labels, minlength=len(CLASSES)).clamp(min=1).double())[labels].sqrt()
+    xw, yw = x * w[:, None], cells.double() * w[:, None]
     gram = xw.T @ xw
     a = torch.linalg.solve(gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype), xw.T @ yw)
     last = visual.merger.mlp[-1]
@@ -306,7 +327,9 @@ def fit_words(visual, feats: torch.Tensor, labels: torch.Tensor, targets: torch.
 
 
 def view_loss(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, cfg: VisionRunConfig,
-              targets: torch.Tensor | None = None) -> dict:
+              targets: torch.Tensor | None = None, cells: torch.Tensor | None = None) -> dict:
+    """Class cross-entropy, the centring term and, with word targets, the class-weighted distance of
+    each token to its word (`cells`: per-cell targets from cell_targets, default the class words)."""
     weight = torch.ones(len(CLASSES), device=logits.device)
     weight[BACKGROUND] = cfg.background_weight
     ce = torch.nn.functional.cross_entropy(logits, labels, weight=weight)
@@ -314,7 +337,8 @@ def view_loss(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, c
     losses = {"loss": ce + cfg.center_weight * shared, "ce": ce, "shared": shared}
     if targets is not None and cfg.word_weight:
         w = weight[labels]  # squared distance to the class's word, relative to the words' size
-        dist = (feats - targets[labels]).pow(2).sum(-1) / targets.pow(2).sum(-1).mean()
+        goal = targets[labels] if cells is None else cells
+        dist = (feats - goal).pow(2).sum(-1) / targets.pow(2).sum(-1).mean()
         losses["word"] = (w * dist).sum() / w.sum()
         losses["loss"] = losses["loss"] + cfg.word_weight * losses["word"]
     return losses
@@ -371,10 +395,16 @@ def sample_views(cfg: VisionRunConfig, rng: np.random.Generator, n: int, wrong_c
             for _ in range(n)]
 
 
-def encode_views(encoder: VisionTextEncoder, views: list[View]) -> dict:
-    pv, grid = encoder.encode_images([v.image for v in views])
+def view_cells(views: list[View]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every merged token's class label and (x, y) tenths, the views' cells in order."""
     labels = torch.from_numpy(np.concatenate([v.labels.reshape(-1) for v in views]))
     tenths = torch.from_numpy(np.concatenate([cell_tenths(*v.labels.shape) for v in views]))
+    return labels, tenths
+
+
+def encode_views(encoder: VisionTextEncoder, views: list[View]) -> dict:
+    pv, grid = encoder.encode_images([v.image for v in views])
+    labels, tenths = view_cells(views)
     return {"pixel_values": pv, "grid_thw": grid, "labels": labels, "tenths": tenths}
 
 
@@ -397,8 +427,7 @@ def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs
     if positions:
         with torch.no_grad():
             where = model.where(feats.to(next(model.parameters()).device)).float().cpu()
-        tenths = torch.from_numpy(np.concatenate([cell_tenths(*v.labels.shape) for v in views]))
-        scores["position_acc"] = position_loss(where, tenths)[1].item()
+        scores["position_acc"] = position_loss(where, view_cells(views)[1])[1].item()
     return {k: round(v, 4) for k, v in scores.items()}
 
 
@@ -418,17 +447,24 @@ def forward_views(model: TokenHead, encoder: VisionTextEncoder, views: list[View
 
 # ---- run -------------------------------------------------------------------------------------
 
-def start_words(probe: TokenHead, model, encoder: VisionTextEncoder, cfg: VisionRunConfig) -> torch.Tensor:
-    """The classes' word embeddings (the LM's own); with word_init_views, the merger's last layer is
-    first refitted toward them on that many generated views (fit_words)."""
-    ids = class_word_ids(encoder.tokenizer, encoder.image_token_id)
-    targets = model.get_input_embeddings().weight.detach()[ids].to(next(probe.parameters()).device)
+def start_words(probe: TokenHead, model, encoder: VisionTextEncoder,
+                cfg: VisionRunConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The classes' word embeddings (the LM's own) and, with position_words, the digits' "0".."9";
+    with word_init_views, the merger's last layer is first refitted toward them on that many
+    generated views (fit_words)."""
+    device = next(probe.parameters()).device
+    table = model.get_input_embeddings().weight.detach()
+    targets = table[class_word_ids(encoder.tokenizer, encoder.image_token_id)].to(device)
+    digits = None
+    if cfg.position_words:
+        digits = table[[encoder.tokenizer.convert_tokens_to_ids(str(d)) for d in range(TENTHS)]].to(device)
     if cfg.word_init_views:
         views = sample_views(cfg, np.random.default_rng([cfg.seed, 7]), cfg.word_init_views)
         _, feats = forward_views(probe, encoder, views)
-        labels = torch.from_numpy(np.concatenate([v.labels.reshape(-1) for v in views]))
-        fit_words(probe.visual, feats, labels, targets.cpu())
-    return targets
+        labels, tenths = view_cells(views)
+        cells = cell_targets(targets.cpu(), labels, None if digits is None else digits.cpu(), tenths)
+        fit_words(probe.visual, feats, labels, cells)
+    return targets, digits
 
 
 def lr_at(cfg: VisionRunConfig, step: int, elapsed: float) -> float:
@@ -448,7 +484,7 @@ def train(cfg: VisionRunConfig) -> dict:
         model.model.visual = type(model.model.visual)._from_config(model.config.vision_config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probe = TokenHead(model.model.visual, model.config.vision_config.out_hidden_size).to(device)
-    targets = start_words(probe, model, encoder, cfg) if cfg.word_weight else None
+    targets, digits = start_words(probe, model, encoder, cfg) if cfg.word_weight else (None, None)
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     held_out = eval_views(cfg)
     loader = torch.utils.data.DataLoader(ViewStream(encoder, cfg), batch_size=None, num_workers=cfg.num_workers,
@@ -467,7 +503,8 @@ def train(cfg: VisionRunConfig) -> dict:
                 group["lr"] = lr_at(cfg, step, elapsed)
             batch = {k: v.to(device) for k, v in batch.items()}
             logits, feats = probe(batch["pixel_values"], batch["grid_thw"])
-            losses = view_loss(logits, feats, batch["labels"], cfg, targets)
+            cells = cell_targets(targets, batch["labels"], digits, batch["tenths"]) if digits is not None else None
+            losses = view_loss(logits, feats, batch["labels"], cfg, targets, cells)
             if cfg.position_weight:
                 losses["position"], losses["position_hit"] = position_loss(probe.where(feats), batch["tenths"])
                 losses["loss"] = losses["loss"] + cfg.position_weight * losses["position"]
