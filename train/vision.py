@@ -28,7 +28,7 @@ from each merged token, the tenth of the view's width and height it lies in. Tra
 tower finds the image's edges through attention and reads position at 86% after 219 steps, at
 the price of drifting from the words (README, "Positions"). `position_words` instead adds to each
 non-background token's word target the digit word of its column's tenth, the form the LM reads at
-once (read_probe's oracle); 173 steps did not yet teach the tower to produce it.
+once (read_probe's oracle): after 448 steps the LM probe reads the tag's tenth within one at 94%.
 
 The result is the base checkpoint with the new tower (fp32), ready for `train sft model=...`.
 """
