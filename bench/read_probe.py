@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder  # noqa: E402
 from train.synth import scenes as S  # noqa: E402
-from train.vision import BACKGROUND, cell_tenths, class_word_ids, cls, crop_view, overview_of  # noqa: E402
+from train.vision import (cell_targets, cell_tenths, class_word_ids, cls, crop_view, digit_word_ids,  # noqa: E402
+                          overview_of)
 
 GLYPH_OF = {cls(f"glyph:{g}"): g for g in S.GLYPHS}
 
@@ -115,7 +116,7 @@ def main() -> int:
     encoder = VisionTextEncoder.from_pretrained(args.model)
     embed = model.get_input_embeddings()
     words = embed.weight.detach()[class_word_ids(encoder.tokenizer, encoder.image_token_id)]
-    digit_words = embed.weight.detach()[[encoder.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]]
+    digit_words = embed.weight.detach()[digit_word_ids(encoder.tokenizer)]
     views, convs, answers = glyph_rows(args.views) if args.task == "glyph" else position_rows(args.views, args.axis)
     encoded = [encoder.encode(c) for c in convs]
     # the token that spells the answer: the last piece of " X" (digits come as " " + "7")
@@ -131,12 +132,11 @@ def main() -> int:
         if args.oracle:
             cells = torch.from_numpy(np.concatenate([views[i].labels.reshape(-1) for i in rows]))
             inputs = embed(batch["input_ids"]).detach().clone()
-            cell_words = words[cells]
             if args.task == "position":  # the tag's cells also carry their tenth as a digit word
-                axis = 0 if args.axis == "x" else 1
-                tenth = torch.from_numpy(np.concatenate([cell_tenths(*views[i].labels.shape)[:, axis] for i in rows]))
-                on_tag = cells != BACKGROUND
-                cell_words[on_tag] = cell_words[on_tag] + digit_words[tenth[on_tag]]
+                tenths = torch.from_numpy(np.concatenate([cell_tenths(*views[i].labels.shape) for i in rows]))
+                cell_words = cell_targets(words, cells, digit_words, tenths, axis=0 if args.axis == "x" else 1)
+            else:
+                cell_words = words[cells]
             inputs[batch["input_ids"] == encoder.image_token_id] = cell_words
             batch["inputs_embeds"] = inputs
             del batch["pixel_values"]

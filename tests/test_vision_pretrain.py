@@ -149,6 +149,8 @@ def test_position_words_add_the_column_digit_to_every_non_background_cell():
     assert torch.equal(cells[0], targets[BACKGROUND]) and torch.equal(cells[3], targets[BACKGROUND])
     assert torch.allclose(cells[1], targets[cls("glyph:7")] + digits[3])
     assert torch.allclose(cells[2], targets[cls("tag:red")] + digits[8])
+    rows = cell_targets(targets, labels, digits, tenths, axis=1)  # the row's tenth instead
+    assert torch.allclose(rows[2], targets[cls("tag:red")] + digits[6]) and torch.equal(rows[0], targets[BACKGROUND])
 
 
 @pytest.mark.parametrize("word_weight,position_weight,position_words",

@@ -298,13 +298,18 @@ def word_logits(feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -torch.cdist(feats.float(), targets.float())
 
 
+def digit_word_ids(tokenizer) -> list[int]:
+    """The tokens "0".."9": how a box's digits are spelt, and so how position is handed to the LM."""
+    return [tokenizer.convert_tokens_to_ids(str(d)) for d in range(TENTHS)]
+
+
 def cell_targets(targets: torch.Tensor, labels: torch.Tensor, digits: torch.Tensor | None = None,
-                 tenths: torch.Tensor | None = None) -> torch.Tensor:
+                 tenths: torch.Tensor | None = None, axis: int = 0) -> torch.Tensor:
     """Each cell's word target: its class's word, plus (position_words) on non-background cells
-    the digit word of its column's tenth."""
+    the digit word of its tenth along `axis` (0: the column's, the x of a box; 1: the row's)."""
     out = targets[labels]
     if digits is not None:
-        out = out + digits[tenths[:, 0]] * (labels != BACKGROUND)[:, None].to(out.dtype)
+        out = out + digits[tenths[:, axis]] * (labels != BACKGROUND)[:, None].to(out.dtype)
     return out
 
 
@@ -457,7 +462,7 @@ def start_words(probe: TokenHead, model, encoder: VisionTextEncoder,
     targets = table[class_word_ids(encoder.tokenizer, encoder.image_token_id)].to(device)
     digits = None
     if cfg.position_words:
-        digits = table[[encoder.tokenizer.convert_tokens_to_ids(str(d)) for d in range(TENTHS)]].to(device)
+        digits = table[digit_word_ids(encoder.tokenizer)].to(device)
     if cfg.word_init_views:
         views = sample_views(cfg, np.random.default_rng([cfg.seed, 7]), cfg.word_init_views)
         _, feats = forward_views(probe, encoder, views)
