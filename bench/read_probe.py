@@ -1,7 +1,8 @@
 """Can a checkpoint's language model learn to read a glyph through its vision tower? A short probe.
 
     python bench/read_probe.py --model runs/vision_words/final [--steps 250] [--oracle]
-    python bench/read_probe.py --task position [--axis x|y] [--rope-theta 10]
+    python bench/read_probe.py --task position [--axis x|y] [--rope-theta 10] [--oracle [--row-words]]
+    python bench/read_probe.py --task shape
 
 The tower is frozen; the LM is trained on the shortest conversation that needs reading: a crop after
 a good zoom (train.vision.crop_view), "What is written on the <colour> tag?", and "The tag reads X.
@@ -26,6 +27,12 @@ step 50, 100% within one from step 75 (exact 55-62%: the digit is the cell's ten
 centre's). A tower trained toward those targets (configs/vision_position_words.json): after 173 steps at
 lr 3e-4, still chance (2.36, 12%, 31% at step 175; glyph probe 97% at step 100); after 448 steps at lr 5e-4,
 48% exact and 94% within one at step 100, 50% / 89% at 150 (glyph probe 86% at step 100).
+Rows (`--axis y`) from configs/vision_position_rows.json's first run (346 steps, word_y_acc 32%): 2.25 nats,
+14% exact, 44% within one at step 100.
+
+`--task shape` asks the zoom-optional question of a zoom-optional overview (train.vision.shape_of): the large
+shape's colour, or its side, answered in one word. On the shipped weights of 2026-11-27: 17% at step 0, 77%
+at step 100 (1.03 nats at step 50, 0.38 at 100), although SFT left their colour answers blind to the picture.
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder  # noqa: E402
 from train.synth import scenes as S  # noqa: E402
-from train.vision import (cell_targets, cell_tenths, class_word_ids, cls, crop_view, digit_word_ids,  # noqa: E402
+from train.vision import (cell_targets, cell_tenths, class_word_ids, cls, crop_view, position_tables, shape_of,  # noqa: E402
                           overview_of)
 
 GLYPH_OF = {cls(f"glyph:{g}"): g for g in S.GLYPHS}
@@ -88,6 +95,18 @@ def position_rows(n: int, axis: str) -> tuple[list, list[list[dict]], list[str]]
     return views, convs, digits
 
 
+def shape_rows(n: int) -> tuple[list, list[list[dict]], list[str]]:
+    """Zoom-optional overviews (train.vision.shape_of) with their own question: the large shape's
+    colour or side, a one-token answer that the SFT traces give without a tool."""
+    from train.synth.tasks import make_item
+
+    items = [make_item("zoom_optional", 20_000 + seed, f"shape-{seed}") for seed in range(n)]
+    views = [shape_of(item) for item in items]
+    convs = [conversation(v.image, item.question, f"It is {item.answer}.\n\n\\boxed{{{item.answer}}}")
+             for v, item in zip(views, items)]
+    return views, convs, [item.answer for item in items]
+
+
 def load_model(path: str, rope_theta: float | None):
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -106,8 +125,10 @@ def main() -> int:
     ap.add_argument("--views", type=int, default=400, help="generated crops (the first 64 held out)")
     ap.add_argument("--oracle", action="store_true", help="feed each cell's class word instead of the tower "
                     "(position: plus, on the tag's cells, the digit word of their tenth)")
-    ap.add_argument("--task", choices=("glyph", "position"), default="glyph")
+    ap.add_argument("--task", choices=("glyph", "position", "shape"), default="glyph")
     ap.add_argument("--axis", choices=("x", "y"), default="x", help="position: tenth of the width or height")
+    ap.add_argument("--row-words", action="store_true", help="with --oracle: the tag's cells carry their column "
+                    "as a digit word and their row as a row word (train.vision.ROW_WORDS), as a row_words tower hands them")
     ap.add_argument("--rope-theta", type=float, default=None, help="rebuild the LM's rotary base before training")
     args = ap.parse_args()
 
@@ -116,8 +137,11 @@ def main() -> int:
     encoder = VisionTextEncoder.from_pretrained(args.model)
     embed = model.get_input_embeddings()
     words = embed.weight.detach()[class_word_ids(encoder.tokenizer, encoder.image_token_id)]
-    digit_words = embed.weight.detach()[digit_word_ids(encoder.tokenizer)]
-    views, convs, answers = glyph_rows(args.views) if args.task == "glyph" else position_rows(args.views, args.axis)
+    tables = position_tables(embed.weight.detach(), encoder.tokenizer, rows=args.row_words)
+    # the oracle's position words: column digits and row words (a row_words tower's scheme), or the asked tenth as a digit
+    axes = tables if args.row_words else {0 if args.axis == "x" else 1: tables[0]}
+    views, convs, answers = {"glyph": lambda: glyph_rows(args.views), "shape": lambda: shape_rows(args.views),
+                             "position": lambda: position_rows(args.views, args.axis)}[args.task]()
     encoded = [encoder.encode(c) for c in convs]
     # the token that spells the answer: the last piece of " X" (digits come as " " + "7")
     answer_ids = [encoder.tokenizer(" " + a, add_special_tokens=False)["input_ids"][-1] for a in answers]
@@ -132,9 +156,9 @@ def main() -> int:
         if args.oracle:
             cells = torch.from_numpy(np.concatenate([views[i].labels.reshape(-1) for i in rows]))
             inputs = embed(batch["input_ids"]).detach().clone()
-            if args.task == "position":  # the tag's cells also carry their tenth as a digit word
+            if args.task != "glyph":  # positioned cells also carry their tenths as words
                 tenths = torch.from_numpy(np.concatenate([cell_tenths(*views[i].labels.shape) for i in rows]))
-                cell_words = cell_targets(words, cells, digit_words, tenths, axis=0 if args.axis == "x" else 1)
+                cell_words = cell_targets(words, cells, tenths, axes)
             else:
                 cell_words = words[cells]
             inputs[batch["input_ids"] == encoder.image_token_id] = cell_words

@@ -3,7 +3,8 @@ images and with another record's images swapped in.
 
     python bench/token_loss.py --model assets/pixel-reasoner-tiny --data data/tinyzoom_train [--n 48]
 
-Token kinds: `box` (digits of the bbox_2d numbers inside a tool call), `answer` (the first token that
+Token kinds: `box_x` and `box_y` (the tenths digit of a bbox_2d's x1, x2 and of its y1, y2: where the box
+is), `box` (its other digits), `answer` (the first token that
 spells the ground truth, where the model reads it out), `template` (every other trained token). Chance for one of the 10 glyphs is ln 10 = 2.30 nats; for a
 coordinate digit about the same. If swapping the images barely moves `box` and `answer`, the
 language model is not reading the pictures. The records are the first --n of each category asked.
@@ -32,8 +33,13 @@ def token_kinds(pieces: list[str], answer: str) -> list[str]:
     for piece in pieces:
         in_call = text.rfind("<tool_call>") > text.rfind("</tool_call>")
         word = piece.strip().lstrip("{").lower()
-        if in_call and word and all(c.isdigit() or c == "." for c in word) and "bbox_2d" in text[text.rfind("<tool_call>"):]:
-            kinds.append("box")
+        call = text[text.rfind("<tool_call>"):]
+        numbers = call[call.rfind("bbox_2d"):] if "bbox_2d" in call else "]"
+        if in_call and word and all(c.isdigit() or c == "." for c in word) and "]" not in numbers:
+            if text.endswith(".") and word.isdigit():  # a tenth: where the box is, to a tenth of the side
+                kinds.append("box_y" if numbers[numbers.find("["):].count(",") % 2 else "box_x")
+            else:
+                kinds.append("box")
         elif not answered and word and answer.lower().startswith(word):
             kinds.append("answer")
             answered = True

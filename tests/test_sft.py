@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from train.data import load_sft_records, trajectory_to_sft_record
 from train.synth.build import BuildConfig, build
 from train.synth.tasks import make_item
 from train.synth.traces import Trace, crop_call, item_task, make_trace, run_trace
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +97,19 @@ def test_sft_few_steps_then_the_loop_runs_it(dataset, tmp_path):
     item = make_item("zoom_needed", 99, "gen")
     traj = run_to_end(backend, item_task(item), config=loop_config(), params=GenerationParams(max_new_tokens=24))
     assert traj.steps and traj.status in ("done", "max_tokens", "max_ops")
+
+
+def test_token_loss_tells_a_box_tenths_by_axis_from_its_other_digits():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("token_loss", ROOT / "bench" / "token_loss.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pieces = (["Zoom.", "<tool_call>", '\n{"name": "crop_image_normalized", "arguments": {"', "bbox", '_2d":', " ["]
+              + ["0", ".", "5", "4", ",", " ", "0", ".", "6", "6", ",", " ", "0", ".", "6", "9", ",", " ", "0", ".", "7", "1"]
+              + ["],", ' "target_image":', " ", "1", "}}", "</tool_call>", "The tag reads", " K", "."])
+    kinds = dict(zip(range(len(pieces)), mod.token_kinds(pieces, "K")))
+    tenths = [(pieces[i], k) for i, k in kinds.items() if k in ("box_x", "box_y")]
+    assert tenths == [("5", "box_x"), ("6", "box_y"), ("6", "box_x"), ("7", "box_y")]
+    assert sum(k == "box" for k in kinds.values()) == 12  # 0 . and hundredths; target_image's 1 is not the box
+    assert kinds[pieces.index(" K")] == "answer"

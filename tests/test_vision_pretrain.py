@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from train.synth import scenes as S
-from train.vision import (BACKGROUND, CELL, CLASSES, VisionRunConfig, View, cell_targets, cell_tenths, class_word_ids,
-                          cls, lr_at, make_view, fit_words, position_loss, score_views, token_labels, train,
-                          view_loss, word_logits)
+from train.vision import (BACKGROUND, CELL, CLASSES, ROW_WORDS, VisionRunConfig, View, cell_targets, cell_tenths, class_word_ids,
+                          cls, digit_word_ids, lr_at, make_view, fit_words, position_loss, position_word_scores, positioned,
+                          row_word_ids, score_views, token_labels, train, view_loss, word_logits)
 
 
 def test_token_labels_take_the_first_class_that_covers_a_cell():
@@ -140,21 +140,49 @@ def test_cell_tenths_are_row_major_like_the_merged_tokens_and_position_loss_scor
     assert position_loss(wrong_y, tenths)[1].item() == 0.0  # both tenths must be right
 
 
-def test_position_words_add_the_column_digit_to_every_non_background_cell():
-    targets, digits = torch.randn(len(CLASSES), 6), torch.randn(10, 6)
+def test_position_words_add_the_column_digit_and_row_word_to_every_non_background_cell():
+    targets, digits, rows = torch.randn(len(CLASSES), 6), torch.randn(10, 6), torch.randn(10, 6)
     labels = torch.tensor([BACKGROUND, cls("glyph:7"), cls("tag:red"), BACKGROUND])
     tenths = torch.tensor([[0, 1], [3, 1], [8, 6], [9, 6]])
     assert torch.equal(cell_targets(targets, labels), targets[labels])
-    cells = cell_targets(targets, labels, digits, tenths)
+    cells = cell_targets(targets, labels, tenths, {0: digits})
     assert torch.equal(cells[0], targets[BACKGROUND]) and torch.equal(cells[3], targets[BACKGROUND])
     assert torch.allclose(cells[1], targets[cls("glyph:7")] + digits[3])
     assert torch.allclose(cells[2], targets[cls("tag:red")] + digits[8])
-    rows = cell_targets(targets, labels, digits, tenths, axis=1)  # the row's tenth instead
-    assert torch.allclose(rows[2], targets[cls("tag:red")] + digits[6]) and torch.equal(rows[0], targets[BACKGROUND])
+    both = cell_targets(targets, labels, tenths, {0: digits, 1: rows})  # the row's tenth in words of its own
+    assert torch.allclose(both[2], targets[cls("tag:red")] + digits[8] + rows[6])
+    assert torch.equal(both[0], targets[BACKGROUND])
+    bare_glyphs = cell_targets(targets, labels, tenths, {0: digits, 1: rows}, positioned(labels, glyphs=False))
+    assert torch.equal(bare_glyphs[1], targets[cls("glyph:7")])  # a glyph "7" never reads as column 7
+    assert torch.allclose(bare_glyphs[2], both[2])
+
+
+def test_position_word_scores_read_each_axis_from_the_words_a_token_is_made_of():
+    g = torch.Generator().manual_seed(0)
+    targets, digits, rows = (torch.randn(n, 16, generator=g) for n in (len(CLASSES), 10, 10))
+    labels = torch.tensor([cls("tag:red")] * 10 + [BACKGROUND] * 2)
+    tenths = torch.stack([torch.arange(12) % 10, (torch.arange(12) * 3) % 10], 1)
+    feats = cell_targets(targets, labels, tenths, {0: digits, 1: rows})
+    on = positioned(labels)
+    assert position_word_scores(feats, labels, tenths, targets, {0: digits, 1: rows}, on) == {"word_x_acc": 1.0, "word_y_acc": 1.0}
+    no_rows = cell_targets(targets, labels, tenths, {0: digits})  # a tower that hands over the column only
+    scores = position_word_scores(no_rows, labels, tenths, targets, {0: digits, 1: rows}, on)
+    assert scores["word_y_acc"] <= 0.3
+
+
+def test_row_words_are_tokens_of_their_own_that_the_synthetic_text_never_uses(tiny_checkpoint):
+    from core.encoding import VisionTextEncoder
+
+    tok = VisionTextEncoder.from_pretrained(tiny_checkpoint).tokenizer
+    rows, digits = row_word_ids(tok), digit_word_ids(tok)
+    assert len(set(rows)) == 10 and not set(rows) & set(digits) and tok.unk_token_id not in rows
+    assert tok.convert_ids_to_tokens(rows) == list(ROW_WORDS)  # single bytes: they decode to no text
+    text = "What is written on the red tag? [0.54, 0.66, 0.69, 0.71] \\boxed{7} Left or right? Blue."
+    assert not set(tok(text, add_special_tokens=False)["input_ids"]) & set(rows)
 
 
 @pytest.mark.parametrize("word_weight,position_weight,position_words",
-                         [(0.0, 0.0, False), (1.0, 0.0, False), (1.0, 1.0, False), (1.0, 0.0, True)])
+                         [(0.0, 0.0, False), (1.0, 0.0, False), (1.0, 1.0, False), (1.0, 1.0, True)])
 def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tmp_path, word_weight, position_weight,
                                                              position_words):
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -164,7 +192,8 @@ def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tm
     cfg = VisionRunConfig(model=str(tiny_checkpoint), out=str(tmp_path / "run"), batch_size=4, max_steps=3,
                           warmup_ratio=0.3, eval_views=2, eval_every=2, num_workers=0, word_weight=word_weight,
                           word_init_views=4 if word_weight else 0, fresh_vision=not word_weight,
-                          position_weight=position_weight, position_words=position_words)
+                          position_weight=position_weight, position_words=position_words,
+                          row_words=position_words, glyph_positions=not position_words)
     summary = train(cfg)
     assert summary["steps"] == 3
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -177,6 +206,10 @@ def test_a_few_steps_write_metrics_and_a_loadable_checkpoint(tiny_checkpoint, tm
         assert all(r["position"] > 0 and 0 <= r["position_hit"] <= 1 for r in rows) and 0 <= rows[1]["position_acc"] <= 1
     else:
         assert "position" not in rows[0] and "position_acc" not in rows[1]
+    if position_words:  # how well the tokens spell their column and row
+        assert 0 <= rows[1]["word_x_acc"] <= 1 and 0 <= rows[1]["word_y_acc"] <= 1
+    else:
+        assert "word_x_acc" not in rows[1]
     final = tmp_path / "run" / "final"
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(final, dtype=torch.float32)
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)

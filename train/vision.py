@@ -29,6 +29,8 @@ tower finds the image's edges through attention and reads position at 86% after 
 the price of drifting from the words (README, "Positions"). `position_words` instead adds to each
 non-background token's word target the digit word of its column's tenth, the form the LM reads at
 once (read_probe's oracle): after 448 steps the LM probe reads the tag's tenth within one at 94%.
+`row_words` (configs/vision_position_rows.json) adds the row's tenth as a word of its own (ROW_WORDS),
+and `glyph_positions=false` leaves glyph cells bare, since the digit glyphs share the column's words.
 
 The result is the base checkpoint with the new tower (fp32), ready for `train sft model=...`.
 """
@@ -164,7 +166,11 @@ def frame_view(rng: np.random.Generator) -> View:
 
 def shape_view(rng: np.random.Generator) -> View:
     """A zoom-optional scene at overview size: the large shape's cells carry its colour."""
-    item = make_item("zoom_optional", int(rng.integers(2**62)), "view")
+    return shape_of(make_item("zoom_optional", int(rng.integers(2**62)), "view"))
+
+
+def shape_of(item) -> View:
+    """A zoom-optional item's picture as the tiny preset shows it, the large shape's cells labelled."""
     limits = PIXEL_PRESETS["tiny"]
     sized = resize_for_model(item.image, limits.first_min, limits.first_max)
     box = [v * (sized.width if i % 2 == 0 else sized.height) for i, v in enumerate(item.target)]
@@ -240,6 +246,12 @@ class VisionRunConfig:
     # gets the input embedding of the digit of its column's tenth ("3": the x of a box), as the
     # words did for glyphs (with --oracle, bench/read_probe.py --task position learns from that).
     position_words: bool = False
+    # With position_words: also add the row's tenth (the y of a box) as one of ten byte tokens no text
+    # uses (ROW_WORDS), since a second digit would collide with the column's. SFT then maps them to digits.
+    row_words: bool = False
+    # With position_words: give glyph cells position too. The digit glyphs (2-5, 7) are spelt with the
+    # digit words, so a "7" in column 3 would look like a "3" in column 7; false keeps them bare.
+    glyph_positions: bool = True
     eval_views: int = 96  # held-out views per kind, fixed seed
     eval_every: int = 100
     num_workers: int = 1
@@ -299,17 +311,43 @@ def word_logits(feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def digit_word_ids(tokenizer) -> list[int]:
-    """The tokens "0".."9": how a box's digits are spelt, and so how position is handed to the LM."""
+    """The tokens "0".."9": how a box's digits are spelt, and so how a column is handed to the LM."""
     return [tokenizer.convert_tokens_to_ids(str(d)) for d in range(TENTHS)]
 
 
-def cell_targets(targets: torch.Tensor, labels: torch.Tensor, digits: torch.Tensor | None = None,
-                 tenths: torch.Tensor | None = None, axis: int = 0) -> torch.Tensor:
-    """Each cell's word target: its class's word, plus (position_words) on non-background cells
-    the digit word of its tenth along `axis` (0: the column's, the x of a box; 1: the row's)."""
+ROW_WORDS = "ÀÁÂÃÄÅÆÇÈÉ"  # byte tokens (0xC0-0xC9) that ASCII text never uses: rows 0-9
+
+
+def row_word_ids(tokenizer) -> list[int]:
+    """The tokens that hand a row's tenth to the LM: words of their own, so a row never reads as a column."""
+    return [tokenizer.convert_tokens_to_ids(c) for c in ROW_WORDS]
+
+
+def position_tables(table: torch.Tensor, tokenizer, rows: bool) -> dict[int, torch.Tensor]:
+    """Per axis (0: column, 1: row), the input embeddings of the words that spell its tenths."""
+    tables = {0: table[digit_word_ids(tokenizer)]}
+    if rows:
+        tables[1] = table[row_word_ids(tokenizer)]
+    return tables
+
+
+def positioned(labels: torch.Tensor, glyphs: bool = True) -> torch.Tensor:
+    """The cells that carry position words: every non-background cell, or (glyphs false) also not the glyphs'."""
+    on = labels != BACKGROUND
+    if not glyphs:
+        on &= labels >= len(S.GLYPHS)  # the glyph classes come first in CLASSES
+    return on
+
+
+def cell_targets(targets: torch.Tensor, labels: torch.Tensor, tenths: torch.Tensor | None = None,
+                 axes: dict[int, torch.Tensor] | None = None, on: torch.Tensor | None = None) -> torch.Tensor:
+    """Each cell's word target: its class's word plus, on the cells `on` marks (default: positioned),
+    for each axis in `axes` the word of the cell's tenth along it (position_tables)."""
     out = targets[labels]
-    if digits is not None:
-        out = out + digits[tenths[:, axis]] * (labels != BACKGROUND)[:, None].to(out.dtype)
+    if axes:
+        on = positioned(labels) if on is None else on
+        for axis, words in axes.items():
+            out = out + words[tenths[:, axis]] * on[:, None].to(out.dtype)
     return out
 
 
@@ -419,21 +457,41 @@ def eval_views(cfg: VisionRunConfig) -> list[View]:
 
 
 def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs: int = 64,
-             targets: torch.Tensor | None = None, positions: bool = False) -> dict[str, float]:
+             targets: torch.Tensor | None = None, positions: bool = False,
+             axes: dict[int, torch.Tensor] | None = None, glyph_positions: bool = True) -> dict[str, float]:
     """Scores over all held-out views (forward passes in chunks of `bs`, scored together); with
     word targets, also as read by nearness to the words (`word_` keys); with `positions`, the share
-    of cells whose both tenths the position head gets right (`position_acc`)."""
+    of cells whose both tenths the position head gets right (`position_acc`; with position words, of
+    their cells only); with position words (`axes`), how well the tokens spell their tenths
+    (position_word_scores)."""
     model.eval()
     logits, feats = forward_views(model, encoder, views, bs)
     model.train()
     scores = score_views(logits, views)
     if targets is not None:
         scores.update({f"word_{k}": v for k, v in score_views(word_logits(feats, targets.cpu()), views).items()})
-    if positions:
+    labels, tenths = view_cells(views)
+    on = positioned(labels, glyph_positions) if axes else torch.ones_like(labels, dtype=torch.bool)
+    if positions:  # on the cells the head is trained on (with position words, theirs)
         with torch.no_grad():
-            where = model.where(feats.to(next(model.parameters()).device)).float().cpu()
-        scores["position_acc"] = position_loss(where, view_cells(views)[1])[1].item()
+            where = model.where(feats[on].to(next(model.parameters()).device)).float().cpu()
+        scores["position_acc"] = position_loss(where, tenths[on])[1].item()
+    if targets is not None and axes:
+        scores.update(position_word_scores(feats, labels, tenths, targets.cpu(), {a: w.cpu() for a, w in axes.items()}, on))
     return {k: round(v, 4) for k, v in scores.items()}
+
+
+def position_word_scores(feats: torch.Tensor, labels: torch.Tensor, tenths: torch.Tensor, targets: torch.Tensor,
+                         axes: dict[int, torch.Tensor], on: torch.Tensor) -> dict[str, float]:
+    """Per axis, the share of the cells `on` marks whose nearest position word, once their class word
+    and their other axes' true words are taken off, spells their own tenth (`word_x_acc`, `word_y_acc`):
+    whether the tower hands the LM where each token is."""
+    rest, t = feats[on] - targets[labels[on]], tenths[on]
+    scores = {}
+    for a, words in axes.items():
+        own = rest - sum((w[t[:, b]] for b, w in axes.items() if b != a), torch.zeros_like(rest))
+        scores[f"word_{'xy'[a]}_acc"] = (torch.cdist(own, words).argmin(-1) == t[:, a]).float().mean().item()
+    return scores
 
 
 def forward_views(model: TokenHead, encoder: VisionTextEncoder, views: list[View],
@@ -453,23 +511,24 @@ def forward_views(model: TokenHead, encoder: VisionTextEncoder, views: list[View
 # ---- run -------------------------------------------------------------------------------------
 
 def start_words(probe: TokenHead, model, encoder: VisionTextEncoder,
-                cfg: VisionRunConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The classes' word embeddings (the LM's own) and, with position_words, the digits' "0".."9";
-    with word_init_views, the merger's last layer is first refitted toward them on that many
-    generated views (fit_words)."""
+                cfg: VisionRunConfig) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The classes' word embeddings (the LM's own) and, with position_words, the words that spell
+    each axis's tenths (position_tables); with word_init_views, the merger's last layer is first
+    refitted toward them on that many generated views (fit_words)."""
     device = next(probe.parameters()).device
     table = model.get_input_embeddings().weight.detach()
     targets = table[class_word_ids(encoder.tokenizer, encoder.image_token_id)].to(device)
-    digits = None
+    axes = {}
     if cfg.position_words:
-        digits = table[digit_word_ids(encoder.tokenizer)].to(device)
+        axes = {a: t.to(device) for a, t in position_tables(table, encoder.tokenizer, cfg.row_words).items()}
     if cfg.word_init_views:
         views = sample_views(cfg, np.random.default_rng([cfg.seed, 7]), cfg.word_init_views)
         _, feats = forward_views(probe, encoder, views)
         labels, tenths = view_cells(views)
-        cells = cell_targets(targets.cpu(), labels, None if digits is None else digits.cpu(), tenths)
+        cells = cell_targets(targets.cpu(), labels, tenths, {a: t.cpu() for a, t in axes.items()},
+                             positioned(labels, cfg.glyph_positions))
         fit_words(probe.visual, feats, labels, cells)
-    return targets, digits
+    return targets, axes
 
 
 def lr_at(cfg: VisionRunConfig, step: int, elapsed: float) -> float:
@@ -489,7 +548,7 @@ def train(cfg: VisionRunConfig) -> dict:
         model.model.visual = type(model.model.visual)._from_config(model.config.vision_config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probe = TokenHead(model.model.visual, model.config.vision_config.out_hidden_size).to(device)
-    targets, digits = start_words(probe, model, encoder, cfg) if cfg.word_weight else (None, None)
+    targets, axes = start_words(probe, model, encoder, cfg) if cfg.word_weight else (None, {})
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     held_out = eval_views(cfg)
     loader = torch.utils.data.DataLoader(ViewStream(encoder, cfg), batch_size=None, num_workers=cfg.num_workers,
@@ -508,10 +567,11 @@ def train(cfg: VisionRunConfig) -> dict:
                 group["lr"] = lr_at(cfg, step, elapsed)
             batch = {k: v.to(device) for k, v in batch.items()}
             logits, feats = probe(batch["pixel_values"], batch["grid_thw"])
-            cells = cell_targets(targets, batch["labels"], digits, batch["tenths"]) if digits is not None else None
+            on = positioned(batch["labels"], cfg.glyph_positions) if axes else slice(None)  # cells given positions
+            cells = cell_targets(targets, batch["labels"], batch["tenths"], axes, on) if axes else None
             losses = view_loss(logits, feats, batch["labels"], cfg, targets, cells)
-            if cfg.position_weight:
-                losses["position"], losses["position_hit"] = position_loss(probe.where(feats), batch["tenths"])
+            if cfg.position_weight and len(batch["tenths"][on]):  # with position words, only on their cells
+                losses["position"], losses["position_hit"] = position_loss(probe.where(feats[on]), batch["tenths"][on])
                 losses["loss"] = losses["loss"] + cfg.position_weight * losses["position"]
             opt.zero_grad()
             losses["loss"].backward()
@@ -521,12 +581,14 @@ def train(cfg: VisionRunConfig) -> dict:
             row = {"step": step, "seconds": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
                    **{k: round(v.item(), 4) for k, v in losses.items()}}
             if step % cfg.eval_every == 0:
-                row.update(evaluate(probe, encoder, held_out, targets=targets, positions=cfg.position_weight > 0))
+                row.update(evaluate(probe, encoder, held_out, targets=targets, positions=cfg.position_weight > 0,
+                                    axes=axes, glyph_positions=cfg.glyph_positions))
                 log.info("step %d: %s", step, row)
             mf.write(json.dumps(row) + "\n")
             mf.flush()
             last = row
-    final_scores = evaluate(probe, encoder, held_out, targets=targets, positions=cfg.position_weight > 0)
+    final_scores = evaluate(probe, encoder, held_out, targets=targets, positions=cfg.position_weight > 0,
+                            axes=axes, glyph_positions=cfg.glyph_positions)
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     save_with_tower(model, encoder, cfg.model, final)
     torch.save(probe.head.state_dict(), out / "token_head.pt")
