@@ -113,3 +113,20 @@ def test_token_loss_tells_a_box_tenths_by_axis_from_its_other_digits():
     assert tenths == [("5", "box_x"), ("6", "box_y"), ("6", "box_x"), ("7", "box_y")]
     assert sum(k == "box" for k in kinds.values()) == 12  # 0 . and hundredths; target_image's 1 is not the box
     assert kinds[pieces.index(" K")] == "answer"
+
+
+def test_repeat_by_category_reweights_the_mix_and_the_config_takes_it_from_the_command_line():
+    from train.data import SFTRecord, record_category, repeat_by_category
+    from train.sft import SFTRunConfig
+
+    def rec(i: int, meta: dict) -> SFTRecord:
+        return SFTRecord(id=str(i), messages=[], meta=meta)
+
+    records = ([rec(i, {"task": {"category": "zoom_optional"}}) for i in range(4)]
+               + [rec(10 + i, {"category": "read"}) for i in range(4)] + [rec(20, {})])
+    assert [record_category(r) for r in records[3:5] + records[-1:]] == ["zoom_optional", "read", "other"]
+    cfg = SFTRunConfig.from_file(None, ['repeat={"zoom_optional": 2.5, "read": 0.5}'])
+    mixed = repeat_by_category(records, cfg.repeat)
+    ids = [r.id for r in mixed]
+    assert sorted(ids) == sorted(["0", "1", "2", "3"] * 2 + ["0", "1"] + ["10", "11"] + ["20"])
+    assert repeat_by_category(records, {}) == records and repeat_by_category(records, {"read": 0}) == records[:4] + records[-1:]

@@ -108,6 +108,26 @@ def parse_record(obj: dict, root: Path, where: str, index: int = 0) -> SFTRecord
     return rec
 
 
+def record_category(rec: SFTRecord) -> str:
+    """A record's task category ("zoom_needed", ..., "read" for close-ups), "other" where it has none
+    (e.g. the released data)."""
+    return rec.meta.get("task", {}).get("category") or rec.meta.get("category") or "other"
+
+
+def repeat_by_category(records: list[SFTRecord], repeat: dict[str, float]) -> list[SFTRecord]:
+    """The records with each category's share reweighted: a category listed with r appears int(r) times,
+    plus the first fraction of it once more (r = 0.5: its first half; 0: dropped); unlisted ones once.
+    Why: the SFT mix decides which skills the LM learns to read from the picture (README, "Positions")."""
+    by: dict[str, list[SFTRecord]] = {}
+    for rec in records:
+        by.setdefault(record_category(rec), []).append(rec)
+    out = []
+    for category, recs in by.items():
+        r = repeat.get(category, 1)
+        out += recs * int(r) + recs[:round(len(recs) * (r - int(r)))]
+    return out
+
+
 def load_sft_records(path: str | Path, split: str = "train", limit: int | None = None) -> list[SFTRecord]:
     """Records from a dataset folder (<path>/<split>.jsonl) or a .jsonl / .json file."""
     path = Path(path)

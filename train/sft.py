@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 from core import protocol as P
 from core.encoding import VisionTextEncoder
 from core.operations import PIXEL_PRESETS
-from train.data import SFTRecord, load_sft_records, record_to_messages
+from train.data import SFTRecord, load_sft_records, record_to_messages, repeat_by_category
 from train.metrics import MetricsJsonlCallback
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class SFTRunConfig:
     train_split: str = "train"
     eval_split: str | None = "validation"
     limit: int | None = None  # use the first N training records
+    repeat: dict = field(default_factory=dict)  # category -> times its records appear, e.g. {"zoom_optional": 3, "read": 0.3}
     eval_limit: int | None = 64
     model: str = "tiny"  # "tiny", a local checkpoint folder, or a hub id
     tiny: dict = field(default_factory=dict)  # train.tiny.tiny_config overrides (vision_* for the tower)
@@ -237,7 +238,7 @@ def train(cfg: SFTRunConfig) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     out = start_run(cfg, "sft")
-    records = load_sft_records(cfg.data, cfg.train_split, cfg.limit)
+    records = repeat_by_category(load_sft_records(cfg.data, cfg.train_split, cfg.limit), cfg.repeat)
     eval_records = []
     if cfg.eval_split and Path(cfg.data).is_dir() and (Path(cfg.data) / f"{cfg.eval_split}.jsonl").exists():
         eval_records = load_sft_records(cfg.data, cfg.eval_split, cfg.eval_limit)
