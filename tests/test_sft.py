@@ -130,3 +130,5 @@ def test_repeat_by_category_reweights_the_mix_and_the_config_takes_it_from_the_c
     ids = [r.id for r in mixed]
     assert sorted(ids) == sorted(["0", "1", "2", "3"] * 2 + ["0", "1"] + ["10", "11"] + ["20"])
     assert repeat_by_category(records, {}) == records and repeat_by_category(records, {"read": 0}) == records[:4] + records[-1:]
+    interleaved = [records[0], records[4], records[1], records[5], records[8]]  # each pass keeps the order
+    assert [r.id for r in repeat_by_category(interleaved, {"zoom_optional": 1.5})] == ["0", "10", "1", "11", "20", "0"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,15 +118,16 @@ def record_category(rec: SFTRecord) -> str:
 def repeat_by_category(records: list[SFTRecord], repeat: dict[str, float]) -> list[SFTRecord]:
     """The records with each category's share reweighted: a category listed with r appears int(r) times,
     plus the first fraction of it once more (r = 0.5: its first half; 0: dropped); unlisted ones once.
+    Each pass keeps the records' order, so an empty `repeat` changes nothing.
     Why: the SFT mix decides which skills the LM learns to read from the picture (README, "Positions")."""
-    by: dict[str, list[SFTRecord]] = {}
-    for rec in records:
-        by.setdefault(record_category(rec), []).append(rec)
-    out = []
-    for category, recs in by.items():
-        r = repeat.get(category, 1)
-        out += recs * int(r) + recs[:round(len(recs) * (r - int(r)))]
-    return out
+    categories = [record_category(rec) for rec in records]
+    sizes = Counter(categories)
+    copies, seen = [], Counter()
+    for c in categories:  # each record's count: int(r), and one more for the first fraction of its category
+        r = repeat.get(c, 1)
+        copies.append(int(r) + (seen[c] < round(sizes[c] * (r - int(r)))))
+        seen[c] += 1
+    return [rec for k in range(max(copies, default=0)) for rec, n in zip(records, copies) if n > k]
 
 
 def load_sft_records(path: str | Path, split: str = "train", limit: int | None = None) -> list[SFTRecord]:

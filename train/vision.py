@@ -471,7 +471,7 @@ def evaluate(model: TokenHead, encoder: VisionTextEncoder, views: list[View], bs
     if targets is not None:
         scores.update({f"word_{k}": v for k, v in score_views(word_logits(feats, targets.cpu()), views).items()})
     labels, tenths = view_cells(views)
-    on = positioned(labels, glyph_positions) if axes else torch.ones_like(labels, dtype=torch.bool)
+    on = positioned(labels, glyph_positions) if axes else slice(None)  # as in training
     if positions:  # on the cells the head is trained on (with position words, theirs)
         with torch.no_grad():
             where = model.where(feats[on].to(next(model.parameters()).device)).float().cpu()
