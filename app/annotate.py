@@ -211,7 +211,7 @@ def build(studio: Studio, session_id=None, demo=None) -> None:
             open_btn = gr.Button("Open", scale=1)
             from_inspect = gr.Button("Take the one open in Inspect", scale=1)
             next_btn = gr.Button("Next (j) ▶", elem_id="annot-next", scale=1)
-        header = gr.Markdown()
+        header = gr.Markdown(elem_id="annot-header")
         corner = gr.State(None)
         size = gr.State(None)  # the original image's (width, height)
         with gr.Row():

@@ -120,7 +120,11 @@ def test_run_an_example_and_screenshot_each_tab(app_url, page):
     sync_api.expect(session).to_have_value(asked["id"], timeout=10_000)
     page.keyboard.press("k")
     sync_api.expect(session).to_have_value(studio.wrong_id, timeout=10_000)
+    # the id box changes before the session is shown: wait for its header, or the target radio is reset after our click
+    sync_api.expect(page.locator("#annot-header")).to_contain_text(studio.wrong_id, timeout=10_000)
     page.locator("#annot-target").get_by_text("step 1 · crop_image_normalized").click()
+    sync_api.expect(page.locator("#annot-target input[value='step 1 · crop_image_normalized']")).to_be_checked(
+        timeout=5_000)
     page.wait_for_timeout(800)
     page.keyboard.press("1")
     sync_api.expect(page.locator("#annot-label input[value='wrong box']")).to_be_checked(timeout=5_000)
