@@ -3,10 +3,10 @@ images and with another record's images swapped in.
 
     python bench/token_loss.py --model assets/pixel-reasoner-tiny --data data/tinyzoom_train [--n 48]
 
-Token kinds: `box_x` and `box_y` (the tenths digit of a bbox_2d's x1, x2 and of its y1, y2: where the box
-is), `box` (its other digits), `answer` (the first token that
-spells the ground truth, where the model reads it out), `template` (every other trained token). Chance for one of the 10 glyphs is ln 10 = 2.30 nats; for a
-coordinate digit about the same. If swapping the images barely moves `box` and `answer`, the
+Token kinds (train.grounding.token_kinds): `box_x` and `box_y` (the tenths digit of a bbox_2d's x1, x2 and
+of its y1, y2: where the box is), `box` (its other digits), `frames` (frame numbers), `answer` (the first
+token that spells the ground truth, where the model reads it out), `template` (every other trained token).
+Chance for one of the 10 glyphs is ln 10 = 2.30 nats; for a coordinate digit about the same. If swapping the images barely moves `box` and `answer`, the
 language model is not reading the pictures. The records are the first --n of each category asked.
 """
 from __future__ import annotations
@@ -23,36 +23,22 @@ sys.path.insert(0, str(ROOT))
 from core.encoding import IGNORE_INDEX, VisionTextEncoder  # noqa: E402
 from core.operations import PixelLimits  # noqa: E402
 from train.data import load_sft_records, record_to_messages  # noqa: E402
+from train.grounding import token_kinds  # noqa: E402
 
 
-def token_kinds(pieces: list[str], answer: str) -> list[str]:
-    """Kind of each trained token, from the decoded pieces in order (pure). `answer` marks the first
-    token that spells the ground truth (e.g. " K" in "The tag reads K."); later ones are copies
-    (the \\boxed{} repeat) and count as template."""
-    kinds, text, answered = [], "", False
-    for piece in pieces:
-        in_call = text.rfind("<tool_call>") > text.rfind("</tool_call>")
-        word = piece.strip().lstrip("{").lower()
-        call = text[text.rfind("<tool_call>"):]
-        numbers = call[call.rfind("bbox_2d"):] if "bbox_2d" in call else "]"
-        if in_call and word and all(c.isdigit() or c == "." for c in word) and "]" not in numbers:
-            if text.endswith(".") and word.isdigit():  # a tenth: where the box is, to a tenth of the side
-                kinds.append("box_y" if numbers[numbers.find("["):].count(",") % 2 else "box_x")
-            else:
-                kinds.append("box")
-        elif not answered and word and answer.lower().startswith(word):
-            kinds.append("answer")
-            answered = True
-        else:
-            kinds.append("template")
-        text += piece
-    return kinds
+PIXELS = ("pixel_values", "pixel_values_videos")
+
+
+def same_shapes(a, b) -> bool:
+    """Whether b's pixels (images and video) can stand in for a's."""
+    return all((getattr(a, k) is None) == (getattr(b, k) is None)
+               and (getattr(a, k) is None or getattr(a, k).shape == getattr(b, k).shape) for k in PIXELS)
 
 
 def losses_by_kind(model, encoder, encoded, answer: str, swap=None) -> dict[str, list[float]]:
     batch = encoder.collate([encoded])
-    if swap is not None:  # another record's pixels, same shapes
-        batch["pixel_values"] = swap
+    if swap is not None:  # another record's pixels (its images and its video), same shapes
+        batch.update({k: getattr(swap, k) for k in PIXELS if getattr(swap, k) is not None})
     labels = batch.pop("labels")
     with torch.no_grad():
         logits = model(**batch).logits[0, :-1]
@@ -92,10 +78,9 @@ def main() -> int:
             answer = str(rec.meta["task"]["answer"])
             for kind, values in losses_by_kind(model, encoder, enc, answer).items():
                 own.setdefault(kind, []).extend(values)
-            other = next((e for e in encoded[i + 1:] + encoded[:i] if e.pixel_values is not None and enc.pixel_values is not None
-                          and e.pixel_values.shape == enc.pixel_values.shape), None)
+            other = next((e for e in encoded[i + 1:] + encoded[:i] if same_shapes(enc, e)), None)
             if other is not None:
-                for kind, values in losses_by_kind(model, encoder, enc, answer, swap=other.pixel_values).items():
+                for kind, values in losses_by_kind(model, encoder, enc, answer, swap=other).items():
                     swapped.setdefault(kind, []).extend(values)
         cells = [f"{k} {sum(v) / len(v):.2f} ({len(v)}) -> "
                  + (f"{sum(swapped[k]) / len(swapped[k]):.2f}" if swapped.get(k) else "n/a")

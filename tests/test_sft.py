@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.media import DiskImageStore
@@ -81,7 +82,7 @@ def test_sft_few_steps_then_the_loop_runs_it(dataset, tmp_path):
 
     cfg = SFTRunConfig(data=str(dataset), out=str(tmp_path / "run"), max_steps=6, batch_size=2, logging_steps=1,
                        save_steps=3, eval_limit=2, learning_rate=3e-3, report_to=[], disable_tqdm=True,
-                       vocab_size=600)
+                       vocab_size=600, grounded_weight=3.0)
     summary = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r and "train_runtime" not in r]
@@ -99,20 +100,60 @@ def test_sft_few_steps_then_the_loop_runs_it(dataset, tmp_path):
     assert traj.steps and traj.status in ("done", "max_tokens", "max_ops")
 
 
-def test_token_loss_tells_a_box_tenths_by_axis_from_its_other_digits():
-    import importlib.util
+def test_token_kinds_tell_box_tenths_by_axis_frames_and_the_answer():
+    from train.grounding import token_kinds, token_weights
 
-    spec = importlib.util.spec_from_file_location("token_loss", ROOT / "bench" / "token_loss.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     pieces = (["Zoom.", "<tool_call>", '\n{"name": "crop_image_normalized", "arguments": {"', "bbox", '_2d":', " ["]
               + ["0", ".", "5", "4", ",", " ", "0", ".", "6", "6", ",", " ", "0", ".", "6", "9", ",", " ", "0", ".", "7", "1"]
               + ["],", ' "target_image":', " ", "1", "}}", "</tool_call>", "The tag reads", " K", "."])
-    kinds = dict(zip(range(len(pieces)), mod.token_kinds(pieces, "K")))
+    kinds = dict(zip(range(len(pieces)), token_kinds(pieces, "K")))
     tenths = [(pieces[i], k) for i, k in kinds.items() if k in ("box_x", "box_y")]
     assert tenths == [("5", "box_x"), ("6", "box_y"), ("6", "box_x"), ("7", "box_y")]
     assert sum(k == "box" for k in kinds.values()) == 12  # 0 . and hundredths; target_image's 1 is not the box
     assert kinds[pieces.index(" K")] == "answer"
+    assert token_weights(pieces, "K", 4.0).count(4.0) == 5
+    split = [q for p in pieces for q in (["_", "2", 'd":'] if p == '_2d":' else [p])]  # the tokenizer may split it
+    assert token_kinds(split, "2")[split.index("2")] == "template"  # bbox_2d's 2 is not the answer 2
+    # a video trace: the frames named in the sentence and in the call; the answer turn's digit is the answer
+    pieces = (["The sign appears in frames", " ", "10", " to", " ", "12", ".", "<tool_call>",
+               '\n{"name": "select_frames", "arguments": {"target_frames": [', "10", ",", " ", "11", "]}}",
+               "</tool_call>", "<|im_end|>", "The sign reads", " ", "7", ".", " \\boxed{", "7", "}", "<|im_end|>"])
+    kinds = token_kinds(pieces, "7")
+    assert [p for p, k in zip(pieces, kinds) if k == "frames"] == ["10", "12", "10", "11"]
+    assert [i for i, k in enumerate(kinds) if k == "answer"] == [pieces.index("7")]
+
+
+def test_the_collator_weighs_the_grounded_tokens_and_the_weighted_loss_is_trls_at_weight_one(dataset, tiny_checkpoint,
+                                                                                           tmp_path):
+    from trl import SFTConfig
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from train.sft import SFTCollator, _trainer_class, row_dataset
+
+    records = [r for r in load_sft_records(dataset) if r.id.endswith(("zoom_needed", "video"))][:4]
+    encoder = VisionTextEncoder.from_pretrained(tiny_checkpoint)
+    batch = SFTCollator(records, encoder, "tiny", grounded_weight=4.0)([{"row": i} for i in range(len(records))])
+    weights = batch["loss_weights"]
+    assert weights.shape == batch["labels"].shape and set(weights.unique().tolist()) == {1.0, 4.0}
+    assert not (weights[batch["labels"] == IGNORE_INDEX] != 1).any()  # only trained tokens are weighed
+    for row, rec in enumerate(records):
+        heavy = encoder.tokenizer.decode(batch["labels"][row][weights[row] == 4.0].tolist()).replace(" ", "")
+        answer = str(rec.meta["task"]["answer"])
+        assert heavy.endswith(answer), (rec.id, heavy)  # box tenths or frame numbers, then the answer
+        assert len(heavy) >= 4, (rec.id, heavy)
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    args = SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, remove_unused_columns=False,
+                     max_length=None, dataset_kwargs={"skip_prepare_dataset": True})
+    trainer = _trainer_class()(model=model, args=args, data_collator=None, train_dataset=row_dataset(range(4)),
+                               processing_class=encoder.tokenizer)
+    plain = {k: v for k, v in batch.items() if k != "loss_weights"}
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(model, dict(plain))
+        ones = trainer.compute_loss(model, {**plain, "loss_weights": torch.ones_like(weights)})
+        heavier = trainer.compute_loss(model, dict(batch))
+    assert torch.allclose(ones, trl_loss, rtol=1e-5)
+    assert heavier > ones  # each weighed token adds three more times its loss
 
 
 def test_repeat_by_category_reweights_the_mix_and_the_config_takes_it_from_the_command_line():

@@ -28,9 +28,10 @@ import torch
 from transformers import TrainerCallback
 
 from core import protocol as P
-from core.encoding import VisionTextEncoder
+from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.operations import PIXEL_PRESETS
 from train.data import SFTRecord, load_sft_records, record_to_messages, repeat_by_category
+from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class SFTRunConfig:
     eval_split: str | None = "validation"
     limit: int | None = None  # use the first N training records
     repeat: dict = field(default_factory=dict)  # category -> times its records appear, e.g. {"zoom_optional": 3, "read": 0.3}
+    grounded_weight: float = 1.0  # loss weight of the tokens the picture decides (train.grounding); 1: plain SFT
     eval_limit: int | None = 64
     model: str = "tiny"  # "tiny", a local checkpoint folder, or a hub id
     tiny: dict = field(default_factory=dict)  # train.tiny.tiny_config overrides (vision_* for the tower)
@@ -102,21 +104,61 @@ class SFTRunConfig:
 
 class SFTCollator:
     """Encodes the batch's records on the fly (images loaded and sized by the preset) and pads it
-    on the right; `labels` are -100 off the trained assistant tokens.
+    on the right; `labels` are -100 off the trained assistant tokens. With a grounded weight other
+    than 1 the batch also carries `loss_weights` (one per token) for the trainer's weighted loss.
 
     The trainer's dataset holds only row numbers (TRL wants an HF Dataset; the records, with their
     image paths, stay here), so no pixels are materialised before they are needed.
     """
 
-    def __init__(self, records: list[SFTRecord], encoder: VisionTextEncoder, preset: str) -> None:
+    def __init__(self, records: list[SFTRecord], encoder: VisionTextEncoder, preset: str,
+                 grounded_weight: float = 1.0) -> None:
         self.records, self.encoder, self.limits = records, encoder, PIXEL_PRESETS[preset]
+        self.grounded_weight = grounded_weight
 
     def encode(self, i: int):
         rec = self.records[i]
         return self.encoder.encode(record_to_messages(rec, self.limits), train_turns=rec.train_turns)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return self.encoder.collate([self.encode(f["row"]) for f in features], pad_left=False)
+        batch = self.encoder.collate([self.encode(f["row"]) for f in features], pad_left=False)
+        if self.grounded_weight != 1.0:
+            batch["loss_weights"] = self.loss_weights(batch["labels"], [self.records[f["row"]] for f in features])
+        return batch
+
+    def loss_weights(self, labels: torch.Tensor, records: list[SFTRecord]) -> torch.Tensor:
+        weights = torch.ones(labels.shape)
+        for row, rec in enumerate(records):
+            (at,) = (labels[row] != IGNORE_INDEX).nonzero(as_tuple=True)
+            pieces = [self.encoder.tokenizer.decode([t]) for t in labels[row, at].tolist()]
+            answer = rec.meta.get("task", {}).get("answer")
+            weights[row, at] = torch.tensor(token_weights(pieces, None if answer is None else str(answer),
+                                                          self.grounded_weight))
+        return weights
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class WeightedSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss weighs each trained token by the batch's `loss_weights`.
+
+        The same sum over trained tokens divided by their count as TRL's own loss (so a weight of 1 is
+        plain SFT and gradient accumulation is unchanged), only scaled per token. Evaluation
+        (return_outputs) and unweighted batches take TRL's path, with its entropy and accuracy metrics.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weights = inputs.pop("loss_weights", None)
+            if weights is None or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True)  # log_probs of labels[:, 1:]
+            mask = outputs.label_mask
+            weighted = -(outputs.log_probs * weights[:, 1:].to(outputs.log_probs) * mask).sum()
+            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            return weighted / torch.as_tensor(count).clamp(min=1)
+
+    return WeightedSFTTrainer
 
 
 def row_dataset(rows: range):
@@ -235,7 +277,7 @@ def start_run(cfg, name: str) -> Path:
 
 def train(cfg: SFTRunConfig) -> dict:
     """Run SFT; returns a summary (steps, final loss, seconds, paths)."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     out = start_run(cfg, "sft")
     records = repeat_by_category(load_sft_records(cfg.data, cfg.train_split, cfg.limit), cfg.repeat)
@@ -262,10 +304,11 @@ def train(cfg: SFTRunConfig) -> dict:
         dataset_kwargs={"skip_prepare_dataset": True},
         use_cpu=not torch.cuda.is_available(),
     )
-    collator = SFTCollator(records + eval_records, encoder, cfg.pixel_preset)  # eval rows follow train rows
-    trainer = SFTTrainer(model=model, args=args, data_collator=collator, train_dataset=train_ds,
-                         eval_dataset=eval_ds, processing_class=encoder.tokenizer,
-                         callbacks=[MetricsJsonlCallback(out / "metrics.jsonl")])
+    # eval rows follow train rows
+    collator = SFTCollator(records + eval_records, encoder, cfg.pixel_preset, cfg.grounded_weight)
+    trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train_ds,
+                               eval_dataset=eval_ds, processing_class=encoder.tokenizer,
+                               callbacks=[MetricsJsonlCallback(out / "metrics.jsonl")])
     if cfg.max_seconds:
         trainer.add_callback(TimeBudgetCallback(cfg.max_seconds, cfg.learning_rate, cfg.warmup_ratio))
     t0 = time.time()
