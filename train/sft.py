@@ -156,7 +156,10 @@ def _trainer_class():
             mask = outputs.label_mask
             weighted = -(outputs.log_probs * weights[:, 1:].to(outputs.log_probs) * mask).sum()
             count = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            return weighted / torch.as_tensor(count).clamp(min=1)
+            loss = weighted / torch.as_tensor(count).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL: DDP averages
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            return loss
 
     return WeightedSFTTrainer
 
