@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder  # noqa: E402
 from core.operations import PixelLimits  # noqa: E402
-from train.data import load_sft_records, record_to_messages  # noqa: E402
+from train.data import load_sft_records, record_answer, record_to_messages  # noqa: E402
 from train.grounding import token_kinds  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def same_shapes(a, b) -> bool:
                and (getattr(a, k) is None or getattr(a, k).shape == getattr(b, k).shape) for k in PIXELS)
 
 
-def losses_by_kind(model, encoder, encoded, answer: str, swap=None) -> dict[str, list[float]]:
+def losses_by_kind(model, encoder, encoded, answer: str | None, swap=None) -> dict[str, list[float]]:
     batch = encoder.collate([encoded])
     if swap is not None:  # another record's pixels (its images and its video), same shapes
         batch.update({k: getattr(swap, k) for k in PIXELS if getattr(swap, k) is not None})
@@ -75,7 +75,7 @@ def main() -> int:
         own: dict[str, list[float]] = {}
         swapped: dict[str, list[float]] = {}
         for i, (rec, enc) in enumerate(zip(chosen, encoded)):
-            answer = str(rec.meta["task"]["answer"])
+            answer = record_answer(rec)
             for kind, values in losses_by_kind(model, encoder, enc, answer).items():
                 own.setdefault(kind, []).extend(values)
             other = next((e for e in encoded[i + 1:] + encoded[:i] if same_shapes(enc, e)), None)

@@ -115,6 +115,12 @@ def record_category(rec: SFTRecord) -> str:
     return rec.meta.get("task", {}).get("category") or rec.meta.get("category") or "other"
 
 
+def record_answer(rec: SFTRecord) -> str | None:
+    """A synthetic record's ground-truth answer, as text; None where it has none (e.g. the released data)."""
+    answer = rec.meta.get("task", {}).get("answer")
+    return None if answer is None else str(answer)
+
+
 def repeat_by_category(records: list[SFTRecord], repeat: dict[str, float]) -> list[SFTRecord]:
     """The records with each category's share reweighted: a category listed with r appears int(r) times,
     plus the first fraction of it once more (r = 0.5: its first half; 0: dropped); unlisted ones once.

@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 from core import protocol as P
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.operations import PIXEL_PRESETS
-from train.data import SFTRecord, load_sft_records, record_to_messages, repeat_by_category
+from train.data import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
 
@@ -131,9 +131,7 @@ class SFTCollator:
         for row, rec in enumerate(records):
             (at,) = (labels[row] != IGNORE_INDEX).nonzero(as_tuple=True)
             pieces = [self.encoder.tokenizer.decode([t]) for t in labels[row, at].tolist()]
-            answer = rec.meta.get("task", {}).get("answer")
-            weights[row, at] = torch.tensor(token_weights(pieces, None if answer is None else str(answer),
-                                                          self.grounded_weight))
+            weights[row, at] = torch.tensor(token_weights(pieces, record_answer(rec), self.grounded_weight))
         return weights
 
 
