@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.media import DiskImageStore
-from train.data import load_sft_records, trajectory_to_sft_record
+from train.data import DataError, load_sft_records, trajectory_to_sft_record
 from train.synth.build import BuildConfig, build
 from train.synth.tasks import make_item
 from train.synth.traces import Trace, crop_call, item_task, make_trace, run_trace
@@ -94,6 +95,14 @@ def test_sft_few_steps_then_the_loop_runs_it(dataset, tmp_path):
     assert summary["final_dir"] == str(final) and (final / "model.safetensors").exists()
     for name in ("preprocessor_config.json", "video_preprocessor_config.json", "tokenizer.json", "studio.json"):
         assert (final / name).exists(), name
+
+    # Run again in the same folder: it resumes from checkpoint-6 with nothing left to do, so the final
+    # weights must be checkpoint-6's, not a fresh start's (Trainer's own loader matched no key there).
+    trained = load_file(final / "model.safetensors")
+    train(cfg)
+    resumed = load_file(final / "model.safetensors")
+    assert resumed.keys() == trained.keys() and all(torch.equal(resumed[k], trained[k]) for k in trained)
+
     backend = TransformersBackend(str(final))
     item = make_item("zoom_needed", 99, "gen")
     traj = run_to_end(backend, item_task(item), config=loop_config(), params=GenerationParams(max_new_tokens=24))
@@ -164,12 +173,14 @@ def test_repeat_by_category_reweights_the_mix_and_the_config_takes_it_from_the_c
         return SFTRecord(id=str(i), messages=[], meta=meta)
 
     records = ([rec(i, {"task": {"category": "zoom_optional"}}) for i in range(4)]
-               + [rec(10 + i, {"category": "read"}) for i in range(4)] + [rec(20, {})])
-    assert [record_category(r) for r in records[3:5] + records[-1:]] == ["zoom_optional", "read", "other"]
-    cfg = SFTRunConfig.from_file(None, ['repeat={"zoom_optional": 2.5, "read": 0.5}'])
+               + [rec(10 + i, {"category": "closeup"}) for i in range(4)] + [rec(20, {})])
+    assert [record_category(r) for r in records[3:5] + records[-1:]] == ["zoom_optional", "closeup", "other"]
+    cfg = SFTRunConfig.from_file(None, ['repeat={"zoom_optional": 2.5, "closeup": 0.5}'])
     mixed = repeat_by_category(records, cfg.repeat)
     ids = [r.id for r in mixed]
     assert sorted(ids) == sorted(["0", "1", "2", "3"] * 2 + ["0", "1"] + ["10", "11"] + ["20"])
-    assert repeat_by_category(records, {}) == records and repeat_by_category(records, {"read": 0}) == records[:4] + records[-1:]
+    assert repeat_by_category(records, {}) == records and repeat_by_category(records, {"closeup": 0}) == records[:4] + records[-1:]
     interleaved = [records[0], records[4], records[1], records[5], records[8]]  # each pass keeps the order
     assert [r.id for r in repeat_by_category(interleaved, {"zoom_optional": 1.5})] == ["0", "10", "1", "11", "20", "0"]
+    with pytest.raises(DataError, match="lacks: read .*it has: closeup, other, zoom_optional"):
+        repeat_by_category(records, {"read": 0.3})  # close-ups were once called "read": say so, not mix silently

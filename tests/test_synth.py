@@ -73,6 +73,15 @@ def test_zoom_optional_items_answer_without_tools():
         assert traj.n_ops == 0 and traj.answer == item.answer
 
 
+def test_a_large_shape_on_a_narrow_canvas_fits_its_half():
+    # `synth --seed 5 --train 6000` stopped at this item: a shape of up to 379 px asked for on one half
+    # of a narrow canvas (ValueError: low >= high)
+    item = make_item("zoom_optional", 12292934851544717389, "narrow")
+    x0, y0, x1, y1 = item.target
+    assert 0 <= x0 < x1 <= 0.5 or 0.5 <= x0 < x1 <= 1
+    assert 0 <= y0 < y1 <= 1
+
+
 def test_video_sign_only_in_selected_frames(tmp_path):
     """The sign shows in 3 of 16 overview frames; select_frames returns them from the real mp4."""
     item = make_item("video", 5, "v")

@@ -110,7 +110,7 @@ def parse_record(obj: dict, root: Path, where: str, index: int = 0) -> SFTRecord
 
 
 def record_category(rec: SFTRecord) -> str:
-    """A record's task category ("zoom_needed", ..., "read" for close-ups), "other" where it has none
+    """A record's task category ("zoom_needed", ..., "closeup" for close-ups), "other" where it has none
     (e.g. the released data)."""
     return rec.meta.get("task", {}).get("category") or rec.meta.get("category") or "other"
 
@@ -128,6 +128,10 @@ def repeat_by_category(records: list[SFTRecord], repeat: dict[str, float]) -> li
     Why: the SFT mix decides which skills the LM learns to read from the picture (README, "Positions")."""
     categories = [record_category(rec) for rec in records]
     sizes = Counter(categories)
+    unknown = sorted(set(repeat) - set(sizes))
+    if unknown:  # a misspelt or renamed category would otherwise leave the mix silently unchanged
+        raise DataError(f"repeat names categories the data lacks: {', '.join(unknown)} "
+                        f"(it has: {', '.join(sorted(sizes))})")
     copies, seen = [], Counter()
     for c in categories:  # each record's count: int(r), and one more for the first fraction of its category
         r = repeat.get(c, 1)

@@ -43,7 +43,8 @@ from train.metrics import MetricsJsonlCallback, metrics_row
 from train.rewards import group_advantages, informative_groups, shaped_rewards
 from train.rollout import (PolicyBackend, Rollout, VLLMPolicyBackend, forward_logps, rollout,
                            training_batch)
-from train.sft import SFTRunConfig, TimeBudgetCallback, run_main, save_final, start_run
+from train.sft import (SFTRunConfig, TimeBudgetCallback, last_checkpoint, load_saved_weights, run_main, save_final,
+                       start_run)
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,9 @@ def _trainer_class():
                                                             self.loop_config, params)]
             return tinyzoom_summary(trajs, eval_tasks)
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            load_saved_weights(model or self.model, resume_from_checkpoint)
+
     return PixelReasonerGRPOTrainer
 
 
@@ -424,7 +428,7 @@ def train(cfg: RLRunConfig) -> dict:
         eval_tasks = _balanced(eval_tasks, cfg.eval_limit)
         trainer.add_callback(_eval_callback(trainer, eval_tasks, cfg.eval_every, metrics_path))
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
     seconds = time.time() - t0
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     source = Path(cfg.model) if Path(cfg.model).is_dir() else None
@@ -445,10 +449,6 @@ def _balanced(tasks: list[Task], limit: int | None) -> list[Task]:
     return [t for c in cats for t in [t for t in tasks if t.meta.get("category") == c][:per]]
 
 
-def _last_checkpoint(out: Path) -> str | None:
-    from train.sft import _last_checkpoint as last
-
-    return last(out)
 
 
 def shaped_reward_placeholder(completions, **kwargs):

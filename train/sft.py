@@ -46,7 +46,7 @@ class SFTRunConfig:
     train_split: str = "train"
     eval_split: str | None = "validation"
     limit: int | None = None  # use the first N training records
-    repeat: dict = field(default_factory=dict)  # category -> times its records appear, e.g. {"zoom_optional": 3, "read": 0.3}
+    repeat: dict = field(default_factory=dict)  # category -> times its records appear, e.g. {"zoom_optional": 3, "closeup": 0.3}
     grounded_weight: float = 1.0  # loss weight of the tokens the picture decides (train.grounding); 1: plain SFT
     eval_limit: int | None = 64
     model: str = "tiny"  # "tiny", a local checkpoint folder, or a hub id
@@ -158,6 +158,9 @@ def _trainer_class():
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL: DDP averages
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
             return loss
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            load_saved_weights(model or self.model, resume_from_checkpoint)
 
     return WeightedSFTTrainer
 
@@ -313,7 +316,7 @@ def train(cfg: SFTRunConfig) -> dict:
     if cfg.max_seconds:
         trainer.add_callback(TimeBudgetCallback(cfg.max_seconds, cfg.learning_rate, cfg.warmup_ratio))
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
     seconds = time.time() - t0
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     save_final(trainer, encoder, cfg, source, final)
@@ -324,10 +327,20 @@ def train(cfg: SFTRunConfig) -> dict:
     return summary
 
 
-def _last_checkpoint(out: Path) -> str | None:
+def last_checkpoint(out: Path) -> str | None:
     """Resume from the newest checkpoint-N of a previous run in the same folder."""
     ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
     return str(ckpts[-1]) if ckpts else None
+
+
+def load_saved_weights(model, checkpoint: str) -> None:
+    """Put a checkpoint's weights into `model` the way from_pretrained reads them.
+
+    Trainer's resume loads model.safetensors key by key, but transformers 5 saves Qwen2.5-VL under
+    its legacy names (`visual.*`, `model.layers.*`): nothing matched, and a resumed run silently went
+    on from its start weights. from_pretrained maps the names; the copy costs the model's size once."""
+    saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(saved.state_dict())
 
 
 def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None) -> int:

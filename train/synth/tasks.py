@@ -62,7 +62,7 @@ def zoom_needed(rng: np.random.Generator, item_id: str) -> Item:
 def _large_shape(rng, img) -> tuple[str, str, tuple[int, int, int, int]]:
     w, h = img.size
     shape, color = str(rng.choice(S.SHAPES)), str(rng.choice(list(S.SHAPE_COLORS)))
-    side = int(rng.integers(220, 380))
+    side = min(int(rng.integers(220, 380)), w // 2 - 71)  # fits its half; the cap leaves every item that fitted as it was
     left = bool(rng.integers(0, 2))
     x0 = int(rng.integers(30, w // 2 - side - 40)) if left else int(rng.integers(w // 2 + 40, w - side - 30))
     y0 = int(rng.integers(30, h - side - 30))
