@@ -132,6 +132,24 @@ def test_token_kinds_tell_box_tenths_by_axis_frames_and_the_answer():
     assert [i for i, k in enumerate(kinds) if k == "answer"] == [pieces.index("7")]
 
 
+def test_both_trainers_resume_a_checkpoint_under_the_names_transformers_saves(tiny_checkpoint, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from train.rl import _trainer_class as rl_trainer
+    from train.sft import _trainer_class as sft_trainer
+
+    saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    saved.save_pretrained(tmp_path / "checkpoint-1")
+    on_disk = load_file(tmp_path / "checkpoint-1" / "model.safetensors")
+    for trainer_cls in (sft_trainer(), rl_trainer()):
+        model = Qwen2_5_VLForConditionalGeneration(saved.config)
+        # what Trainer's own resume does: of the legacy names on disk only lm_head's matches the model's
+        missing, _ = model.load_state_dict(on_disk, strict=False)
+        assert [k for k in model.state_dict() if k not in missing] == ["lm_head.weight"]
+        trainer_cls._load_from_checkpoint(None, str(tmp_path / "checkpoint-1"), model)  # the path resume takes
+        assert all(torch.equal(v, saved.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_the_collator_weighs_the_grounded_tokens_and_the_weighted_loss_is_trls_at_weight_one(dataset, tiny_checkpoint,
                                                                                            tmp_path):
     from trl import SFTConfig
