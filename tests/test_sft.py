@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.media import DiskImageStore
-from train.data import DataError, load_sft_records, trajectory_to_sft_record
+from train.data import DataError, load_sft_records, record_answer, trajectory_to_sft_record
 from train.synth.build import BuildConfig, build
 from train.synth.tasks import make_item
 from train.synth.traces import Trace, crop_call, item_task, make_trace, run_trace
@@ -165,7 +165,7 @@ def test_the_collator_weighs_the_grounded_tokens_and_the_weighted_loss_is_trls_a
     assert not (weights[batch["labels"] == IGNORE_INDEX] != 1).any()  # only trained tokens are weighed
     for row, rec in enumerate(records):
         heavy = encoder.tokenizer.decode(batch["labels"][row][weights[row] == 4.0].tolist()).replace(" ", "")
-        answer = str(rec.meta["task"]["answer"])
+        answer = record_answer(rec)
         assert heavy.endswith(answer), (rec.id, heavy)  # box tenths or frame numbers, then the answer
         assert len(heavy) >= 4, (rec.id, heavy)
 

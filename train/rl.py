@@ -43,7 +43,7 @@ from train.metrics import MetricsJsonlCallback, metrics_row
 from train.rewards import group_advantages, informative_groups, shaped_rewards
 from train.rollout import (PolicyBackend, Rollout, VLLMPolicyBackend, forward_logps, rollout,
                            training_batch)
-from train.sft import (SFTRunConfig, TimeBudgetCallback, last_checkpoint, load_saved_weights, run_main, save_final,
+from train.sft import (ResumesSavedWeights, SFTRunConfig, TimeBudgetCallback, last_checkpoint, run_main, save_final,
                        start_run)
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def step_metrics(stats: dict[str, list], shaped, keep: list[bool]) -> dict[str, 
 def _trainer_class():
     from trl import GRPOTrainer
 
-    class PixelReasonerGRPOTrainer(GRPOTrainer):
+    class PixelReasonerGRPOTrainer(ResumesSavedWeights, GRPOTrainer):
         """GRPOTrainer whose rollouts are tool-loop episodes with curiosity-shaped group rewards."""
 
         def setup(self, cfg: RLRunConfig, tasks: list[Task], encoder, loop: LoopConfig, session_log=None) -> None:
@@ -310,9 +310,6 @@ def _trainer_class():
                     trajs += [r.trajectory for r in rollout(backend, eval_tasks[i:i + self.rl.eval_batch],
                                                             self.loop_config, params)]
             return tinyzoom_summary(trajs, eval_tasks)
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            load_saved_weights(model or self.model, resume_from_checkpoint)
 
     return PixelReasonerGRPOTrainer
 

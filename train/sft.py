@@ -135,10 +135,18 @@ class SFTCollator:
         return weights
 
 
+class ResumesSavedWeights:
+    """Trainer mixin: resuming a run loads the checkpoint's weights through `load_saved_weights`
+    (Trainer's own loader matches none of the names transformers 5 saves Qwen2.5-VL under)."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        load_saved_weights(model or self.model, resume_from_checkpoint)
+
+
 def _trainer_class():
     from trl import SFTTrainer
 
-    class WeightedSFTTrainer(SFTTrainer):
+    class WeightedSFTTrainer(ResumesSavedWeights, SFTTrainer):
         """SFTTrainer whose loss weighs each trained token by the batch's `loss_weights`.
 
         The same sum over trained tokens divided by their count as TRL's own loss (so a weight of 1 is
@@ -158,9 +166,6 @@ def _trainer_class():
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL: DDP averages
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
             return loss
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            load_saved_weights(model or self.model, resume_from_checkpoint)
 
     return WeightedSFTTrainer
 
