@@ -88,7 +88,8 @@ def get_backend(studio: Studio, settings: AskSettings) -> Backend:
     key = (name, model)
     with _BACKENDS_LOCK:
         if key not in _BACKENDS:
-            _BACKENDS[key] = load_backend(name, model=model)
+            options = studio.backend_options if name == studio.backend else {}
+            _BACKENDS[key] = load_backend(name, model=model, **options)
         return _BACKENDS[key]
 
 

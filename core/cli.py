@@ -37,7 +37,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def backend_options(backend: str, **values) -> dict:
     """The options of `values` (None = unset) that the named backend takes."""
-    takes = {"transformers": ("device", "dtype", "device_map", "attn_implementation"),
+    takes = {"transformers": ("device", "dtype", "device_map", "attn_implementation", "max_memory_gb"),
              "vllm": ("dtype",), "openai": ("model_name",)}.get(backend, ())
     return {k: v for k, v in values.items() if k in takes and v is not None}
 
