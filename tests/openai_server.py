@@ -88,6 +88,16 @@ class Server:
         yield text, stop_reason, gen
 
 
+def send_json(handler: BaseHTTPRequestHandler, obj: dict, status: int = 200) -> None:
+    """One JSON response (the test servers' non-streamed answers and errors)."""
+    data = json.dumps(obj).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def make_handler(server: Server):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
@@ -158,12 +168,7 @@ def make_handler(server: Server):
                     "total_tokens": gen.tokens_in + gen.tokens_out}
 
         def _json(self, obj: dict, status: int = 200) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, obj, status)
 
     return Handler
 

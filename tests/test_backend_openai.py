@@ -20,6 +20,7 @@ from core.loop import LoopConfig, Task, run_to_end
 from core.media import MemoryImageStore, Video, image_sha
 from core.operations import PixelLimits, crop_box
 from tests.conftest import numbered_frames, photo_like
+from tests.openai_server import send_json
 
 CALL = P.format_tool_call(P.CROP_TOOL, {"bbox_2d": [0.12, 0.22, 0.28, 0.38], "target_image": 1})
 SCRIPT = ["The sign is small; I will zoom in on it.\n\n" + CALL, "The sign reads WOOLSHOPS. \\boxed{A}"]
@@ -60,12 +61,7 @@ class ScriptedServer:
                 self._stream(text, finish, stop_reason)
 
             def _json(self, obj: dict, status: int = 200) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, obj, status)
 
             def _stream(self, text: str, finish: str, stop_reason: str | None) -> None:
                 self.send_response(200)

@@ -48,7 +48,9 @@ class GPUBackend(Backend):
         self.key = id(inner)
         _BACKENDS[self.key] = inner
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # only called for what this class lacks
+        if name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     @property
