@@ -1,8 +1,9 @@
 """Pixel Reasoner Studio: `python app.py` (also the Hugging Face Space entry point).
 
-Runs on the embedded model (core.backends.default_model()) unless --model/--backend say otherwise.
-On a Space (SPACE_ID set) the data folder is /data when it exists. The Train tab launches jobs only
-with --enable-training (everywhere: it runs commands on the host).
+Runs on the embedded model (core.backends.default_model()) unless --model/--backend (or the
+STUDIO_MODEL/STUDIO_BACKEND... variables, for a Space) say otherwise. On a Space (SPACE_ID set) with
+persistent storage, the data folder and the Hugging Face cache (HF_HOME) live on /data. The Train
+tab launches jobs only with --enable-training (everywhere: it runs commands on the host).
 """
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+
+ENV_FLAGS = {"model": "STUDIO_MODEL", "backend": "STUDIO_BACKEND", "served_model_name": "STUDIO_SERVED_MODEL_NAME",
+             "device": "STUDIO_DEVICE", "dtype": "STUDIO_DTYPE", "device_map": "STUDIO_DEVICE_MAP",
+             "attn": "STUDIO_ATTN", "max_memory_gb": "STUDIO_MAX_MEMORY_GB"}
+"""Flags a Space sets as variables (Settings > Variables): the flag wins when both are given."""
+
+
+def use_persistent_cache(env=os.environ, data: Path = Path("/data")) -> str | None:
+    """HF_HOME on the Space's persistent storage, so weights survive restarts. Must run before any
+    Hugging Face library is imported (they read HF_HOME once); an HF_HOME already set is kept."""
+    if env.get("SPACE_ID") and data.is_dir() and not env.get("HF_HOME"):
+        env["HF_HOME"] = str(data / ".huggingface")
+    return env.get("HF_HOME")
+
+
+use_persistent_cache()
 
 
 def default_data_dir() -> Path:
@@ -27,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLite session log (default: data/studio.db; /data/studio/studio.db on Spaces)")
     p.add_argument("--model", help="hub id or local path (default: the embedded model); for openai, the base URL")
     p.add_argument("--backend", choices=BACKENDS, default="transformers")
+    p.add_argument("--served-model-name", help="openai backend: the model name the server serves")
+    p.add_argument("--device", help="transformers backend: cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: bf16 on a GPU that has it)")
+    p.add_argument("--device-map", help="transformers backend: 'auto' spreads a large model over the GPUs")
+    p.add_argument("--attn", help="transformers backend: sdpa (default), flash_attention_2, eager")
+    p.add_argument("--max-memory-gb", type=float,
+                   help="transformers backend: memory the weights may use (default: what the device has)")
+    p.add_argument("--preload", action="store_true",
+                   help="load the model at start, not at the first question (always on a Space)")
     p.add_argument("--replay", help="JSON list of assistant turns, for --backend replay")
     p.add_argument("--step-delay", type=float, default=0.0,
                    help="replay backend: seconds to wait before each turn (demos and crash tests)")
@@ -35,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-training", action="store_true", help="turn on the Train tab (launch SFT, RL and eval jobs)")
     p.add_argument("--share", action="store_true", help="a public gradio.live link")
     p.add_argument("--max-upload-mb", type=float, default=200.0)
+    p.set_defaults(**{flag: os.environ[var] for flag, var in ENV_FLAGS.items() if os.environ.get(var)})
     return p
 
 
@@ -47,9 +74,22 @@ def make_studio(args):
     n = log.mark_unfinished()  # sessions a crash left running
     if n:
         logging.getLogger("studio").warning("marked %d sessions left running by a crash as unfinished", n)
+    from core.cli import backend_options
+
+    options = backend_options(args.backend, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                              attn_implementation=args.attn, model_name=args.served_model_name,
+                              max_memory_gb=args.max_memory_gb)
     studio = Studio(log=log, data_dir=db.parent, backend=args.backend, model=args.model, replay=args.replay,
                     enable_training=args.enable_training, step_delay=args.step_delay,
-                    max_upload_mb=args.max_upload_mb)
+                    max_upload_mb=args.max_upload_mb, backend_options=options)
+    if args.backend != "replay" and (args.preload or os.environ.get("SPACE_ID")):
+        from app.ask import AskSettings, get_backend  # ZeroGPU wants the weights loaded before the first call
+        from core.backends import BackendError
+
+        try:
+            get_backend(studio, AskSettings(backend=args.backend, model=args.model or ""))
+        except BackendError as e:
+            raise SystemExit(f"error: {e}") from None
     n = studio.jobs.reconcile()  # jobs a dead app left 'running' become failed (or done, from their exit file)
     if n:
         logging.getLogger("studio").warning("settled %d jobs left running by a stopped app", n)
@@ -58,7 +98,12 @@ def make_studio(args):
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from core.backends import BACKENDS
+
+    if args.backend not in BACKENDS:  # STUDIO_BACKEND skips argparse's choices
+        parser.error(f"unknown backend {args.backend!r} (STUDIO_BACKEND); choose one of {', '.join(BACKENDS)}")
     from app.ui import build_app, launch_kwargs
 
     studio = make_studio(args)

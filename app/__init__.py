@@ -25,6 +25,7 @@ class Studio:
     backend: str = "transformers"  # default backend name for the Ask tab
     model: str | None = None  # default model: hub id, path, or (openai) URL; None = embedded model
     replay: str | None = None  # replay file for --backend replay
+    backend_options: dict = field(default_factory=dict)  # load_backend options for the default backend
     enable_training: bool = False
     step_delay: float = 0.0  # pause before each generated turn (demos, crash tests)
     max_upload_mb: float = 200.0

@@ -88,7 +88,8 @@ def get_backend(studio: Studio, settings: AskSettings) -> Backend:
     key = (name, model)
     with _BACKENDS_LOCK:
         if key not in _BACKENDS:
-            _BACKENDS[key] = load_backend(name, model=model)
+            options = studio.backend_options if name == studio.backend else {}
+            _BACKENDS[key] = load_backend(name, model=model, **options)
         return _BACKENDS[key]
 
 
@@ -350,6 +351,12 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
             log.set_status(traj.id, status)
 
 
+def running_status(backend: Backend, session_id: str) -> str:
+    """The status line while a session runs; says so when the backend shows whole turns only."""
+    note = "" if getattr(backend, "streams", True) else f" · {backend.name} shows whole turns (no token streaming)"
+    return f"running · session `{session_id}`{note}"
+
+
 def ask_stream(studio: Studio, media_path: str | None, question: str, settings: AskSettings,
                session_key: str) -> Iterator[tuple[list[dict], list[dict], str]]:
     """The Ask button: (main chat, compare chat, status line) after every event."""
@@ -367,7 +374,7 @@ def ask_stream(studio: Studio, media_path: str | None, question: str, settings: 
         first_id = None
         for view, traj in run_session(studio, backend, task, settings, cancel):
             main, first_id = view.messages, traj.id
-            yield main, [], f"running · session `{traj.id}`"
+            yield main, [], running_status(backend, traj.id)
         if settings.compare and settings.tools and not cancel.is_set():
             off = AskSettings(**{**vars(settings), "tools": False})
             for view, traj in run_session(studio, backend, task, off, cancel, "tools off · ", compare_of=first_id):

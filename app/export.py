@@ -34,6 +34,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from core import protocol as P
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
@@ -42,7 +44,7 @@ from core.operations import PixelLimits
 from core.scoring import extract_answer, last_boxed
 from core.sessionlog import SessionLog
 from core.trajectory import Trajectory
-from train.data import trajectory_to_sft_record  # the training format's own writer
+from train.data import trajectory_to_sft_record, write_dataset_card  # the training format's own writer
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +334,10 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str] | None = None) -> ExportReport:
-    """Write the SFT dataset (train.jsonl + images/) and labels.jsonl for the annotated sessions."""
+def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str] | None = None,
+                     progress: bool = True) -> ExportReport:
+    """Write the SFT dataset (train.jsonl + images/), labels.jsonl and a dataset card (README.md,
+    so `datasets.load_dataset(out_dir)` reads it) for the annotated sessions."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +345,7 @@ def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str
     ids = session_ids if session_ids is not None else annotated_sessions(log)
     report = ExportReport(out_dir=str(out), sessions=len(ids))
     records = []
-    for sid in ids:
+    for sid in tqdm(ids, desc="export", unit="session", disable=not progress or not ids):
         traj = log.get_trajectory(sid)
         plan = plan_corrections(traj, log.list_annotations(sid))
         if plan.skip:
@@ -371,6 +375,10 @@ def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str
     _write_jsonl(out / "train.jsonl", records)
     _write_jsonl(out / "labels.jsonl", labels)
     report.records, report.labels = len(records), len(labels)
+    write_dataset_card(out, {"train": "train.jsonl"}, "Annotated Pixel Reasoner sessions",
+                       f"{len(records)} corrected trajectories exported from the Studio's session log (`train.jsonl`, "
+                       "for `python -m train sft`) and their labels (`labels.jsonl`, the config `labels`).",
+                       {"labels": "labels.jsonl"})
     report.seconds = time.perf_counter() - t0
     (out / "export.json").write_text(json.dumps({**asdict(report), "db": str(log.path),
                                                  "created_at": time.time()}, indent=2))

@@ -27,13 +27,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixels", choices=sorted(PIXEL_PRESETS), default=None,
                    help="resolution preset (default: the model's own, else 'train')")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (transformers backend)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (transformers backend)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (transformers, vllm)")
+    p.add_argument("--device-map", default=None,
+                   help="transformers backend: 'auto' spreads a large model over the GPUs (and CPU)")
+    p.add_argument("--attn", default=None, help="transformers backend: sdpa (default), flash_attention_2, eager")
+    p.add_argument("--served-model-name", default=None,
+                   help="openai backend: the model name the server serves (default: the one /models lists)")
+
+
+def backend_options(backend: str, **values) -> dict:
+    """The options of `values` (None = unset) that the named backend takes."""
+    takes = {"transformers": ("device", "dtype", "device_map", "attn_implementation", "max_memory_gb"),
+             "vllm": ("dtype",), "openai": ("model_name",)}.get(backend, ())
+    return {k: v for k, v in values.items() if k in takes and v is not None}
 
 
 def backend_from_args(args) -> object:
-    kwargs = {}
-    if args.backend == "transformers":
-        kwargs = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    kwargs = backend_options(args.backend, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                             attn_implementation=args.attn, model_name=args.served_model_name)
     return load_backend(args.backend, model=args.model, replay=args.replay, **kwargs)
 
 

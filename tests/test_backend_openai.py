@@ -15,11 +15,12 @@ from PIL import Image
 
 from core import protocol as P
 from core.backends import BackendError, GenerationParams, load_backend
-from core.backends.openai import OpenAIBackend, close_tool_call, to_openai_messages
+from core.backends.openai import OpenAIBackend, ToolCalls, close_tool_call, to_openai_messages, tool_call_text
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import MemoryImageStore, Video, image_sha
 from core.operations import PixelLimits, crop_box
 from tests.conftest import numbered_frames, photo_like
+from tests.openai_server import send_json
 
 CALL = P.format_tool_call(P.CROP_TOOL, {"bbox_2d": [0.12, 0.22, 0.28, 0.38], "target_image": 1})
 SCRIPT = ["The sign is small; I will zoom in on it.\n\n" + CALL, "The sign reads WOOLSHOPS. \\boxed{A}"]
@@ -28,8 +29,8 @@ SCRIPT = ["The sign is small; I will zoom in on it.\n\n" + CALL, "The sign reads
 class ScriptedServer:
     """A chat-completions server answering turn i (the number of assistant messages) from SCRIPT."""
 
-    def __init__(self, script: list[str]) -> None:
-        self.script, self.requests, self.images = script, [], []
+    def __init__(self, script: list[str], models: tuple[str, ...] = ("scripted-vl",)) -> None:
+        self.script, self.requests, self.images, self.models = script, [], [], models
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,7 +39,7 @@ class ScriptedServer:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
-                    self._json({"object": "list", "data": [{"id": "scripted-vl", "object": "model"}]})
+                    self._json({"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
                 else:
                     self._json({"error": {"message": "not found"}}, 404)
 
@@ -60,12 +61,7 @@ class ScriptedServer:
                 self._stream(text, finish, stop_reason)
 
             def _json(self, obj: dict, status: int = 200) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, obj, status)
 
             def _stream(self, text: str, finish: str, stop_reason: str | None) -> None:
                 self.send_response(200)
@@ -196,3 +192,31 @@ def test_wrong_model_name_is_a_clear_error(server):
     backend = OpenAIBackend(server.url, model_name="other")
     with pytest.raises(BackendError, match="HTTP 404"):
         backend.generate([{"role": "user", "content": "hi"}], GenerationParams())
+
+
+def test_a_server_listing_no_model_is_a_clear_error():
+    with ScriptedServer(SCRIPT, models=()) as empty:
+        with pytest.raises(BackendError, match="lists no model at /models; name the served model with "
+                                               "--served-model-name"):
+            OpenAIBackend(empty.url).model_name
+        assert OpenAIBackend(empty.url, model_name="scripted-vl").generate(
+            [{"role": "user", "content": "hi"}], GenerationParams()).text == SCRIPT[0]
+
+
+def test_structured_tool_calls_become_the_protocol_block():
+    from types import SimpleNamespace as NS
+
+    args = {"bbox_2d": [0.12, 0.22, 0.28, 0.38], "target_image": 1}
+    whole = ToolCalls()
+    whole.add([NS(index=None, function=NS(name=P.CROP_TOOL, arguments=json.dumps(args)))])
+    assert whole.text() == CALL
+    streamed, text = ToolCalls(), json.dumps(args)
+    streamed.add([NS(index=0, function=NS(name=P.CROP_TOOL, arguments=""))])
+    for i in range(0, len(text), 5):
+        streamed.add([NS(index=0, function=NS(name=None, arguments=text[i:i + 5]))])
+    assert streamed.text() == CALL
+    assert P.parse_tool_call(tool_call_text(P.CROP_TOOL, args)).name == P.CROP_TOOL
+    broken = tool_call_text(P.CROP_TOOL, '{"bbox_2d": [0.1,')  # kept as written: the loop reports it
+    assert broken.startswith(P.TOOL_CALL_START) and '[0.1,' in broken
+    with pytest.raises(P.ToolCallError):
+        P.parse_tool_call(broken)

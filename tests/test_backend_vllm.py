@@ -51,3 +51,24 @@ def test_sampling_kwargs_keep_stop_strings_for_cut_at_stop():
     kw = sampling_kwargs(GenerationParams(max_new_tokens=64, temperature=0.0, logprobs=True, seed=3))
     assert kw["stop"] == list(P.STOP_STRINGS) and kw["include_stop_str_in_output"] is True
     assert kw["temperature"] == 0.0 and kw["top_k"] == -1 and kw["logprobs"] == 0 and kw["seed"] == 3
+
+
+def test_each_sample_of_a_seeded_batch_gets_its_own_seed():
+    """`--samples K --seed S`: K conversations in one batch, seeds S..S+K-1, so the samples differ."""
+    from core.backends.vllm import batch_sampling_kwargs
+
+    kws = batch_sampling_kwargs(GenerationParams(temperature=0.6, seed=7), 4)
+    assert [kw["seed"] for kw in kws] == [7, 8, 9, 10]
+    assert all(kw["temperature"] == 0.6 and kw["stop"] == list(P.STOP_STRINGS) for kw in kws)
+    assert [kw["seed"] for kw in batch_sampling_kwargs(GenerationParams(), 3)] == [None, None, None]
+
+
+def test_the_app_says_vllm_shows_whole_turns():
+    from app.ask import running_status
+    from core.backends.replay import ReplayBackend
+    from core.backends.vllm import VLLMBackend
+
+    assert VLLMBackend.streams is False and ReplayBackend.streams is True
+    assert running_status(ReplayBackend.__new__(ReplayBackend), "s1") == "running · session `s1`"
+    backend = VLLMBackend.__new__(VLLMBackend)  # no engine needed for the status line
+    assert running_status(backend, "s1") == "running · session `s1` · vllm shows whole turns (no token streaming)"

@@ -211,10 +211,37 @@ def trajectory_to_sft_record(traj: Trajectory, image_store, train_turns: list[bo
                              + [{"type": "image", "image": ref(r)} for r in step.images]})
     meta = dict(traj.meta)
     meta.update({"question": traj.question, "answer": traj.ground_truth, "source_trajectory": traj.id})
-    rec = {"id": traj.id, "messages": messages, "meta": meta}
+    images: list[str] = []  # every picture in conversation order: the `images` column of datasets
+    for m in messages[1:]:
+        for part in m["content"]:
+            if part["type"] == "image":
+                images.append(part["image"])
+            elif part["type"] == "video":
+                images.extend(part["video"])
+    rec = {"id": traj.id, "messages": messages, "images": images, "meta": meta}
     if train_turns is not None:
         rec["train_turns"] = list(train_turns)
     return rec
+
+
+def write_dataset_card(folder: str | Path, splits: dict[str, str], title: str, about: str,
+                       extra_configs: dict[str, str] | None = None) -> Path:
+    """README.md with the `configs` YAML `datasets.load_dataset(folder)` reads: `splits` maps each
+    split to its .jsonl file (the folder's images/ would otherwise make it guess two formats);
+    `extra_configs` names other files as configs of their own (e.g. labels)."""
+    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+    lines += [f"  - split: {split}\n    path: {file}" for split, file in splits.items()]
+    for name, file in (extra_configs or {}).items():
+        lines += [f"- config_name: {name}", "  data_files:", f"  - split: train\n    path: {file}"]
+    lines += ["---", "", f"# {title}", "", about, "", "```python",
+              "from datasets import Image, Sequence, load_dataset", "",
+              'ds = load_dataset("path/to/this/folder")',
+              "# `images`: every picture of a record in conversation order, as paths relative to this folder",
+              'ds = ds.map(lambda r: {"images": [f"path/to/this/folder/{p}" for p in r["images"]]})',
+              'ds = ds.cast_column("images", Sequence(Image()))', "```", ""]
+    path = Path(folder) / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
 
 
 # ---- to model-ready messages -----------------------------------------------------------------

@@ -48,6 +48,9 @@ from train.sft import (ResumesSavedWeights, SFTRunConfig, TimeBudgetCallback, la
 
 log = logging.getLogger(__name__)
 
+VLLM_MODES = ("colocate",)
+"""TRL's vLLM modes the rollouts support (train.rollout.VLLMPolicyBackend drives the in-process engine)."""
+
 
 @dataclass
 class RLRunConfig:
@@ -123,6 +126,11 @@ class RLRunConfig:
     disable_tqdm: bool = False
 
     from_file = classmethod(SFTRunConfig.from_file.__func__)
+
+    def __post_init__(self) -> None:
+        if self.vllm_mode not in VLLM_MODES:
+            raise ValueError(f"vllm_mode={self.vllm_mode!r} is not supported: rollouts run through TRL's "
+                             f"colocated engine ({', '.join(VLLM_MODES)}); a `trl vllm-serve` server is not")
 
     def reward_coefs(self) -> dict:
         return {"alpha": self.alpha, "beta": self.penalty, "H": self.H, "N": self.N, "image_div": self.image_div,
@@ -246,6 +254,10 @@ def _trainer_class():
             sampling = out.pop("sampling_per_token_logps")
             self._add_old_and_ref_logps(out, sampling, mode)
 
+            if not any(keep) and self.accelerator.is_main_process:
+                log.warning("step %d: every group's rollouts got the same reward, so no gradient; queries the "
+                            "policy always (or never) solves teach nothing: raise temperature or group_size, or "
+                            "choose harder categories", self.state.global_step + 1)
             for key, value in step_metrics(stats, shaped, keep).items():
                 self._metrics[mode][key].append(value)
             if self.accelerator.is_main_process:
@@ -405,7 +417,7 @@ def train(cfg: RLRunConfig) -> dict:
         use_cpu=not cuda, use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, vllm_max_model_length=cfg.vllm_max_model_length,
         generation_kwargs={"stop": list(P.STOP_STRINGS), "include_stop_str_in_output": True} if cfg.use_vllm else None,
-        log_completions=False, mask_truncated_completions=False,
+        log_completions=False, mask_truncated_completions=False, ddp_find_unused_parameters=False,
     )
     session_log = None
     if cfg.db:
@@ -430,7 +442,8 @@ def train(cfg: RLRunConfig) -> dict:
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     source = Path(cfg.model) if Path(cfg.model).is_dir() else None
     save_final(trainer, encoder, cfg, source, final)
-    summary = {"steps": result.global_step, "seconds": round(seconds, 1), "queries": len(tasks),
+    summary = {"steps": result.global_step, "seconds": round(seconds, 1), "processes": args.world_size,
+               "queries": len(tasks),
                "final_dir": str(final), "metrics": str(metrics_path)}
     if trainer.is_world_process_zero():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -97,7 +98,10 @@ class SFTRunConfig:
         if unknown:
             raise SystemExit(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         data.pop("_comment", None)
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as e:  # a value the run cannot take (__post_init__)
+            raise SystemExit(f"config: {e}") from None
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -186,11 +190,16 @@ def corpus_texts(records: list[SFTRecord], n: int = 3000) -> list[str]:
 
 # ---- model -----------------------------------------------------------------------------------
 
-def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path):
-    """(model, encoder, source_dir): the tiny model from scratch, or a checkpoint to fine-tune."""
+def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path, main: bool = True):
+    """(model, encoder, source_dir): the tiny model from scratch, or a checkpoint to fine-tune.
+    In a distributed run only the main process builds `<out>/init`; the others load it."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    if cfg.model == "tiny":
+    if cfg.model == "tiny" and not main:
+        source = out / "init"
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
+        encoder = VisionTextEncoder.from_pretrained(source)
+    elif cfg.model == "tiny":
         from train.tiny import build_tokenizer, save_checkpoint, tiny_config
 
         tokenizer = build_tokenizer(corpus_texts(records), vocab_size=cfg.vocab_size)
@@ -198,6 +207,7 @@ def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path):
         model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, **cfg.tiny))
         source = save_checkpoint(model, tokenizer, out / "init", pixel_preset=cfg.pixel_preset)
         encoder = VisionTextEncoder.from_pretrained(source)
+        log.info("start checkpoint built: %s", source)
     else:
         kwargs = {"dtype": torch.float32}  # fp32 master weights; bf16=true trains under autocast (or DeepSpeed's bf16)
         if cfg.attn_implementation:
@@ -273,14 +283,20 @@ def save_final(trainer, encoder: VisionTextEncoder, cfg: SFTRunConfig, source: P
 
 # ---- run -------------------------------------------------------------------------------------
 
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch (accelerate, torchrun set RANK), or a plain run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def start_run(cfg, name: str) -> Path:
     """Shared start of `train sft|rl|vision`: torch threads, the run folder, and the config as run
-    (`<out>/<name>_config.json`), so every run folder says how it was made."""
+    (`<out>/<name>_config.json`, written by the main process), so every run folder says how it was made."""
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if is_main_process():
+        (out / f"{name}_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     return out
 
 
@@ -294,7 +310,6 @@ def train(cfg: SFTRunConfig) -> dict:
     if cfg.eval_split and Path(cfg.data).is_dir() and (Path(cfg.data) / f"{cfg.eval_split}.jsonl").exists():
         eval_records = load_sft_records(cfg.data, cfg.eval_split, cfg.eval_limit)
     log.info("data: %d train records, %d eval records from %s", len(records), len(eval_records), cfg.data)
-    model, encoder, source = build_model(cfg, records, out)
     train_ds = row_dataset(range(len(records)))
     eval_ds = row_dataset(range(len(records), len(records) + len(eval_records))) if eval_records else None
     has_eval = eval_ds is not None
@@ -311,8 +326,10 @@ def train(cfg: SFTRunConfig) -> dict:
         seed=cfg.seed, report_to=cfg.report_to, deepspeed=cfg.deepspeed, dataloader_num_workers=cfg.num_workers,
         disable_tqdm=cfg.disable_tqdm, remove_unused_columns=False, max_length=None, packing=False,
         dataset_kwargs={"skip_prepare_dataset": True},
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
     )
+    with args.main_process_first(desc="building the start checkpoint"):  # <out>/init once, by rank 0
+        model, encoder, source = build_model(cfg, records, out, main=args.process_index == 0)
     # eval rows follow train rows
     collator = SFTCollator(records + eval_records, encoder, cfg.pixel_preset, cfg.grounded_weight)
     trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train_ds,
@@ -326,7 +343,7 @@ def train(cfg: SFTRunConfig) -> dict:
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     save_final(trainer, encoder, cfg, source, final)
     summary = {"steps": result.global_step, "train_loss": result.training_loss, "seconds": round(seconds, 1),
-               "train_records": len(records), "final_dir": str(final), "metrics": str(out / "metrics.jsonl")}
+               "processes": args.world_size, "train_records": len(records), "final_dir": str(final), "metrics": str(out / "metrics.jsonl")}
     if trainer.is_world_process_zero():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -359,7 +376,9 @@ def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None) 
     cfg = config_cls.from_file(args.config, args.overrides)
     if args.out:
         cfg.out = args.out
-    print(json.dumps(train_fn(cfg)))
+    summary = train_fn(cfg)
+    if is_main_process():  # one summary per run, not one per process
+        print(json.dumps(summary))
     return 0
 
 

@@ -15,7 +15,8 @@ def load_backend(name: str, model: str | None = None, replay: str | None = None,
         return ReplayBackend(replay, **kwargs)
     if name == "transformers":
         from core.backends.hf import TransformersBackend
-        return TransformersBackend(model or default_model(), **kwargs)
+        from core.backends.zerogpu import on_gpu
+        return on_gpu(TransformersBackend(model or default_model(), **kwargs))
     if name == "vllm":
         from core.backends.vllm import VLLMBackend
         return VLLMBackend(model or default_model(), **kwargs)

@@ -57,6 +57,7 @@ class BackendError(RuntimeError):
 class Backend:
     name = "base"
     model_id = ""
+    streams = True  # False: `stream` yields the whole turn at once (the app says so)
 
     def stream(self, messages: list[dict], params: GenerationParams,
                cancel: threading.Event | None = None) -> Iterator[str | Generation]:

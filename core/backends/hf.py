@@ -91,6 +91,17 @@ def read_pixel_preset(model: str) -> str | None:
         return None
 
 
+def resolve_attention(attn: str | None, device: str) -> str:
+    """sdpa unless asked; flash_attention_2 on a GPU when flash-attn is installed."""
+    if attn not in (None, "auto"):
+        return attn
+    import importlib.util
+
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or "\\" in model or model.count("/") != 1 or Path(model).exists()
 
@@ -98,8 +109,15 @@ def looks_like_path(model: str) -> bool:
 class TransformersBackend(Backend):
     name = "transformers"
 
-    def __init__(self, model: str, device: str | None = None, dtype: str | torch.dtype | None = None) -> None:
+    def __init__(self, model: str, device: str | None = None, dtype: str | torch.dtype | None = None,
+                 device_map: str | None = None, attn_implementation: str | None = None,
+                 max_memory_gb: float | None = None) -> None:
+        """`device_map` ('auto') spreads a large model over the GPUs; `attn_implementation`: sdpa,
+        flash_attention_2 or eager (default: flash-attention when installed on a GPU, else sdpa);
+        `max_memory_gb`: the memory the weights may use (default: what the device has)."""
         from transformers import Qwen2_5_VLForConditionalGeneration
+
+        from core.backends.sizing import check_fits
 
         self.model_id = str(model)
         if looks_like_path(self.model_id) and not Path(self.model_id).expanduser().exists():
@@ -109,15 +127,24 @@ class TransformersBackend(Backend):
             raise BackendError(f"{self.model_id} is not a checkpoint folder (it has no config.json)")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.attn_implementation = resolve_attention(attn_implementation, self.device)
         try:
+            problem = check_fits(self.model_id, self.dtype, self.device, device_map, max_memory_gb)
+            if problem:
+                raise BackendError(f"cannot load {self.model_id!r}: {problem}")
             self.encoder = VisionTextEncoder.from_pretrained(self.model_id)
-            self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.model_id, dtype=self.dtype)
-        except (OSError, ValueError, KeyError) as e:
+            self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                self.model_id, dtype=self.dtype, device_map=device_map, attn_implementation=self.attn_implementation)
+        except (OSError, ValueError, KeyError, ImportError) as e:
             raise BackendError(
                 f"cannot load model {self.model_id!r}: {str(e).strip().rstrip('.')}. A hub id needs network "
                 "access or a local cache; a folder needs config.json, weights, the tokenizer and "
                 "preprocessor_config.json.") from None
-        self.model.to(self.device).eval()
+        if device_map:
+            self.device = str(self.model.get_input_embeddings().weight.device)
+        else:
+            self.model.to(self.device)
+        self.model.eval()
         self.tokenizer = self.encoder.tokenizer
         self.pixel_preset = read_pixel_preset(self.model_id)
         ids = self.tokenizer.convert_tokens_to_ids

@@ -1,14 +1,18 @@
-"""OpenAI-compatible chat endpoint backend (e.g. `vllm serve TIGER-Lab/PixelReasoner-RL-v1`).
+"""OpenAI-compatible chat endpoint backend (`vllm serve`, `transformers serve`, SGLang, ...).
 
 The system prompt goes as text, images as data:image/png;base64 URLs (PNG: lossless, so the
 server sees the exact pixels the loop produced), a video as its overview frames, one image part
 each. Generation stops at </tool_call>; servers drop the stop string from the text, so it is put
-back when the turn ends inside an open tool call.
+back when the turn ends inside an open tool call. Servers that parse tool calls (vLLM's hermes
+parser, `transformers serve`) move the call out of the text into structured `tool_calls`, even
+though no `tools` are sent; the call is written back as the protocol's <tool_call> block, so the
+loop and the log see the same text whichever form the server chose.
 """
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import threading
 import time
@@ -65,14 +69,52 @@ def close_tool_call(text: str, finish_reason: str | None, stop_reason: object = 
     return text
 
 
+def tool_call_text(name: str, arguments: object) -> str:
+    """One structured tool call as the protocol block the model wrote (core.protocol.format_tool_call)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:  # malformed JSON stays as written, so the loop reports it to the model
+            return f'{P.TOOL_CALL_START}\n{{"name": {json.dumps(name)}, "arguments": {arguments}}}\n{P.TOOL_CALL_END}'
+    return P.format_tool_call(name, arguments)
+
+
+class ToolCalls:
+    """Structured tool calls gathered from a response: whole (non-streamed) or in deltas by index."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, dict] = {}
+
+    def add(self, tool_calls) -> None:
+        for n, call in enumerate(tool_calls or []):
+            index = getattr(call, "index", None)
+            entry = self.calls.setdefault(n if index is None else index, {"name": "", "arguments": ""})
+            function = call.function
+            if function is None:
+                continue
+            if function.name and not entry["name"]:
+                entry["name"] = function.name
+            args = function.arguments
+            if isinstance(args, str):
+                entry["arguments"] += args
+            elif args is not None:  # a server that sends the arguments as an object
+                entry["arguments"] = args
+
+    def text(self) -> str:
+        return "\n".join(tool_call_text(c["name"], c["arguments"]) for _, c in sorted(self.calls.items()))
+
+
 class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, base_url: str, model_name: str | None = None, api_key: str = "EMPTY",
-                 timeout: float = 600.0) -> None:
+                 timeout: float = 600.0, stream: bool = True) -> None:
+        """`model_name`: the served model name (`--served-model-name`), asked from /models when None;
+        `stream`: token streaming (False sends one request and gets the whole turn)."""
         import openai
 
         self.base_url = base_url.rstrip("/")
+        self.streaming = stream
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=1)
         self._model_name = model_name
         self.model_id = f"{model_name}@{self.base_url}" if model_name else self.base_url
@@ -90,7 +132,12 @@ class OpenAIBackend(Backend):
             with self._errors():
                 models = self.client.models.list().data
             if not models:
-                raise BackendError(f"{self.base_url} serves no model")
+                raise BackendError(f"{self.base_url} lists no model at /models; name the served model "
+                                   "with --served-model-name")
+            if len(models) > 1:
+                names = ", ".join(m.id for m in models[:8])
+                raise BackendError(f"{self.base_url} lists {len(models)} models ({names}); name the one to use "
+                                   "with --served-model-name")
             self._model_name = models[0].id
             self.model_id = f"{self._model_name}@{self.base_url}"
         return self._model_name
@@ -98,22 +145,30 @@ class OpenAIBackend(Backend):
     def _errors(self):
         return _OpenAIErrors(self.base_url)
 
-    def stream(self, messages: list[dict], params: GenerationParams,
-               cancel: threading.Event | None = None) -> Iterator[str | Generation]:
-        t0 = time.perf_counter()
+    def _request(self, messages: list[dict], params: GenerationParams) -> dict:
         request = dict(
-            model=self.model_name, messages=to_openai_messages(messages), stream=True,
+            model=self.model_name, messages=to_openai_messages(messages), stream=self.streaming,
             max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-            stop=list(params.stop)[:4], stream_options={"include_usage": True})
+            stop=list(params.stop)[:4])
+        if self.streaming:
+            request["stream_options"] = {"include_usage": True}
         if params.seed is not None:
             request["seed"] = params.seed
         if params.logprobs:
             request["logprobs"] = True
         if params.top_k:
             request["extra_body"] = {"top_k": params.top_k}
-        text, finish, stop_reason, usage, logprobs = "", None, None, None, []
+        return request
+
+    def stream(self, messages: list[dict], params: GenerationParams,
+               cancel: threading.Event | None = None) -> Iterator[str | Generation]:
+        t0 = time.perf_counter()
+        request = self._request(messages, params)
+        text, finish, stop_reason, usage, logprobs, calls = "", None, None, None, [], ToolCalls()
         with self._errors():
             response = self.client.chat.completions.create(**request)
+            if not self.streaming:
+                response = [response]
             try:
                 for chunk in response:
                     if cancel is not None and cancel.is_set():
@@ -124,7 +179,10 @@ class OpenAIBackend(Backend):
                     if not chunk.choices:
                         continue
                     choice = chunk.choices[0]
-                    delta = (choice.delta.content or "") if choice.delta else ""
+                    part = choice.delta if self.streaming else choice.message
+                    delta = (part.content or "") if part else ""
+                    if part is not None:
+                        calls.add(part.tool_calls)
                     if choice.logprobs is not None and choice.logprobs.content:
                         logprobs.extend(t.logprob for t in choice.logprobs.content)
                     if choice.finish_reason:
@@ -140,8 +198,12 @@ class OpenAIBackend(Backend):
                             finish = "stop"
                             break
             finally:
-                response.close()
-        closed = close_tool_call(text, finish, stop_reason)
+                if self.streaming:
+                    response.close()
+        if calls.calls and finish != "cancelled":  # the server parsed the call out of the text
+            closed, finish = text + calls.text(), "stop"
+        else:
+            closed = close_tool_call(text, finish, stop_reason)
         if closed != text:
             yield closed[len(text):]
         reason = finish if finish in ("stop", "length", "cancelled") else "stop"

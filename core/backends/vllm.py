@@ -37,15 +37,22 @@ def vllm_prompt(messages: list[dict]) -> dict:
     return prompt
 
 
-def sampling_kwargs(params: GenerationParams) -> dict:
-    """SamplingParams arguments: stop strings kept in the output so cut_at_stop decides
-    (it keeps </tool_call> and drops the others), greedy at temperature 0."""
+def sampling_kwargs(params: GenerationParams, index: int = 0) -> dict:
+    """SamplingParams arguments for the batch's `index`-th conversation: stop strings kept in the
+    output so cut_at_stop decides (it keeps </tool_call> and drops the others), greedy at
+    temperature 0, seed + index so the samples of one seeded batch differ (and repeat run to run)."""
+    seed = None if params.seed is None else params.seed + index
     kw = dict(max_tokens=params.max_new_tokens, temperature=max(params.temperature, 0.0), top_p=params.top_p,
               top_k=params.top_k if params.top_k > 0 else -1, stop=list(params.stop),
-              include_stop_str_in_output=True, skip_special_tokens=True, seed=params.seed)
+              include_stop_str_in_output=True, skip_special_tokens=True, seed=seed)
     if params.logprobs:
         kw["logprobs"] = 0  # the sampled token's own log-probability
     return kw
+
+
+def batch_sampling_kwargs(params: GenerationParams, n: int) -> list[dict]:
+    """One SamplingParams per conversation (vLLM takes a list matching the prompts)."""
+    return [sampling_kwargs(params, i) for i in range(n)]
 
 
 def to_generation(output, params: GenerationParams, seconds: float) -> Generation:
@@ -62,7 +69,10 @@ def to_generation(output, params: GenerationParams, seconds: float) -> Generatio
 
 
 class VLLMBackend(Backend):
+    """The offline engine returns whole turns: the app shows each turn when it is done."""
+
     name = "vllm"
+    streams = False
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
                  max_model_len: int = 16384, gpu_memory_utilization: float = 0.85,
@@ -96,7 +106,7 @@ class VLLMBackend(Backend):
         if not batch:
             return []
         t0 = time.perf_counter()
-        sampling = self._vllm.SamplingParams(**sampling_kwargs(params))
+        sampling = [self._vllm.SamplingParams(**kw) for kw in batch_sampling_kwargs(params, len(batch))]
         with self._lock:
             outputs = self.llm.generate([vllm_prompt(m) for m in batch], sampling, use_tqdm=False)
         seconds = time.perf_counter() - t0

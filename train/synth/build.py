@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from core.media import DiskImageStore, write_video
-from train.data import trajectory_to_sft_record
+from tqdm import tqdm
+
+from train.data import trajectory_to_sft_record, write_dataset_card
 from train.synth.tasks import CATEGORIES, VIDEO_FPS, make_item
 from train.synth.traces import closeup_item, item_task, make_trace, run_trace
 
@@ -43,6 +45,7 @@ class BuildConfig:
     notool_rate: float = 0.1
     closeups: int = 0  # training-only close-up reading records appended to the train split
     workers: int = 1  # processes; the records and files are the same whatever the number
+    progress: bool = True  # a progress bar per split (stderr)
 
 
 def split_seed(seed: int, split: str, index: int) -> int:
@@ -105,12 +108,13 @@ def _build_item(args: tuple) -> dict:
 def build_split(cfg: BuildConfig, split: str, n: int) -> list[dict]:
     categories = categories_for(n) + (["closeup"] * cfg.closeups if split == "train" else [])
     jobs = [(cfg, split, i, category) for i, category in enumerate(categories)]
+    bar = dict(desc=split, total=len(jobs), unit="record", disable=not cfg.progress or not jobs)
     if cfg.workers <= 1 or len(jobs) < 2 * cfg.workers:
-        return [build_item(*job) for job in jobs]
+        return [build_item(*job) for job in tqdm(jobs, **bar)]
     import multiprocessing as mp
 
     with mp.get_context("fork").Pool(cfg.workers) as pool:  # records come back in order
-        return list(pool.imap(_build_item, jobs, chunksize=8))
+        return list(tqdm(pool.imap(_build_item, jobs, chunksize=8), **bar))
 
 
 def build(cfg: BuildConfig) -> dict[str, int]:
@@ -127,15 +131,21 @@ def build(cfg: BuildConfig) -> dict[str, int]:
         tmp.replace(out / f"{split}.jsonl")
         sizes[split] = len(records)
         log.info("%s: %d records in %.1f s", split, len(records), time.perf_counter() - t0)
-    config = {k: v for k, v in vars(cfg).items() if k != "workers"}
+    config = {k: v for k, v in vars(cfg).items() if k not in ("workers", "progress")}
     (out / "dataset.json").write_text(json.dumps({"config": config, "sizes": sizes, "mix": MIX}, indent=2))
+    if any(sizes.values()):
+        write_dataset_card(out, {s: f"{s}.jsonl" for s in ("train", "validation", "test") if sizes[s]},
+                           "TinyZoom (synthetic)", "Synthetic pixel-reasoning traces written by `python -m train synth` "
+                           f"(seed {cfg.seed}): {', '.join(f'{n} {s}' for s, n in sizes.items())} records.")
     return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train synth", description="Write the synthetic TinyZoom dataset.")
     for name, default in vars(BuildConfig()).items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        if name != "progress":
+            ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     ap.add_argument("--examples", default=None, help="also write the app's example gallery to this folder")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
