@@ -1,8 +1,8 @@
 """Can a checkpoint's language model learn to read a glyph through its vision tower? A short probe.
 
-    python bench/read_probe.py --model runs/vision_words/final [--steps 250] [--oracle]
-    python bench/read_probe.py --task position [--axis x|y] [--rope-theta 10] [--oracle [--row-words]]
-    python bench/read_probe.py --task shape
+    python experiments/read_probe.py --model runs/vision_words/final [--steps 250] [--oracle]
+    python experiments/read_probe.py --task position [--axis x|y] [--rope-theta 10] [--oracle [--row-words]]
+    python experiments/read_probe.py --task shape
 
 The tower is frozen; the LM is trained on the shortest conversation that needs reading: a crop after
 a good zoom (train.vision.crop_view), "What is written on the <colour> tag?", and "The tag reads X.
@@ -21,13 +21,13 @@ for 225 steps (3-14%) and reaches 34% at step 250; the same tower taught to hand
 (configs/vision_words.json): 42% at step 50, 56% at 150, 64% at 250.
 Position (`--task position --axis x`, 300 steps x 16, on the shipped weights of 2026-11-27): held-out loss
 2.36 nats, 12% exact, 33% within one, i.e. chance; with `--rope-theta 10`: 2.15, 16%, 50%; with the
-position-trained tower of configs/vision_position.json (200 steps): 2.46, 12%, 31%. With `--oracle`
+position-trained tower of experiments/configs/vision_position.json (200 steps): 2.46, 12%, 31%. With `--oracle`
 (each tag cell's class word plus the digit word of its column's tenth): 48% exact and 83% within one at
 step 50, 100% within one from step 75 (exact 55-62%: the digit is the cell's tenth, the answer the tag
-centre's). A tower trained toward those targets (configs/vision_position_words.json): after 173 steps at
+centre's). A tower trained toward those targets (experiments/configs/vision_position_words.json): after 173 steps at
 lr 3e-4, still chance (2.36, 12%, 31% at step 175; glyph probe 97% at step 100); after 448 steps at lr 5e-4,
 48% exact and 94% within one at step 100, 50% / 89% at 150 (glyph probe 86% at step 100).
-Rows (`--axis y`) from configs/vision_position_rows.json's first run (346 steps, word_y_acc 32%): 2.25 nats,
+Rows (`--axis y`) from experiments/configs/vision_position_rows.json's first run (346 steps, word_y_acc 32%): 2.25 nats,
 14% exact, 44% within one at step 100.
 
 `--task shape` asks the zoom-optional question of a zoom-optional overview (train.vision.shape_of): the large

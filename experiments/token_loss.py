@@ -1,7 +1,7 @@
 """Where does a model's SFT loss sit? Mean loss per kind of trained token, with the record's own
 images and with another record's images swapped in.
 
-    python bench/token_loss.py --model assets/pixel-reasoner-tiny --data data/tinyzoom_train [--n 48]
+    python experiments/token_loss.py --model assets/pixel-reasoner-tiny --data data/tinyzoom_train [--n 48]
 
 Token kinds (train.grounding.token_kinds): `box_x` and `box_y` (the tenths digit of a bbox_2d's x1, x2 and
 of its y1, y2: where the box is), `box` (its other digits), `frames` (frame numbers), `answer` (the first

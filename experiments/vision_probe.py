@@ -1,7 +1,7 @@
 """Can the tiny model's vision tower learn to read the zoom-needed glyphs? A diagnostic for the
 embedded model, whose SFT runs learned the protocol but read glyphs at chance.
 
-    python bench/vision_probe.py [--model assets/pixel-reasoner-tiny] [--train 1200] [--steps 300]
+    python experiments/vision_probe.py [--model assets/pixel-reasoner-tiny] [--train 1200] [--steps 300]
 
 The inputs are what the model sees after a good crop: a zoom-needed scene cropped around the tag
 with the tool's own crop (noisy box, release padding), sized by the `tiny` preset. Labels are the

@@ -2,7 +2,7 @@
 
     python -m train vision --config configs/vision_tiny.json [key=value ...]
 
-Why: SFT alone never taught the from-scratch tower to read (bench/vision_probe.py: the tiny ViT
+Why: SFT alone never taught the from-scratch tower to read (experiments/vision_probe.py: the tiny ViT
 stays at chance on glyphs where a small CNN reads 98%). Two things were wrong. One sentence-level
 label per picture is too weak a signal for a ViT with no convolutional prior, and 99.9% of the
 energy of the merged tokens the language model reads was one vector shared by every token, so
@@ -16,20 +16,20 @@ meets (a zoom-needed overview, the crop after a good, wrong or tight zoom, a vid
 the sign, a zoom-optional overview) plus "sheets" of several tags, which give many glyphs per
 view. Every view is generated on the fly: no epochs, no repeats.
 
-A tower that a linear head reads at 98% was barely read by the LM (bench/read_probe.py: near
+A tower that a linear head reads at 98% was barely read by the LM (experiments/read_probe.py: near
 chance for 225 steps, 34% at step 250). So a second run (`word_weight`, configs/vision_words.json)
 pulls each merged token toward the LM's own input embedding of its class's word (" 7", " red";
 background: the image pad token), starting from a least-squares refit of the merger's last layer
 (`fit_words`). The LM then meets image tokens that look like words it already copies, and learns to
 read them far sooner (42% at step 50, 64% at 250). The architecture is unchanged: still a plain Qwen2.5-VL.
 
-`position_weight` (configs/vision_position.json, an experiment) adds a third term: a linear head reads,
+`position_weight` (experiments/configs/vision_position.json, an experiment) adds a third term: a linear head reads,
 from each merged token, the tenth of the view's width and height it lies in. Trained for it, the
 tower finds the image's edges through attention and reads position at 86% after 219 steps, at
 the price of drifting from the words (README, "Positions"). `position_words` instead adds to each
 non-background token's word target the digit word of its column's tenth, the form the LM reads at
 once (read_probe's oracle): after 448 steps the LM probe reads the tag's tenth within one at 94%.
-`row_words` (configs/vision_position_rows.json) adds the row's tenth as a word of its own (ROW_WORDS),
+`row_words` (experiments/configs/vision_position_rows.json) adds the row's tenth as a word of its own (ROW_WORDS),
 and `glyph_positions=false` leaves glyph cells bare, since the digit glyphs share the column's words.
 
 The result is the base checkpoint with the new tower (fp32), ready for `train sft model=...`.
@@ -240,11 +240,11 @@ class VisionRunConfig:
     word_init_views: int = 0  # with a trained tower: views for a least-squares start toward the words
     # Teach each merged token where it is: a linear head reads, from the token, the tenth of the
     # view's width and height its cell centre lies in. The tower has no absolute position otherwise
-    # (2D RoPE), and the LM cannot get it through M-RoPE (bench/read_probe.py --task position).
+    # (2D RoPE), and the LM cannot get it through M-RoPE (experiments/read_probe.py --task position).
     position_weight: float = 0.0
     # Or hand the LM the position in its own words: each non-background token's word target also
     # gets the input embedding of the digit of its column's tenth ("3": the x of a box), as the
-    # words did for glyphs (with --oracle, bench/read_probe.py --task position learns from that).
+    # words did for glyphs (with --oracle, experiments/read_probe.py --task position learns from that).
     position_words: bool = False
     # With position_words: also add the row's tenth (the y of a box) as one of ten byte tokens no text
     # uses (ROW_WORDS), since a second digit would collide with the column's. SFT then maps them to digits.
