@@ -180,7 +180,7 @@ def ema(values: Sequence[float], alpha: float) -> list[float]:
 
 
 def curve_keys(rows: Sequence[dict], limit: int = 9) -> list[str]:
-    """Numeric keys of metrics rows, the contract's important ones first."""
+    """Numeric keys of metrics rows, the important ones first."""
     keys: dict[str, None] = {}
     for r in rows:
         for k, v in r.items():

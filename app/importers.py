@@ -2,7 +2,7 @@
 
 Accepted shapes (one JSON object, a JSON list, or JSON lines):
 - our own trajectory JSON (`python -m core ask --json`, eval items' "trajectory"): used as is;
-- message-list records, as in the reference's released data and rollout dumps: {"messages" |
+- message-list records, as in the release's data and rollout dumps: {"messages" |
   "message_list" | "conversations": [...], "id"/"qid", "answer"/"gt"/"meta": {...}} with images as
   paths (relative to the file's folder) or {"type": "image", "image": path} parts;
 - rendered rollout dumps (verl / OpenRLHF style): {"prompt": str, "response": str, "images": [paths],

@@ -2,7 +2,7 @@
 
 Generic on purpose: a job is an argv list plus an out folder where the command writes
 `metrics.jsonl` (one JSON object per line: `step`, `time`, any numeric keys) and optionally
-`progress.json` ({"done", "total"}); see /work/notes/contracts.md. The runner never imports what
+`progress.json` ({"done", "total"}); docs/protocol.md, section 6. The runner never imports what
 it runs.
 
 - `launch` starts `argv` in its own process group (`start_new_session`), stdout and stderr to

@@ -1,7 +1,7 @@
 """The two visual operations, crop and select_frames, plus the resize policy for what the model sees.
 
 Box maths are pure functions (`crop_box`), applied to PIL images by `crop`. The rules follow the
-released implementation (see ../shared/reference/pixel-reasoner.md, section 1):
+released implementation (docs/protocol.md, section 1):
 
 * normalized when all four values are < 1, else absolute pixels of the target image;
 * padding 0.1 on each side; `zoom_in` caps it at min(0.1, 600/W) and min(0.1, 600/H);

@@ -114,7 +114,7 @@ def test_summarize_hand_computed():
     for key in ("bench", "model", "backend", "tools", "n", "accuracy", "accuracy_ci95", "rapr", "accuracy_with_ops",
                 "accuracy_without_ops", "mean_ops", "error_turn_rate", "tokens_per_item", "seconds_per_item",
                 "by_category"):
-        assert key in r  # contracts.md
+        assert key in r  # docs/protocol.md, section 6
     md = to_markdown(r)
     assert "| accuracy | 50.0" in md and "| zoom_needed | 2 | 50.0 | 100.0 | 0.0 | 66.7 | 1.0 |" in md
 

@@ -4,7 +4,7 @@
     python -m train rl --config configs/rl_tiny_ci.json                   # a few steps (CI)
     accelerate launch --config_file configs/accelerate_zero2.yaml -m train rl --config configs/rl_7b.json
 
-A thin layer over TRL's GRPOTrainer (Pixel Reasoner's second stage, reference section 4). One hook
+A thin layer over TRL's GRPOTrainer (Pixel Reasoner's second stage, docs/protocol.md section 4). One hook
 differs: `_generate_and_score_completions`. Rollouts run through the core tool loop on the policy
 itself, batched turn by turn (train/rollout.py: transformers `generate`, or TRL's vLLM integration
 with `use_vllm`), token by token as the policy saw them; rewards are shaped per group with the
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RLRunConfig:
-    """Defaults are the release's 7B recipe where the reference states them (configs/rl_7b.json)."""
+    """Defaults are the release's 7B recipe where the release states them (configs/rl_7b.json)."""
 
     data: str = "data/tinyzoom"  # a dataset folder whose records carry meta.task with original media
     split: str = "validation"
@@ -64,7 +64,7 @@ class RLRunConfig:
     save_dtype: str | None = None  # e.g. "bfloat16" for the saved weights (train.sft.save_final)
     # rollouts
     tools: bool = True
-    group_size: int = 8  # rollouts per query (uncertain: the reference does not state it)
+    group_size: int = 8  # rollouts per query (the release does not state it)
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 2048  # per turn
@@ -164,7 +164,7 @@ def rollout_stats(rollouts: list[Rollout], tasks: list[Task]) -> dict[str, list]
 
 
 def step_metrics(stats: dict[str, list], shaped, keep: list[bool]) -> dict[str, float]:
-    """The contract's RL metrics for one generation batch (all processes' rollouts)."""
+    """The RL metrics for one generation batch (all processes' rollouts)."""
     n = len(stats["correct"])
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     used = [k >= 1 for k in stats["n_ops"]]

@@ -2,35 +2,20 @@
 
     python -m train vision --config configs/vision_tiny.json [key=value ...]
 
-Why: SFT alone never taught the from-scratch tower to read (experiments/vision_probe.py: the tiny ViT
-stays at chance on glyphs where a small CNN reads 98%). Two things were wrong. One sentence-level
-label per picture is too weak a signal for a ViT with no convolutional prior, and 99.9% of the
-energy of the merged tokens the language model reads was one vector shared by every token, so
-every picture looked alike to the LM.
+The tower alone is trained on generated views, with a label for every merged token (the
+28x28-pixel cell each LM image token covers): which glyph, which tag colour, which shape colour, or
+background. A linear head reads the merger's output, the very vectors the LM gets, and a centring
+term keeps the shared part of those vectors small. The views are the ones the model meets (a
+zoom-needed overview, the crop after a good, wrong or tight zoom, a video frame showing the sign, a
+zoom-optional overview) plus "sheets" of several tags, which give many glyphs per view; each is
+generated on the fly: no epochs, no repeats.
 
-So this stage trains the tower alone on generated views, with a label for every merged token
-(the 28x28-pixel cell each LM image token covers): which glyph, which tag colour, which shape
-colour, or background. A linear head reads the merger's output, the very vectors the LM gets, and
-a centring term keeps the shared part of those vectors small. The views are the ones the model
-meets (a zoom-needed overview, the crop after a good, wrong or tight zoom, a video frame showing
-the sign, a zoom-optional overview) plus "sheets" of several tags, which give many glyphs per
-view. Every view is generated on the fly: no epochs, no repeats.
-
-A tower that a linear head reads at 98% was barely read by the LM (experiments/read_probe.py: near
-chance for 225 steps, 34% at step 250). So a second run (`word_weight`, configs/vision_words.json)
-pulls each merged token toward the LM's own input embedding of its class's word (" 7", " red";
-background: the image pad token), starting from a least-squares refit of the merger's last layer
-(`fit_words`). The LM then meets image tokens that look like words it already copies, and learns to
-read them far sooner (42% at step 50, 64% at 250). The architecture is unchanged: still a plain Qwen2.5-VL.
-
-`position_weight` (experiments/configs/vision_position.json, an experiment) adds a third term: a linear head reads,
-from each merged token, the tenth of the view's width and height it lies in. Trained for it, the
-tower finds the image's edges through attention and reads position at 86% after 219 steps, at
-the price of drifting from the words (README, "Positions"). `position_words` instead adds to each
-non-background token's word target the digit word of its column's tenth, the form the LM reads at
-once (read_probe's oracle): after 448 steps the LM probe reads the tag's tenth within one at 94%.
-`row_words` (experiments/configs/vision_position_rows.json) adds the row's tenth as a word of its own (ROW_WORDS),
-and `glyph_positions=false` leaves glyph cells bare, since the digit glyphs share the column's words.
+`word_weight` (configs/vision_words.json) pulls each merged token toward the LM's own input
+embedding of its class's word (" 7", " red"; background: the image pad token), from a least-squares
+refit of the merger's last layer (`fit_words`), so the LM meets image tokens that look like words it
+already copies. The architecture is unchanged: still a plain Qwen2.5-VL. `position_weight`,
+`position_words`, `row_words` and `glyph_positions` are for the position experiments
+(experiments/configs/, experiments/LOG.md), which no shipped stage uses.
 
 The result is the base checkpoint with the new tower (fp32), ready for `train sft model=...`.
 """

@@ -1,6 +1,6 @@
 """The benchmarks: how each is scored, and the paper's figure for the released 7B model.
 
-Scoring follows the release (reference section 5), built on core.scoring so there is one
+Scoring follows the release (docs/protocol.md, section 5), built on core.scoring so there is one
 implementation of each rule:
 
 * V* Bench and MVBench: multiple choice, the option letter at the start of the final answer
