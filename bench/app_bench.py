@@ -1,4 +1,4 @@
-"""Measured figures for the Studio app (run: python bench/app_bench.py [--sessions 10000]).
+"""Measured figures for the Studio app (run: python -m bench.app_bench [--sessions 10000]).
 
 1. logging throughput: steps/s through SessionLog.log_step (one transaction per step)  target >= 2000
 2. session-list filter over N sessions (SQL paging, FTS, filters), median ms           target <= 200
@@ -11,18 +11,16 @@ import argparse
 import json
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.backends.replay import ReplayBackend  # noqa: E402
-from core.loop import Task, run_to_end  # noqa: E402
-from core.protocol import format_tool_call  # noqa: E402
-from core.sessionlog import SessionFilter, SessionLog  # noqa: E402
+from core.backends.replay import ReplayBackend
+from core.loop import Task, run_to_end
+from core.protocol import format_tool_call
+from core.sessionlog import SessionFilter, SessionLog
 
 TURNS = ["I should zoom on the sign to read it.\n\n" + format_tool_call(
             "crop_image_normalized", {"bbox_2d": [0.12, 0.22, 0.28, 0.38], "target_image": 1}),

@@ -1,8 +1,8 @@
 """Can a checkpoint's language model learn to read a glyph through its vision tower? A short probe.
 
-    python experiments/read_probe.py --model runs/vision_words/final [--steps 250] [--oracle]
-    python experiments/read_probe.py --task position [--axis x|y] [--rope-theta 10] [--oracle [--row-words]]
-    python experiments/read_probe.py --task shape
+    python -m experiments.read_probe --model runs/vision_words/final [--steps 250] [--oracle]
+    python -m experiments.read_probe --task position [--axis x|y] [--rope-theta 10] [--oracle [--row-words]]
+    python -m experiments.read_probe --task shape
 
 The tower is frozen; the LM is trained on the shortest conversation that needs reading: a crop after
 a good zoom (train.vision.crop_view), "What is written on the <colour> tag?", and "The tag reads X.
@@ -37,7 +37,6 @@ at step 100 (1.03 nats at step 50, 0.38 at 100), although SFT left their colour 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -45,11 +44,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from core.encoding import IGNORE_INDEX, VisionTextEncoder  # noqa: E402
-from train.synth import scenes as S  # noqa: E402
-from train.vision import (cell_targets, cell_tenths, class_word_ids, cls, crop_view, position_tables, shape_of,  # noqa: E402
+from core.encoding import IGNORE_INDEX, VisionTextEncoder
+from train.synth import scenes as S
+from train.vision import (cell_targets, cell_tenths, class_word_ids, cls, crop_view, position_tables, shape_of,
                           overview_of)
 
 GLYPH_OF = {cls(f"glyph:{g}"): g for g in S.GLYPHS}

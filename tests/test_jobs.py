@@ -99,7 +99,6 @@ def test_jobs_a_dead_app_left_running_are_settled_at_start(tmp_path, writer):
     # an "app" process launches a job and dies at once (os._exit: no watcher thread survives)
     app = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {str(ROOT)!r})
         from app.jobs import JobRunner
         from core.sessionlog import SessionLog
         r = JobRunner(SessionLog({str(db)!r}), {str(tmp_path / 'runs')!r})

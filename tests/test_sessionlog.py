@@ -87,7 +87,6 @@ def test_round_trip_of_a_video_session(log, tmp_path):
 
 CRASHING_WRITER = textwrap.dedent("""
     import os, sys
-    sys.path.insert(0, {root!r})
     from core.backends.base import GenerationParams
     from core.backends.replay import ReplayBackend
     from core.loop import Episode, LoopConfig, Task
@@ -109,7 +108,7 @@ CRASHING_WRITER = textwrap.dedent("""
 def test_killed_writer_keeps_finished_steps_and_is_marked_unfinished(tmp_path, photo_path):
     db = tmp_path / "crash.db"
     script = CRASHING_WRITER.format(root=str(ROOT), db=str(db), image=str(photo_path), turns=TURNS)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     sid = proc.stdout.strip()
     log = SessionLog(db)
