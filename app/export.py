@@ -20,7 +20,7 @@ Three layers, each testable alone:
    box the annotator drew is the `bbox_2d` argument, padded by the operation as usual.
 2. `reexecute(...)`: the planned turns run through the real tool loop (core.loop + ReplayBackend),
    so every observation and image in the record is what the operations really return.
-3. `export_annotated(log, out_dir)`: writes `train.jsonl` (train/data.py format, `train_turns`
+3. `export_annotated(log, out_dir)`: writes `train.jsonl` (core/records.py format, `train_turns`
    per assistant turn), `labels.jsonl`, `images/`, `originals/` (full-resolution media, named by
    each record's `meta.task` as `python -m train rl` expects) and `export.json` (counts, skips).
    The folder is a dataset for `python -m train sft --config ... data=<out_dir>` (and for RL).
@@ -42,7 +42,7 @@ from core.operations import PixelLimits
 from core.scoring import extract_answer, last_boxed
 from core.sessionlog import SessionLog
 from core.trajectory import Trajectory
-from train.data import trajectory_to_sft_record  # the training format's own writer
+from core.records import TaskRecord, trajectory_to_sft_record
 
 logger = logging.getLogger(__name__)
 
@@ -362,9 +362,9 @@ def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str
                             "original_answer": traj.answer})
         original = _copy_original(log, traj, out)
         if original:  # what `python -m train rl` reads to re-ask the question on the full-resolution media
-            rec["meta"]["task"] = {"question": traj.question, "answer": plan.answer, "choices": traj.choices,
-                                   "category": traj.meta.get("category") or "annotated", "media": original,
-                                   "kind": "image" if traj.media.kind == "image" else "video"}
+            rec["meta"]["task"] = TaskRecord(traj.question, plan.answer, traj.meta.get("category") or "annotated",
+                                             original, kind="image" if traj.media.kind == "image" else "video",
+                                             choices=traj.choices).to_dict()
         records.append(rec)
         report.corrected += int(plan.corrected)
     labels = label_rows(log, ids)

@@ -24,7 +24,7 @@ from core.loop import LoopConfig, Task, run_to_end
 from core.media import MediaError, Video, load_image
 from core.scoring import extract_answer
 from core.trajectory import Media, Step, Trajectory
-from train.data import MESSAGE_KEYS, DataError, parse_record
+from core.records import MESSAGE_KEYS, DataError, parse_record
 
 CHAT_TURN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)", re.S)
 VISION = re.compile(r"<\|vision_start\|>.*?<\|vision_end\|>|<image>|<video>")

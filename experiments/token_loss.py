@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.operations import PixelLimits
-from train.data import load_sft_records, record_answer, record_to_messages
+from core.records import load_sft_records, record_answer, record_to_messages
 from train.grounding import token_kinds
 
 

@@ -1,5 +1,5 @@
 """Annotations -> SFT export: correction plans, re-execution through the real operations, the record
-format read by train/data.py (with masks the SFT collator honours), labels JSONL, and `python -m train sft`
+format read by core/records.py (with masks the SFT collator honours), labels JSONL, and `python -m train sft`
 on the exported folder for two steps.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from core.media import Video, load_image
 from core.operations import PixelLimits
 from core.protocol import format_tool_call
 from core.sessionlog import SessionLog
-from train.data import load_sft_records
+from core.records import load_sft_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = ROOT / "assets" / "examples" / "zoom_needed_101.png"  # a "3" on a small blue tag near (0.46, 0.69)

@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 from core import protocol as P
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.operations import PIXEL_PRESETS
-from train.data import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
+from core.records import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
 
