@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_studio(args):
     from app import Studio
-    from core.sessionlog import SessionLog
+    from app.studio_log import StudioLog
 
     db = Path(args.db) if args.db else default_data_dir() / "studio.db"
-    log = SessionLog(db)
+    log = StudioLog(db)
     n = log.mark_unfinished()  # sessions a crash left running
     if n:
         logging.getLogger("studio").warning("marked %d sessions left running by a crash as unfinished", n)

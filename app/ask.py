@@ -27,6 +27,8 @@ from core.backends.replay import ReplayBackend
 from core.loop import Done, Episode, LoopConfig, StepDone, StepStart, Task, TextDelta, run
 from core.media import DiskImageStore, MediaError, Video, load_image, write_video
 from core.operations import PixelLimits
+from core.recorder import Recorder
+from core.scoring import judge_trajectory
 from core.trajectory import Step, Trajectory
 
 logger = logging.getLogger(__name__)
@@ -319,7 +321,8 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
     traj = episode.trajectory
     if compare_of:
         traj.meta["compare_of"] = compare_of
-    log.start_session(traj, client=client, compare_of=compare_of)
+    recorder = Recorder(log, client)
+    recorder.start(traj, compare_of=compare_of)
     view = ChatView(studio, traj, view_prefix)
     view.user(task.question, task.media_path)
     yield view, traj
@@ -331,14 +334,14 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
             elif isinstance(event, TextDelta):
                 view.delta(event.text)
             elif isinstance(event, StepDone):
-                log.log_step(traj.id, event.step)
+                recorder.step(traj.id, event.step)
                 view.done(event)
             elif isinstance(event, Done):
                 if traj.status == "cancelled" and getattr(cancel, "reason", "stop") == "closed":
                     traj.status = "unfinished"
                 if task.answer is not None and traj.answer is not None:
-                    traj.correct = traj.answer.strip().lower() == task.answer.strip().lower()
-                log.finish_session(traj)
+                    judge_trajectory(traj)
+                recorder.finish(traj)
                 finished = True
                 view.finish(traj)
             yield view, traj

@@ -40,7 +40,7 @@ from core.loop import LoopConfig, Task, run_to_end
 from core.media import DiskImageStore, MediaError, Video, load_image
 from core.operations import PixelLimits
 from core.scoring import extract_answer, last_boxed
-from core.sessionlog import SessionLog
+from app.studio_log import StudioLog
 from core.trajectory import Trajectory
 from core.records import TaskRecord, trajectory_to_sft_record
 
@@ -231,7 +231,7 @@ def plan_corrections(traj: Trajectory, annotations: list[dict]) -> Plan:
 
 # ---- 2. re-execution through the real operations ----------------------------------------------------
 
-def task_for(log: SessionLog, traj: Trajectory, answer: str | None = None) -> Task:
+def task_for(log: StudioLog, traj: Trajectory, answer: str | None = None) -> Task:
     """The original question and media again: the stored original image, or the video file
     (its stored overview frames when the file is gone)."""
     media = traj.media
@@ -278,7 +278,7 @@ def train_mask(plan: Plan, new: Trajectory) -> list[bool]:
 
 # ---- 3. writing the export folder ------------------------------------------------------------------
 
-def label_rows(log: SessionLog, session_ids: list[str]) -> list[dict]:
+def label_rows(log: StudioLog, session_ids: list[str]) -> list[dict]:
     """One row per annotation, with the question, model, answer and the step's text for context."""
     rows = []
     for sid in session_ids:
@@ -293,13 +293,13 @@ def label_rows(log: SessionLog, session_ids: list[str]) -> list[dict]:
     return rows
 
 
-def annotated_sessions(log: SessionLog) -> list[str]:
+def annotated_sessions(log: StudioLog) -> list[str]:
     return [r[0] for r in log.db.execute(
         "SELECT a.session_id FROM annotations a JOIN sessions s ON s.id = a.session_id "
         "GROUP BY a.session_id ORDER BY min(s.created_at)")]
 
 
-def preview(log: SessionLog, session_ids: list[str] | None = None) -> list[dict]:
+def preview(log: StudioLog, session_ids: list[str] | None = None) -> list[dict]:
     """What an export would do, without writing: one row per session (plan, counts, skip reason)."""
     out = []
     for sid in session_ids if session_ids is not None else annotated_sessions(log):
@@ -332,7 +332,7 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str] | None = None) -> ExportReport:
+def export_annotated(log: StudioLog, out_dir: str | Path, session_ids: list[str] | None = None) -> ExportReport:
     """Write the SFT dataset (train.jsonl + images/) and labels.jsonl for the annotated sessions."""
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -377,7 +377,7 @@ def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str
     return report
 
 
-def _copy_original(log: SessionLog, traj: Trajectory, out: Path) -> str | None:
+def _copy_original(log: StudioLog, traj: Trajectory, out: Path) -> str | None:
     """The original image (or video file) under <out>/originals/, as a path relative to <out>."""
     media = traj.media
     if media.kind == "image" and media.image is not None:

@@ -22,7 +22,7 @@ from core import protocol as P
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import MediaError, Video, load_image
-from core.scoring import extract_answer
+from core.scoring import extract_answer, judge_trajectory
 from core.trajectory import Media, Step, Trajectory
 from core.records import MESSAGE_KEYS, DataError, parse_record
 
@@ -149,5 +149,5 @@ def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record") -
     traj.backend, traj.model = "import", model
     traj.meta = {**meta, "source_id": rec.id, "imported_from": where}
     if truth is not None and traj.answer is not None:
-        traj.correct = traj.answer.strip().lower() == truth.strip().lower()
+        judge_trajectory(traj)
     return traj

@@ -17,7 +17,9 @@ from PIL import Image
 from app import charts
 from app.render import crop_beside_source, draw_boxes, frame_label, frame_strip
 from core.media import MediaError, load_image
-from core.sessionlog import SessionFilter, SessionLog
+from core.recorder import Recorder
+from core.sessionlog import SessionLog
+from core.sessionquery import SessionFilter
 from core.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -281,7 +283,7 @@ def import_files(log: SessionLog, paths: list[str]) -> str:
     for path in paths or []:
         try:
             for traj in trajectories_in(Path(path).read_text(encoding="utf-8"), Path(path).parent, log.images):
-                log.log_trajectory(traj, client="import")
+                Recorder(log, "import").write(traj)
                 done += 1
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, MediaError) as e:
             problems.append(f"{Path(path).name}: {e}")

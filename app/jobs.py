@@ -28,7 +28,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.sessionlog import SessionLog, pid_alive
+from app.studio_log import StudioLog
+from core.sessionlog import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def tail(path: str | Path | None, lines: int = 200, max_bytes: int = 64_000) -> 
 
 @dataclass
 class JobRunner:
-    log: SessionLog
+    log: StudioLog
     runs_dir: Path  # default parent of out folders
     cwd: Path = ROOT
 

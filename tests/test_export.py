@@ -20,8 +20,9 @@ from core.loop import LoopConfig, Task, run_to_end
 from core.media import Video, load_image
 from core.operations import PixelLimits
 from core.protocol import format_tool_call
-from core.sessionlog import SessionLog
+from app.studio_log import StudioLog
 from core.records import load_sft_records
+from core.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = ROOT / "assets" / "examples" / "zoom_needed_101.png"  # a "3" on a small blue tag near (0.46, 0.69)
@@ -32,17 +33,17 @@ ANSWER_7 = "I cannot read it clearly; it looks like a 7. \\boxed{7}"
 CONFIG = LoopConfig(pixels=PixelLimits.preset("tiny"))
 
 
-def logged(log: SessionLog, turns: list[str], question="What is written on the blue tag?", answer="3",
+def logged(log: StudioLog, turns: list[str], question="What is written on the blue tag?", answer="3",
            image: Path = TAG) -> str:
     task = Task(question=question, image=load_image(image), answer=answer, media_path=str(image))
     traj = run_to_end(ReplayBackend(turns), task, config=CONFIG, store=log.images)
     traj.correct = traj.answer == answer
-    return log.log_trajectory(traj, client="app")
+    return Recorder(log, "app").write(traj)
 
 
 @pytest.fixture()
 def log(tmp_path):
-    return SessionLog(tmp_path / "studio.db")
+    return StudioLog(tmp_path / "studio.db")
 
 
 def test_plan_keeps_the_wrong_crop_masked_and_inserts_the_correction(log):
@@ -154,7 +155,7 @@ def test_video_wrong_frames_corrected(log, video_path, tmp_path):
                 media_path=str(video_path))
     turns = ["Let me look.\n\n" + format_tool_call("select_frames", {"target_frames": [1, 2]}), "\\boxed{3}"]
     traj = run_to_end(ReplayBackend(turns), task, config=CONFIG, store=log.images)
-    sid = log.log_trajectory(traj)
+    sid = Recorder(log, "import").write(traj)
     log.add_annotation(sid, 0, "wrong frame", corrected_frames=[10, 11])
     log.add_annotation(sid, 1, "wrong answer", corrected_answer="20")
     report = E.export_annotated(log, tmp_path / "v")

@@ -132,8 +132,8 @@ def _trainer_class():
     class PixelReasonerGRPOTrainer(ResumesSavedWeights, GRPOTrainer):
         """GRPOTrainer whose rollouts are tool-loop episodes with curiosity-shaped group rewards."""
 
-        def setup(self, cfg: RLRunConfig, tasks: list[Task], encoder, loop: LoopConfig, session_log=None) -> None:
-            self.rl, self.tasks, self.encoder, self.loop_config, self.session_log = cfg, tasks, encoder, loop, session_log
+        def setup(self, cfg: RLRunConfig, tasks: list[Task], encoder, loop: LoopConfig, recorder=None) -> None:
+            self.rl, self.tasks, self.encoder, self.loop_config, self.recorder = cfg, tasks, encoder, loop, recorder
             self._mm_rows: list[dict] | None = None
 
         # -- rollouts ----------------------------------------------------------------------
@@ -216,7 +216,7 @@ def _trainer_class():
                         self.ref_model, ids, attn, keep, out["mm"], out["mm_token_type_ids"], bs)
 
         def _log_sample(self, rollouts: list[Rollout], store, rewards, advantages) -> None:
-            if self.session_log is None or not self.rl.log_trajectories:
+            if self.recorder is None or not self.rl.log_trajectories:
                 return
             for k, (r, reward, a) in enumerate(list(zip(rollouts, rewards, advantages))[:self.rl.log_trajectories]):
                 traj = r.trajectory
@@ -224,9 +224,9 @@ def _trainer_class():
                 traj.meta.update({"rl_step": self.state.global_step, "reward": reward, "advantage": a,
                                   "run": self.rl.out})
                 for ref in traj.image_refs():
-                    self.session_log.images.put(store.get(ref.sha))
+                    self.recorder.log.images.put(store.get(ref.sha))
                 traj.id = f"rl-{Path(self.rl.out).name}-{self.state.global_step}-{k}-{traj.id}"
-                self.session_log.log_trajectory(traj, client="rl")
+                self.recorder.write(traj)
 
         # -- the training forward ----------------------------------------------------------
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -333,11 +333,12 @@ def train(cfg: RLRunConfig) -> dict:
         generation_kwargs={"stop": list(P.STOP_STRINGS), "include_stop_str_in_output": True} if cfg.use_vllm else None,
         log_completions=False, mask_truncated_completions=False,
     )
-    session_log = None
+    recorder = None
     if cfg.db:
+        from core.recorder import Recorder
         from core.sessionlog import SessionLog
 
-        session_log = SessionLog(cfg.db)
+        recorder = Recorder(SessionLog(cfg.db), client="rl")
     trainer_cls = _trainer_class()
     metrics_path = out / "metrics.jsonl"
     callbacks = [MetricsJsonlCallback(metrics_path)]
@@ -345,7 +346,7 @@ def train(cfg: RLRunConfig) -> dict:
         callbacks.append(TimeBudgetCallback(cfg.max_seconds, lr=None))
     trainer = trainer_cls(model=model, args=args, reward_funcs=[shaped_reward_placeholder], train_dataset=dataset,
                           processing_class=encoder.tokenizer, callbacks=callbacks)
-    trainer.setup(cfg, tasks, encoder, loop, session_log)
+    trainer.setup(cfg, tasks, encoder, loop, recorder)
     if cfg.eval_every:
         eval_tasks = load_queries(cfg.eval_data or cfg.data, cfg.eval_split, cfg.eval_categories, None)
         eval_tasks = _balanced(eval_tasks, cfg.eval_limit)

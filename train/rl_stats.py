@@ -4,11 +4,12 @@ periodic TinyZoom evaluation's summary."""
 from __future__ import annotations
 
 from core.loop import Task
-from core.scoring import score_text
+from core.scoring import judge_trajectory
 from train.rollout import Rollout
 
 def is_correct(traj) -> bool:
-    return bool(traj.answer is not None and traj.ground_truth is not None and score_text(traj.answer, traj.ground_truth))
+    """Judged by core.scoring's rule; also stores the verdict and the scorer's name on the trajectory."""
+    return bool(judge_trajectory(traj) and traj.correct)
 
 
 def n_calls(traj) -> int:
