@@ -26,7 +26,7 @@ from core.backends.base import Generation
 from core.backends.replay import ReplayBackend
 from core.loop import Done, Episode, LoopConfig, StepDone, StepStart, Task, TextDelta, run
 from core.media import DiskImageStore, MediaError, Video, load_image, write_video
-from core.operations import PixelLimits
+from core.operations import PixelLimits, resolve_pixel_preset
 from core.recorder import Recorder
 from core.scoring import judge_trajectory
 from core.trajectory import Step, Trajectory
@@ -312,9 +312,8 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
                 view_prefix: str = "", compare_of: str | None = None, client: str = "app"
                 ) -> Iterator[tuple[ChatView, Trajectory]]:
     """Run one episode, logging each step as it finishes; yields the view after every event."""
-    preset = getattr(backend, "pixel_preset", None) or "train"
     config = LoopConfig(tools=settings.tools, guideline=settings.guideline, max_ops=int(settings.max_ops),
-                        pixels=PixelLimits.preset(preset))
+                        pixels=PixelLimits.preset(resolve_pixel_preset(model=backend.pixel_preset)))
     params = GenerationParams(max_new_tokens=int(settings.max_new_tokens), temperature=float(settings.temperature))
     log = studio.log
     episode = Episode(task, config, log.images, backend.name, backend.model_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 from core.backends import BACKENDS, BackendError, GenerationParams, load_backend
 from core.loop import Done, LoopConfig, StepDone, StepStart, Task, TextDelta, run
 from core.media import MediaError, Video, load_image
-from core.operations import PIXEL_PRESETS, PixelLimits
+from core.operations import PIXEL_PRESETS, PixelLimits, resolve_pixel_preset
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,9 +38,8 @@ def backend_from_args(args) -> object:
 
 
 def loop_config_from_args(args, backend) -> LoopConfig:
-    preset = args.pixels or getattr(backend, "pixel_preset", None) or "train"
     return LoopConfig(tools=not args.no_tools, guideline=args.guideline, max_ops=args.max_ops,
-                      pixels=PixelLimits.preset(preset))
+                      pixels=PixelLimits.preset(resolve_pixel_preset(args.pixels, backend.pixel_preset)))
 
 
 def params_from_args(args) -> GenerationParams:
@@ -127,7 +126,7 @@ def cmd_eval(args) -> int:
     try:
         items = load_items(args.bench, data, limit=args.limit, **extra)
         backend = backend_from_args(args)
-        settings = resolve_settings(getattr(backend, "pixel_preset", None), args.pixels, args.temperature,
+        settings = resolve_settings(backend.pixel_preset, args.pixels, args.temperature,
                                     args.max_new_tokens, args.min_pixels, args.max_pixels,
                                     args.crop_min_pixels, args.crop_max_pixels)
     except (EvalDataError, BackendError, MediaError, ValueError) as e:
@@ -140,7 +139,7 @@ def cmd_eval(args) -> int:
     try:
         result = evaluate(backend, items, args.bench, out, config, params, samples=args.samples, batch=args.batch,
                           session_log=log, progress=not args.quiet, data=str(data),
-                          details={"pixel_preset": settings.preset, "settings_from": settings.source,
+                          details={"pixel_preset": settings.pixel_preset, "settings_from": settings.source,
                                    "db": str(log.path) if log else None})
     except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -61,6 +61,15 @@ PIXEL_PRESETS = {
 }
 
 
+def resolve_pixel_preset(explicit: str | None = None, model: str | None = None, default: str = "train") -> str:
+    """The preset a run uses: the one asked for, else the model's own (its studio.json, read into
+    `Backend.pixel_preset`), else the default ("train"; evaluation's reproduction uses "eval")."""
+    name = explicit or model or default
+    if name not in PIXEL_PRESETS:
+        raise ValueError(f"unknown pixel preset {name!r}; choose one of {', '.join(sorted(PIXEL_PRESETS))}")
+    return name
+
+
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PATCH) -> tuple[int, int]:
     """Qwen2.5-VL's resize target: sides multiples of `factor`, area within [min_pixels, max_pixels]."""
     if min(height, width) <= 0:

@@ -37,7 +37,7 @@ from core import protocol as P
 from core.backends.base import GenerationParams
 from core.loop import LoopConfig, Task
 from core.media import MemoryImageStore
-from core.operations import PIXEL_PRESETS
+from core.operations import PIXEL_PRESETS, resolve_pixel_preset
 from train.metrics import MetricsJsonlCallback, metrics_row
 from train.rewards import group_advantages, informative_groups, shaped_rewards
 from train.rl_stats import is_correct, rollout_stats, step_metrics, tinyzoom_summary
@@ -297,7 +297,7 @@ def build_model(cfg: RLRunConfig):
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
     encoder = VisionTextEncoder.from_pretrained(cfg.model)
-    preset = cfg.pixel_preset or read_pixel_preset(cfg.model) or "train"
+    preset = resolve_pixel_preset(cfg.pixel_preset, read_pixel_preset(cfg.model))
     return model, encoder, preset
 
 

@@ -57,6 +57,7 @@ class BackendError(RuntimeError):
 class Backend:
     name = "base"
     model_id = ""
+    pixel_preset: str | None = None  # the resolution preset the checkpoint declares (studio.json), if any
 
     def stream(self, messages: list[dict], params: GenerationParams,
                cancel: threading.Event | None = None) -> Iterator[str | Generation]:
