@@ -327,7 +327,7 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
     yield view, traj
     finished = False
     try:
-        for event in run(backend, task, config, params, log.images, cancel, episode=episode):
+        for event in run(backend, params=params, cancel=cancel, episode=episode):
             if isinstance(event, StepStart):
                 view.start(event.index)
             elif isinstance(event, TextDelta):

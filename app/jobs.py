@@ -89,15 +89,6 @@ def read_metrics(path: str | Path | None) -> list[dict]:
     return rows
 
 
-def numeric_keys(rows: list[dict]) -> list[str]:
-    keys: dict[str, None] = {}
-    for r in rows:
-        for k, v in r.items():
-            if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                keys[k] = None
-    return list(keys)
-
-
 def read_progress(out_dir: str | Path | None) -> dict | None:
     path = Path(out_dir) / "progress.json" if out_dir else None
     if path is None or not path.exists():
