@@ -14,12 +14,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
-def default_data_dir() -> Path:
-    if os.environ.get("SPACE_ID") and Path("/data").is_dir():
-        return Path("/data/studio")  # persistent storage on Spaces
-    return ROOT / "data"
-
-
 def build_parser() -> argparse.ArgumentParser:
     from core.backends import BACKENDS
 
@@ -41,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def make_studio(args):
     from app import Studio
     from app.studio_log import StudioLog
+    from core.sessionlog import default_data_dir
 
     db = Path(args.db) if args.db else default_data_dir() / "studio.db"
     log = StudioLog(db)

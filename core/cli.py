@@ -91,15 +91,6 @@ def cmd_ask(args) -> int:
 
 # ---- eval ------------------------------------------------------------------------------------
 
-def default_db() -> Path:
-    """The Studio's session log (app.py's default), so eval items open in the Inspect tab."""
-    import os
-
-    if os.environ.get("SPACE_ID") and Path("/data").is_dir():
-        return Path("/data/studio/studio.db")
-    return Path(__file__).resolve().parents[1] / "data" / "studio.db"
-
-
 def default_out(bench: str, model_id: str, tools: bool) -> Path:
     name = Path(model_id.rstrip("/")).name if model_id else "model"
     return Path("runs") / "eval" / f"{bench}-{name.replace(':', '_')}{'' if tools else '-notools'}"
@@ -107,7 +98,7 @@ def default_out(bench: str, model_id: str, tools: bool) -> Path:
 
 def cmd_eval(args) -> int:
     from core.evaluation import EvalDataError, RunFolderError, evaluate, load_items, resolve_settings
-    from core.sessionlog import SessionLog
+    from core.sessionlog import SessionLog, default_data_dir
 
     if args.data is None and args.bench != "tinyzoom":
         print(f"error: --bench {args.bench} needs --data (the released parquet, or the folder holding it and its "
@@ -135,7 +126,7 @@ def cmd_eval(args) -> int:
     config = LoopConfig(tools=not args.no_tools, guideline=args.guideline, max_ops=args.max_ops, pixels=settings.pixels)
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=args.seed)
     out = Path(args.out) if args.out else default_out(args.bench, backend.model_id, config.tools)
-    log = None if args.no_db else SessionLog(args.db or default_db())
+    log = None if args.no_db else SessionLog(args.db or default_data_dir() / "studio.db")
     try:
         result = evaluate(backend, items, args.bench, out, config, params, samples=args.samples, batch=args.batch,
                           session_log=log, progress=not args.quiet, data=str(data),

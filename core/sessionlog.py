@@ -39,6 +39,14 @@ def _unjs(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
+def default_data_dir() -> Path:
+    """Where the Studio keeps its data, and so where eval writes by default: /data/studio on a Hugging
+    Face Space with persistent storage mounted, else data/ in the repository."""
+    if os.environ.get("SPACE_ID") and Path("/data").is_dir():
+        return Path("/data/studio")
+    return Path(__file__).resolve().parents[1] / "data"
+
+
 def pid_alive(pid: int | None) -> bool:
     """Whether a process runs (a zombie, exited but not yet reaped, does not)."""
     if not pid:

@@ -56,3 +56,10 @@ def test_a_core_only_file_has_no_studio_tables_until_the_studio_opens_it(tmp_pat
     assert "annotations" not in log.db.table_names() and "trajectory_json" not in log.db.table("sessions").columns_dict
     StudioLog(tmp_path / "eval.db")
     assert {"annotations", "jobs", "metrics"} <= set(log.db.table_names())
+
+
+def test_the_studio_and_eval_share_one_default_data_folder(monkeypatch):
+    from core.sessionlog import default_data_dir
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert default_data_dir() == Path(__file__).resolve().parents[1] / "data"
