@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app import corrections as C
 from app import export as E
 from core.backends.replay import ReplayBackend
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
@@ -50,29 +51,29 @@ def test_plan_keeps_the_wrong_crop_masked_and_inserts_the_correction(log):
     sid = logged(log, [WRONG, ANSWER_7])
     log.add_annotation(sid, 0, "wrong box", "the tag is lower", corrected_box=GOOD_BOX, annotator="t")
     log.add_annotation(sid, None, "wrong answer", corrected_answer="3", annotator="t")
-    plan = E.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
+    plan = C.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
     assert plan.skip is None and plan.answer == "3" and plan.corrected
     assert [(t.train, t.note) for t in plan.turns] == [(False, "masked (labeled bad)"), (True, "correction"),
                                                        (True, "corrected answer")]
     assert '"bbox_2d": [0.44, 0.66, 0.48, 0.72], "target_image": 1' in plan.turns[1].text
-    assert plan.turns[1].text.startswith(E.BRIDGE["wrong box"])
+    assert plan.turns[1].text.startswith(C.BRIDGE["wrong box"])
     assert plan.turns[2].text.endswith("\\boxed{3}") and "looks like a 7" in plan.turns[2].text
 
 
 def test_plans_that_are_not_exported_say_why(log):
     sid = logged(log, [WRONG, ANSWER_7])
     traj = log.get_trajectory(sid)
-    assert E.plan_corrections(traj, []).skip == "not annotated"
+    assert C.plan_corrections(traj, []).skip == "not annotated"
     log.add_annotation(sid, 1, "hallucinated observation", "it says 3")
-    assert "final answer is labeled bad" in E.plan_corrections(traj, log.list_annotations(sid)).skip
+    assert "final answer is labeled bad" in C.plan_corrections(traj, log.list_annotations(sid)).skip
     ok = logged(log, [ANSWER_7.replace("7", "3")])
     log.add_annotation(ok, None, "other", "no zoom, but right")
-    assert "labeled bad and has no correction" in E.plan_corrections(log.get_trajectory(ok),
+    assert "labeled bad and has no correction" in C.plan_corrections(log.get_trajectory(ok),
                                                                     log.list_annotations(ok)).skip
     wrong = logged(log, [ANSWER_7])
     log.add_annotation(wrong, 0, "other", corrected_text="Let me zoom first.\n\n" + format_tool_call(
         "crop_image_normalized", {"bbox_2d": GOOD_BOX, "target_image": 1}))
-    assert "no corrected answer" in E.plan_corrections(log.get_trajectory(wrong), log.list_annotations(wrong)).skip
+    assert "no corrected answer" in C.plan_corrections(log.get_trajectory(wrong), log.list_annotations(wrong)).skip
 
 
 def test_later_crops_are_renumbered_for_the_inserted_image(log):
@@ -83,7 +84,7 @@ def test_later_crops_are_renumbered_for_the_inserted_image(log):
              refine, "\\boxed{3}"]
     sid = logged(log, turns)
     log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)
-    plan = E.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
+    plan = C.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
     # the images are now: 1 original, 2 wrong crop, 3 corrected crop, 4 (was 3) the second crop
     assert '"target_image": 4' in plan.turns[3].text and '"target_image": 1' in plan.turns[2].text
     assert plan.skip is None
