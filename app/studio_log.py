@@ -14,6 +14,7 @@ from sqlite_utils.migrations import Migrations
 
 from core.sessionlog import SessionLog, _js, _unjs
 from core.sessionquery import SessionFilter
+from core.sessionschema import execute_script
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotations (
@@ -57,9 +58,7 @@ MIGRATIONS = Migrations("pixel-reasoner-studio")
 
 @MIGRATIONS()
 def m001_studio_tables(db) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    execute_script(db, SCHEMA)
 
 
 @MIGRATIONS()

@@ -81,11 +81,17 @@ CREATE INDEX IF NOT EXISTS idx_sessions_compare ON sessions(compare_of);
 MIGRATIONS = Migrations("pixel-reasoner-sessions")
 
 
-@MIGRATIONS()
-def m001_sessions(db) -> None:
-    for statement in SCHEMA.split(";"):
+def execute_script(db, script: str) -> None:
+    """Run `;`-separated statements inside the caller's transaction (sqlite3's executescript
+    would commit it first)."""
+    for statement in script.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+@MIGRATIONS()
+def m001_sessions(db) -> None:
+    execute_script(db, SCHEMA)
     if "sessions_fts" not in db.table_names():
         db.table("sessions").enable_fts(["question", "answer"], create_triggers=True, tokenize="porter")
     if "steps_fts" not in db.table_names():
