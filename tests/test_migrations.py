@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from app.studio_log import SCHEMA as STUDIO_TABLES
 from app.studio_log import StudioLog
 from core.sessionlog import SessionLog
-
-OLD_SCHEMA = (Path(__file__).parent / "data" / "studio_schema_before_migrations.sql").read_text()
+from core.sessionschema import SCHEMA as SESSION_TABLES
 
 
 @pytest.fixture(params=["jobs with note", "jobs before note"])
@@ -19,10 +19,11 @@ def old_db(tmp_path, request) -> Path:
     sessions with the unread `trajectory_json` and no `scorer`, one finished session with a step, one job."""
     path = tmp_path / "old.db"
     con = sqlite3.connect(path)
-    schema = OLD_SCHEMA
-    if request.param == "jobs before note":
-        schema = schema.replace("    note TEXT\n", "").replace("ended_at REAL,\n);", "ended_at REAL\n);")
-    con.executescript(schema)
+    # the tables as first created, plus what the files of that time had and the current schema does not
+    con.executescript(SESSION_TABLES + STUDIO_TABLES)
+    con.execute("ALTER TABLE sessions ADD COLUMN trajectory_json TEXT")
+    if request.param == "jobs with note":
+        con.execute("ALTER TABLE jobs ADD COLUMN note TEXT")
     con.execute("INSERT INTO sessions (id, created_at, question, media_kind, media_json, status, answer, ground_truth, "
                 "correct, n_steps, trajectory_json) VALUES ('s1', ?, 'q?', 'image', ?, 'done', '7', '7', 1, 1, '{}')",
                 [time.time(), '{"kind": "image"}'])
