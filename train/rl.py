@@ -297,8 +297,7 @@ def build_model(cfg: RLRunConfig):
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
     encoder = VisionTextEncoder.from_pretrained(cfg.model)
-    preset = resolve_pixel_preset(cfg.pixel_preset, read_pixel_preset(cfg.model))
-    return model, encoder, preset
+    return model, encoder, resolve_pixel_preset(cfg.pixel_preset, read_pixel_preset(cfg.model))
 
 
 def train(cfg: RLRunConfig) -> dict:
@@ -309,13 +308,12 @@ def train(cfg: RLRunConfig) -> dict:
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     out = start_run(cfg, "rl")
-    model, encoder, preset = build_model(cfg)
-    cfg.pixel_preset = preset
-    loop = LoopConfig(tools=cfg.tools, pixels=PIXEL_PRESETS[preset], max_ops=cfg.max_ops,
+    model, encoder, cfg.pixel_preset = build_model(cfg)
+    loop = LoopConfig(tools=cfg.tools, pixels=PIXEL_PRESETS[cfg.pixel_preset], max_ops=cfg.max_ops,
                       max_context_tokens=cfg.max_context_tokens)
     tasks = load_queries(cfg.data, cfg.split, cfg.categories, cfg.limit)
     log.info("RL: %d queries from %s/%s, group size %d, preset %s", len(tasks), cfg.data, cfg.split, cfg.group_size,
-             preset)
+             cfg.pixel_preset)
     dataset = Dataset.from_dict({"prompt": [t.question for t in tasks], "row": list(range(len(tasks)))})
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     args = GRPOConfig(

@@ -66,9 +66,9 @@ class SFTCollator:
     image paths, stay here), so no pixels are materialised before they are needed.
     """
 
-    def __init__(self, records: list[SFTRecord], encoder: VisionTextEncoder, preset: str,
+    def __init__(self, records: list[SFTRecord], encoder: VisionTextEncoder, pixel_preset: str,
                  grounded_weight: float = 1.0) -> None:
-        self.records, self.encoder, self.limits = records, encoder, PIXEL_PRESETS[preset]
+        self.records, self.encoder, self.limits = records, encoder, PIXEL_PRESETS[pixel_preset]
         self.grounded_weight = grounded_weight
 
     def encode(self, i: int):
