@@ -31,12 +31,6 @@ def use_persistent_cache(env=os.environ, data: Path = Path("/data")) -> str | No
 use_persistent_cache()
 
 
-def default_data_dir() -> Path:
-    if os.environ.get("SPACE_ID") and Path("/data").is_dir():
-        return Path("/data/studio")  # persistent storage on Spaces
-    return ROOT / "data"
-
-
 def build_parser() -> argparse.ArgumentParser:
     from core.backends import BACKENDS
 
@@ -67,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_studio(args):
     from app import Studio
-    from core.sessionlog import SessionLog
+    from app.studio_log import StudioLog
+    from core.sessionlog import default_data_dir
 
     db = Path(args.db) if args.db else default_data_dir() / "studio.db"
-    log = SessionLog(db)
+    log = StudioLog(db)
     n = log.mark_unfinished()  # sessions a crash left running
     if n:
         logging.getLogger("studio").warning("marked %d sessions left running by a crash as unfinished", n)

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.sessionlog import SessionLog
+from app.studio_log import StudioLog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ the API page, which lists the named endpoints (/ask, /sessions, /annotate_save, 
 
 @dataclass
 class Studio:
-    log: SessionLog
+    log: StudioLog
     data_dir: Path
     backend: str = "transformers"  # default backend name for the Ask tab
     model: str | None = None  # default model: hub id, path, or (openai) URL; None = embedded model

@@ -16,6 +16,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from app import UI_ONLY, Studio
+from app import corrections as C
 from app import export as E
 from app import inspect as I
 from app.render import draw_boxes
@@ -153,7 +154,7 @@ def overlay(original: Image.Image | None, traj, step_idx: int | None, box: list[
 def annotations_table(log: SessionLog, session_id: str) -> list[list]:
     rows = []
     for a in log.list_annotations(session_id):
-        fixes = [k.replace("corrected_", "") for k in E.CORRECTION_FIELDS if a.get(k) not in (None, "", [])]
+        fixes = [k.replace("corrected_", "") for k in C.CORRECTION_FIELDS if a.get(k) not in (None, "", [])]
         rows.append([a["id"], WHOLE if a["step_idx"] is None else f"step {a['step_idx'] + 1}", a["label"] or "",
                      (a["comment"] or "")[:80], ", ".join(fixes), a["annotator"] or "",
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(a["created_at"]))])
@@ -176,8 +177,8 @@ def save(log: SessionLog, session_id: str, target: str, label: str | None, comme
     session_id = (session_id or "").strip()
     if log.session(session_id) is None:
         raise KeyError(f"no session {session_id!r}: open one first")
-    if label is not None and label not in E.LABELS:
-        raise ValueError(f"label must be one of: {', '.join(E.LABELS)}")
+    if label is not None and label not in C.LABELS:
+        raise ValueError(f"label must be one of: {', '.join(C.LABELS)}")
     if not (label or comment or answer or box or frames or text):
         raise ValueError("nothing to save: pick a label or give a comment or a correction")
     step = step_of(target)
@@ -222,7 +223,7 @@ def build(studio: Studio, session_id=None, demo=None) -> None:
             with gr.Column(scale=2):
                 target = gr.Radio([WHOLE], value=WHOLE, label="Annotate", elem_id="annot-target")
                 step_text = gr.Code(label="The step's text", language="markdown", lines=5)
-                label = gr.Radio(list(E.LABELS), label="Label (keys 1–6)", elem_id="annot-label")
+                label = gr.Radio(list(C.LABELS), label="Label (keys 1–6)", elem_id="annot-label")
                 comment = gr.Textbox(label="Comment (c)", lines=2, elem_id="annot-comment")
                 answer = gr.Textbox(label="Correct answer", elem_id="annot-answer")
                 with gr.Row():

@@ -26,7 +26,9 @@ from core.backends.base import Generation
 from core.backends.replay import ReplayBackend
 from core.loop import Done, Episode, LoopConfig, StepDone, StepStart, Task, TextDelta, run
 from core.media import DiskImageStore, MediaError, Video, load_image, write_video
-from core.operations import PixelLimits
+from core.operations import PixelLimits, resolve_pixel_preset
+from core.recorder import Recorder
+from core.scoring import judge_trajectory
 from core.trajectory import Step, Trajectory
 
 logger = logging.getLogger(__name__)
@@ -311,35 +313,35 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
                 view_prefix: str = "", compare_of: str | None = None, client: str = "app"
                 ) -> Iterator[tuple[ChatView, Trajectory]]:
     """Run one episode, logging each step as it finishes; yields the view after every event."""
-    preset = getattr(backend, "pixel_preset", None) or "train"
     config = LoopConfig(tools=settings.tools, guideline=settings.guideline, max_ops=int(settings.max_ops),
-                        pixels=PixelLimits.preset(preset))
+                        pixels=PixelLimits.preset(resolve_pixel_preset(model=backend.pixel_preset)))
     params = GenerationParams(max_new_tokens=int(settings.max_new_tokens), temperature=float(settings.temperature))
     log = studio.log
     episode = Episode(task, config, log.images, backend.name, backend.model_id)
     traj = episode.trajectory
     if compare_of:
         traj.meta["compare_of"] = compare_of
-    log.start_session(traj, client=client, compare_of=compare_of)
+    recorder = Recorder(log, client)
+    recorder.start(traj, compare_of=compare_of)
     view = ChatView(studio, traj, view_prefix)
     view.user(task.question, task.media_path)
     yield view, traj
     finished = False
     try:
-        for event in run(backend, task, config, params, log.images, cancel, episode=episode):
+        for event in run(backend, params=params, cancel=cancel, episode=episode):
             if isinstance(event, StepStart):
                 view.start(event.index)
             elif isinstance(event, TextDelta):
                 view.delta(event.text)
             elif isinstance(event, StepDone):
-                log.log_step(traj.id, event.step)
+                recorder.step(traj.id, event.step)
                 view.done(event)
             elif isinstance(event, Done):
                 if traj.status == "cancelled" and getattr(cancel, "reason", "stop") == "closed":
                     traj.status = "unfinished"
                 if task.answer is not None and traj.answer is not None:
-                    traj.correct = traj.answer.strip().lower() == task.answer.strip().lower()
-                log.finish_session(traj)
+                    judge_trajectory(traj)
+                recorder.finish(traj)
                 finished = True
                 view.finish(traj)
             yield view, traj

@@ -1,11 +1,10 @@
 """Plotly figures for the Inspect tab: the replay image with every box, frame timelines, session charts.
 
 Every figure gets a fixed height (Gradio's gr.Plot renders autosized figures at 0 px).
-Inputs are plain rows (dicts from core.sessionlog) and PIL images, so the figures are testable.
+Inputs are the trajectory's steps (core.trajectory.Step), plain rows and PIL images, so the figures are testable.
 """
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import numpy as np
@@ -13,6 +12,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from app.render import BOX_COLORS
+from core.trajectory import Step
 
 MAX_SIDE = 900
 
@@ -20,10 +20,6 @@ MAX_SIDE = 900
 def _rgb(i: int) -> str:
     r, g, b = BOX_COLORS[i % len(BOX_COLORS)]
     return f"rgb({r},{g},{b})"
-
-
-def _loads(value):
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _empty(title: str, height: int = 300) -> go.Figure:
@@ -34,17 +30,12 @@ def _empty(title: str, height: int = 300) -> go.Figure:
     return fig
 
 
-def boxes_in_source(steps: Sequence[dict]) -> list[tuple[int, list[int]]]:
+def boxes_in_source(steps: Sequence[Step]) -> list[tuple[int, list[int]]]:
     """(step index, box in original pixels) for every crop whose box maps to the original image."""
-    out = []
-    for s in steps:
-        box = _loads(s.get("source_box_px"))
-        if box and not s.get("error"):
-            out.append((int(s["idx"]), [int(v) for v in box]))
-    return out
+    return [(s.index, [int(v) for v in s.source_box_px]) for s in steps if s.source_box_px and not s.error]
 
 
-def replay_figure(image: Image.Image, steps: Sequence[dict], current: int | None = None,
+def replay_figure(image: Image.Image, steps: Sequence[Step], current: int | None = None,
                   height: int = 520) -> go.Figure:
     """The source image with every crop box overlaid in step order; hover gives original pixels."""
     scale = min(1.0, MAX_SIDE / max(image.size))
@@ -72,7 +63,7 @@ def replay_figure(image: Image.Image, steps: Sequence[dict], current: int | None
     return fig
 
 
-def frames_timeline(frame_times: Sequence[float], steps: Sequence[dict], height: int = 260) -> go.Figure:
+def frames_timeline(frame_times: Sequence[float], steps: Sequence[Step], height: int = 260) -> go.Figure:
     """Overview frames on a time axis, and the frames each select_frames step chose above them."""
     if not frame_times:
         return _empty("frames timeline (not a video)", height)
@@ -81,29 +72,29 @@ def frames_timeline(frame_times: Sequence[float], steps: Sequence[dict], height:
                                marker={"color": "lightgray", "size": 10}, name="overview",
                                hovertemplate="frame #%{text} at %{x:.2f} s<extra></extra>"))
     for s in steps:
-        frames = _loads(s.get("frames")) or []
+        frames = s.frames or []
         if not frames:
             continue
         times = [frame_times[k - 1] for k in frames if 0 < k <= len(frame_times)]
-        fig.add_trace(go.Scatter(x=times, y=[f"step {s['idx'] + 1}"] * len(times), mode="markers",
-                                 marker={"color": _rgb(s["idx"]), "size": 14, "symbol": "square"},
-                                 name=f"step {s['idx'] + 1}", text=[f"#{k}" for k in frames],
+        fig.add_trace(go.Scatter(x=times, y=[f"step {s.index + 1}"] * len(times), mode="markers",
+                                 marker={"color": _rgb(s.index), "size": 14, "symbol": "square"},
+                                 name=f"step {s.index + 1}", text=[f"#{k}" for k in frames],
                                  hovertemplate="frame %{text} at %{x:.2f} s<extra></extra>"))
     fig.update_layout(height=height, title="frames selected per step", xaxis_title="time (s)",
                       margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig
 
 
-def step_timings(steps: Sequence[dict], height: int = 280) -> go.Figure:
+def step_timings(steps: Sequence[Step], height: int = 280) -> go.Figure:
     """Per-step generation and operation time (stacked), with tokens out on hover."""
     if not steps:
         return _empty("step timings", height)
-    x = [f"{s['idx'] + 1}·{s.get('tool') or ('error' if s.get('error') else 'answer')}" for s in steps]
+    x = [f"{s.index + 1}·{s.tool or ('error' if s.error else 'answer')}" for s in steps]
     fig = go.Figure([
-        go.Bar(x=x, y=[s.get("gen_seconds") or 0 for s in steps], name="generation (s)",
-               customdata=[[s.get("tokens_in"), s.get("tokens_out")] for s in steps],
+        go.Bar(x=x, y=[s.gen_seconds for s in steps], name="generation (s)",
+               customdata=[[s.tokens_in, s.tokens_out] for s in steps],
                hovertemplate="%{y:.3f} s · %{customdata[0]} → %{customdata[1]} tokens<extra></extra>"),
-        go.Bar(x=x, y=[s.get("tool_seconds") or 0 for s in steps], name="operation (s)"),
+        go.Bar(x=x, y=[s.tool_seconds for s in steps], name="operation (s)"),
     ])
     fig.update_layout(barmode="stack", height=height, title="time per step", margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig
@@ -180,7 +171,7 @@ def ema(values: Sequence[float], alpha: float) -> list[float]:
 
 
 def curve_keys(rows: Sequence[dict], limit: int = 9) -> list[str]:
-    """Numeric keys of metrics rows, the contract's important ones first."""
+    """Numeric keys of metrics rows, the important ones first."""
     keys: dict[str, None] = {}
     for r in rows:
         for k, v in r.items():

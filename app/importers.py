@@ -2,7 +2,7 @@
 
 Accepted shapes (one JSON object, a JSON list, or JSON lines):
 - our own trajectory JSON (`python -m core ask --json`, eval items' "trajectory"): used as is;
-- message-list records, as in the reference's released data and rollout dumps: {"messages" |
+- message-list records, as in the release's data and rollout dumps: {"messages" |
   "message_list" | "conversations": [...], "id"/"qid", "answer"/"gt"/"meta": {...}} with images as
   paths (relative to the file's folder) or {"type": "image", "image": path} parts;
 - rendered rollout dumps (verl / OpenRLHF style): {"prompt": str, "response": str, "images": [paths],
@@ -22,9 +22,9 @@ from core import protocol as P
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import MediaError, Video, load_image
-from core.scoring import extract_answer
+from core.scoring import extract_answer, judge_trajectory
 from core.trajectory import Media, Step, Trajectory
-from train.data import MESSAGE_KEYS, DataError, parse_record
+from core.records import MESSAGE_KEYS, DataError, parse_record
 
 CHAT_TURN = re.compile(r"<\|im_start\|>(system|user|assistant)\n(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)", re.S)
 VISION = re.compile(r"<\|vision_start\|>.*?<\|vision_end\|>|<image>|<video>")
@@ -149,5 +149,5 @@ def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record") -
     traj.backend, traj.model = "import", model
     traj.meta = {**meta, "source_id": rec.id, "imported_from": where}
     if truth is not None and traj.answer is not None:
-        traj.correct = traj.answer.strip().lower() == truth.strip().lower()
+        judge_trajectory(traj)
     return traj

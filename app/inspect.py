@@ -15,9 +15,11 @@ from pathlib import Path
 from PIL import Image
 
 from app import charts
-from app.render import crop_beside_source, draw_boxes, frame_label, frame_strip
+from app.render import crop_beside_source, frame_label, frame_strip
 from core.media import MediaError, load_image
-from core.sessionlog import SessionFilter, SessionLog
+from core.recorder import Recorder
+from core.sessionlog import SessionLog
+from core.sessionquery import SessionFilter
 from core.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
     steps = log.steps(session_id)
     original = source_image(log, traj)
     if original is not None:
-        replay = charts.replay_figure(original, steps, current=step - 1)
+        replay = charts.replay_figure(original, traj.steps, current=step - 1)
     elif traj.media.overview:
         frame = _image(log, traj.media.overview[0].sha)
         replay = charts.replay_figure(frame, [], None) if frame else charts._empty("no source image stored")
@@ -168,24 +170,14 @@ def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
     return {
         "header": header_markdown(row, traj),
         "replay": replay,
-        "timeline": charts.frames_timeline(traj.media.frame_times, steps),
-        "timings": charts.step_timings(steps),
+        "timeline": charts.frames_timeline(traj.media.frame_times, traj.steps),
+        "timings": charts.step_timings(traj.steps),
         "steps": steps_table(steps),
         "n_steps": len(traj.steps),
         "picture": step_picture(log, traj, idx, original),
         "raw": raw + (f"\n\n--- observation fed back ---\n{obs}" if obs else ""),
         "trajectory": traj,
     }
-
-
-def overlay_all(log: SessionLog, session_id: str) -> Image.Image | None:
-    """The original image with all boxes drawn (for exports and screenshots)."""
-    traj = log.get_trajectory(session_id)
-    original = source_image(log, traj)
-    if original is None:
-        return None
-    boxes = [(s.index, s.source_box_px) for s in traj.steps if s.source_box_px and not s.error]
-    return draw_boxes(original, [b for _, b in boxes], [f"step {i + 1}" for i, _ in boxes])
 
 
 # ---- side by side --------------------------------------------------------------------------------------
@@ -281,7 +273,7 @@ def import_files(log: SessionLog, paths: list[str]) -> str:
     for path in paths or []:
         try:
             for traj in trajectories_in(Path(path).read_text(encoding="utf-8"), Path(path).parent, log.images):
-                log.log_trajectory(traj, client="import")
+                Recorder(log, "import").write(traj)
                 done += 1
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, MediaError) as e:
             problems.append(f"{Path(path).name}: {e}")

@@ -2,7 +2,7 @@
 
 Generic on purpose: a job is an argv list plus an out folder where the command writes
 `metrics.jsonl` (one JSON object per line: `step`, `time`, any numeric keys) and optionally
-`progress.json` ({"done", "total"}); see /work/notes/contracts.md. The runner never imports what
+`progress.json` ({"done", "total"}); docs/protocol.md, section 6. The runner never imports what
 it runs.
 
 - `launch` starts `argv` in its own process group (`start_new_session`), stdout and stderr to
@@ -28,7 +28,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.sessionlog import SessionLog, pid_alive
+from app.studio_log import StudioLog
+from core.sessionlog import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +89,6 @@ def read_metrics(path: str | Path | None) -> list[dict]:
     return rows
 
 
-def numeric_keys(rows: list[dict]) -> list[str]:
-    keys: dict[str, None] = {}
-    for r in rows:
-        for k, v in r.items():
-            if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                keys[k] = None
-    return list(keys)
-
-
 def read_progress(out_dir: str | Path | None) -> dict | None:
     path = Path(out_dir) / "progress.json" if out_dir else None
     if path is None or not path.exists():
@@ -124,7 +116,7 @@ def tail(path: str | Path | None, lines: int = 200, max_bytes: int = 64_000) -> 
 
 @dataclass
 class JobRunner:
-    log: SessionLog
+    log: StudioLog
     runs_dir: Path  # default parent of out folders
     cwd: Path = ROOT
 

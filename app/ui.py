@@ -5,13 +5,12 @@ the Annotate/Train modules (app/annotate.py, app/train_tab.py), each built with 
 """
 from __future__ import annotations
 
-import importlib
-import inspect as pyinspect
 import logging
 
 import gradio as gr
 
 from app import ROOT, UI_ONLY, Studio
+from app import annotate, train_tab
 from app import ask as A
 from app import inspect as I
 from core.backends import BACKENDS
@@ -25,21 +24,6 @@ CSS = """
 
 OUTCOMES = [I.ANY, "correct", "incorrect", "unknown"]
 YES_NO = [I.ANY, "yes", "no"]
-
-
-def _optional_tab(module: str, studio: Studio, shared: dict) -> None:
-    """Build a tab from a module owned elsewhere, passing the shared components its build() names."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        gr.Markdown(f"*This tab is not available: `{module}` could not be imported ({e}).*")
-        return
-    build = getattr(mod, "build", None)
-    if build is None:
-        gr.Markdown(f"*`{module}` has no build() yet.*")
-        return
-    params = pyinspect.signature(build).parameters
-    build(studio, **{k: v for k, v in shared.items() if k in params})
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -209,12 +193,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                 import_btn.click(lambda p: I.import_files(studio.log, p), files, import_out, api_name="import")
 
             # ---- Annotate and Train (built by their own modules) ------------------------------------
-            shared = {"session_id": session_id, "tabs": tabs, "demo": demo}
             with gr.Tab("Annotate", id="annotate"):
-                _optional_tab("app.annotate", studio, shared)
+                annotate.build(studio, session_id=session_id, demo=demo)
             with gr.Tab("Train", id="train"):
                 if studio.enable_training:
-                    _optional_tab("app.train_tab", studio, shared)
+                    train_tab.build(studio, demo=demo)
                 else:
                     gr.Markdown("Training is off. Start the app with `python app.py --enable-training` to launch "
                                 "SFT, RL and evaluation jobs from here (they run as commands on this machine).")

@@ -1,6 +1,6 @@
-"""Measured figures for the Studio app (run: python bench/app_bench.py [--sessions 10000]).
+"""Measured figures for the Studio app (run: python -m bench.app_bench [--sessions 10000]).
 
-1. logging throughput: steps/s through SessionLog.log_step (one transaction per step)  target >= 2000
+1. logging throughput: steps/s through Recorder.step (one transaction per step)  target >= 2000
 2. session-list filter over N sessions (SQL paging, FTS, filters), median ms           target <= 200
 3. tool result -> step visible in a gradio_client stream, median ms                    target <= 300
 4. annotation export: annotated sessions re-executed into SFT records per second         (no target)
@@ -11,18 +11,18 @@ import argparse
 import json
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.backends.replay import ReplayBackend  # noqa: E402
-from core.loop import Task, run_to_end  # noqa: E402
-from core.protocol import format_tool_call  # noqa: E402
-from core.sessionlog import SessionFilter, SessionLog  # noqa: E402
+from core.backends.replay import ReplayBackend
+from core.loop import Task, run_to_end
+from core.protocol import format_tool_call
+from app.studio_log import StudioLog
+from core.sessionquery import SessionFilter
+from core.recorder import Recorder
 
 TURNS = ["I should zoom on the sign to read it.\n\n" + format_tool_call(
             "crop_image_normalized", {"bbox_2d": [0.12, 0.22, 0.28, 0.38], "target_image": 1}),
@@ -38,29 +38,30 @@ def picture():
     return _example_picture()
 
 
-def bench_logging(log: SessionLog, n_sessions: int) -> tuple[float, int, float, float]:
+def bench_logging(log: StudioLog, n_sessions: int) -> tuple[float, int, float, float]:
     template = run_to_end(ReplayBackend(TURNS), Task(question="q", image=picture()), store=log.images)
+    recorder = Recorder(log, "app")
     t0, n_steps, step_seconds = time.perf_counter(), 0, 0.0
     for i in range(n_sessions):
         traj = replace(template, id=f"s{i:06d}", question=f"What colour is the {WORDS[i % 12]} number {i}?",
                        model=f"model-{i % 3}", created_at=time.time() - (n_sessions - i) * 60, steps=[])
         steps = [replace(s) for s in template.steps[: 1 + i % 4]]
-        log.start_session(traj)
+        recorder.start(traj)
         for s in steps:
             t1 = time.perf_counter()
-            log.log_step(traj.id, s)
+            recorder.step(traj.id, s)
             step_seconds += time.perf_counter() - t1
             n_steps += 1
         traj.steps = steps
         traj.answer, traj.status, traj.correct = "x", "done", (None if i % 5 == 0 else bool(i % 2))
-        log.finish_session(traj)
+        recorder.finish(traj)
         if i % 7 == 0:
             log.add_annotation(traj.id, label="wrong box")
     seconds = time.perf_counter() - t0
     return n_steps / seconds, n_steps, seconds, n_steps / step_seconds
 
 
-def bench_filters(log: SessionLog) -> dict[str, float]:
+def bench_filters(log: StudioLog) -> dict[str, float]:
     cases = {
         "first page, no filter": SessionFilter(),
         "model + outcome": SessionFilter(model="model-1", outcome="correct"),
@@ -92,7 +93,7 @@ def bench_stream(tmp: Path, runs: int = 4, download: bool = False) -> list[float
     replay.write_text(json.dumps(TURNS))
     img = tmp / "street.png"
     picture().save(img)
-    studio = Studio(log=SessionLog(tmp / "stream.db"), data_dir=tmp, backend="replay", replay=str(replay),
+    studio = Studio(log=StudioLog(tmp / "stream.db"), data_dir=tmp, backend="replay", replay=str(replay),
                     step_delay=0.4)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,14 +130,14 @@ def bench_export(tmp: Path, n: int) -> tuple[float, int, float]:
     """n sessions with a wrong box, each annotated with a corrected box and answer, exported."""
     from app.export import export_annotated
 
-    log = SessionLog(tmp / "export.db")
+    log = StudioLog(tmp / "export.db")
     wrong = ["The sign is at the top.\n\n" + format_tool_call(
         "crop_image_normalized", {"bbox_2d": [0.6, 0.05, 0.9, 0.3], "target_image": 1}), "\\boxed{SHOP}"]
     template = run_to_end(ReplayBackend(wrong), Task(question="q", image=picture(), answer="WOOLSHOPS"),
                           store=log.images)
     for i in range(n):
         traj = replace(template, id=f"e{i:05d}", question=f"What does sign {i} say?", correct=False)
-        log.log_trajectory(traj, client="app")
+        Recorder(log, "app").write(traj)
         log.add_annotation(traj.id, 0, "wrong box", corrected_box=[0.12, 0.22, 0.28, 0.38])
         log.add_annotation(traj.id, None, "wrong answer", corrected_answer="WOOLSHOPS")
     t0 = time.perf_counter()
@@ -153,9 +154,9 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        log = SessionLog(tmp / "bench.db")
+        log = StudioLog(tmp / "bench.db")
         rate, n_steps, secs, step_rate = bench_logging(log, args.sessions)
-        print(f"logging throughput: {step_rate:,.0f} steps/s through log_step (one transaction each; target >= 2000); "
+        print(f"logging throughput: {step_rate:,.0f} steps/s through Recorder.step (one transaction each; target >= 2000); "
               f"{rate:,.0f} steps/s counting session start/finish rows too ({n_steps} steps in {args.sessions} "
               f"sessions, {secs:.1f} s)")
         log.db.analyze()

@@ -1,4 +1,4 @@
-"""Measured figures for the core library (run: python bench/core_bench.py [--repeats 5]).
+"""Measured figures for the core library (run: python -m bench.core_bench [--repeats 5]).
 
 1. crop on a 4000x3000 image: ops.crop + resize_for_model (train preset), median ms
 2. fetching 8 selected frames from a 60 s 720p H.264 mp4: decord (Video.frames) versus decoding
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import operations as ops  # noqa: E402
-from core.backends.base import GenerationParams  # noqa: E402
-from core.media import Video, write_video  # noqa: E402
+from core import operations as ops
+from core.backends.base import GenerationParams
+from core.media import Video, write_video
 
 log = logging.getLogger("core_bench")
 SELECTED = [2, 4, 6, 8, 10, 12, 14, 16]  # 1-based overview frames, as select_frames gets them

@@ -1,6 +1,6 @@
 """Evaluation throughput of the shipped tiny model on CPU: items/s batched vs unbatched.
 
-    python bench/eval_bench.py [--model assets/pixel-reasoner-tiny] [--items 10] [--batch 8] [--threads 2]
+    python -m bench.eval_bench [--model assets/pixel-reasoner-tiny] [--items 10] [--batch 8] [--threads 2]
                                [--data data/tinyzoom]
 
 Runs the real harness (core.evaluation.evaluate: media loading, the tool loop, scoring, items.jsonl
@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from core.backends.base import GenerationParams  # noqa: E402
-from core.evaluation import evaluate, load_items, resolve_settings  # noqa: E402
-from core.evaluation.data import EvalItem  # noqa: E402
-from core.loop import LoopConfig  # noqa: E402
+from core.backends.base import GenerationParams
+from core.evaluation import evaluate, load_items, resolve_settings
+from core.evaluation.data import EvalItem
+from core.loop import LoopConfig
 
 
 def example_items(n: int) -> list[EvalItem]:

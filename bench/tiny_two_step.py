@@ -1,6 +1,6 @@
 """Wall time of one two-step answer (zoom, then answer) of the shipped tiny model on CPU.
 
-    python bench/tiny_two_step.py [--model assets/pixel-reasoner-tiny] [--repeats 5] [--threads 2]
+    python -m bench.tiny_two_step [--model assets/pixel-reasoner-tiny] [--repeats 5] [--threads 2]
 
 Runs the real loop (core.loop.run_to_end + TransformersBackend) on the zoom-needed examples of
 assets/examples, after one warm-up episode, and prints the median wall seconds of episodes that
@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from core.backends.base import GenerationParams  # noqa: E402
-from core.loop import Task, run_to_end  # noqa: E402
-from core.media import load_image  # noqa: E402
-from train.synth.traces import loop_config  # noqa: E402
+from core.backends.base import GenerationParams
+from core.loop import Task, run_to_end
+from core.media import load_image
+from train.synth.traces import loop_config
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from core.backends import BACKENDS, BackendError, GenerationParams, load_backend
 from core.loop import Done, LoopConfig, StepDone, StepStart, Task, TextDelta, run
 from core.media import MediaError, Video, load_image
-from core.operations import PIXEL_PRESETS, PixelLimits
+from core.operations import PIXEL_PRESETS, PixelLimits, resolve_pixel_preset
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -49,9 +49,8 @@ def backend_from_args(args) -> object:
 
 
 def loop_config_from_args(args, backend) -> LoopConfig:
-    preset = args.pixels or getattr(backend, "pixel_preset", None) or "train"
     return LoopConfig(tools=not args.no_tools, guideline=args.guideline, max_ops=args.max_ops,
-                      pixels=PixelLimits.preset(preset))
+                      pixels=PixelLimits.preset(resolve_pixel_preset(args.pixels, backend.pixel_preset)))
 
 
 def params_from_args(args) -> GenerationParams:
@@ -103,15 +102,6 @@ def cmd_ask(args) -> int:
 
 # ---- eval ------------------------------------------------------------------------------------
 
-def default_db() -> Path:
-    """The Studio's session log (app.py's default), so eval items open in the Inspect tab."""
-    import os
-
-    if os.environ.get("SPACE_ID") and Path("/data").is_dir():
-        return Path("/data/studio/studio.db")
-    return Path(__file__).resolve().parents[1] / "data" / "studio.db"
-
-
 def default_out(bench: str, model_id: str, tools: bool) -> Path:
     name = Path(model_id.rstrip("/")).name if model_id else "model"
     return Path("runs") / "eval" / f"{bench}-{name.replace(':', '_')}{'' if tools else '-notools'}"
@@ -119,7 +109,7 @@ def default_out(bench: str, model_id: str, tools: bool) -> Path:
 
 def cmd_eval(args) -> int:
     from core.evaluation import EvalDataError, RunFolderError, evaluate, load_items, resolve_settings
-    from core.sessionlog import SessionLog
+    from core.sessionlog import SessionLog, default_data_dir
 
     if args.data is None and args.bench != "tinyzoom":
         print(f"error: --bench {args.bench} needs --data (the released parquet, or the folder holding it and its "
@@ -138,7 +128,7 @@ def cmd_eval(args) -> int:
     try:
         items = load_items(args.bench, data, limit=args.limit, **extra)
         backend = backend_from_args(args)
-        settings = resolve_settings(getattr(backend, "pixel_preset", None), args.pixels, args.temperature,
+        settings = resolve_settings(backend.pixel_preset, args.pixels, args.temperature,
                                     args.max_new_tokens, args.min_pixels, args.max_pixels,
                                     args.crop_min_pixels, args.crop_max_pixels)
     except (EvalDataError, BackendError, MediaError, ValueError) as e:
@@ -147,11 +137,11 @@ def cmd_eval(args) -> int:
     config = LoopConfig(tools=not args.no_tools, guideline=args.guideline, max_ops=args.max_ops, pixels=settings.pixels)
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=args.seed)
     out = Path(args.out) if args.out else default_out(args.bench, backend.model_id, config.tools)
-    log = None if args.no_db else SessionLog(args.db or default_db())
+    log = None if args.no_db else SessionLog(args.db or default_data_dir() / "studio.db")
     try:
         result = evaluate(backend, items, args.bench, out, config, params, samples=args.samples, batch=args.batch,
                           session_log=log, progress=not args.quiet, data=str(data),
-                          details={"pixel_preset": settings.preset, "settings_from": settings.source,
+                          details={"pixel_preset": settings.pixel_preset, "settings_from": settings.source,
                                    "db": str(log.path) if log else None})
     except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)

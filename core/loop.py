@@ -224,17 +224,21 @@ class Episode:
         self.trajectory.status, self.trajectory.error, self.done = "error", message, True
 
 
-def run(backend: Backend, task: Task, config: LoopConfig | None = None, params: GenerationParams | None = None,
-        store: ImageStore | None = None, cancel: threading.Event | None = None,
-        episode: Episode | None = None) -> Iterator[Event]:
+def run(backend: Backend, task: Task | None = None, config: LoopConfig | None = None,
+        params: GenerationParams | None = None, store: ImageStore | None = None,
+        cancel: threading.Event | None = None, episode: Episode | None = None) -> Iterator[Event]:
     """Drive one episode, yielding an event as each step starts, streams, and finishes.
 
-    Pass an `episode` built beforehand to see its trajectory before the first step (the app logs
-    the session row before generating).
+    Give a `task` (with its config and store), or an `episode` built beforehand from them, to see
+    its trajectory before the first step (the app logs the session row before generating).
     """
-    config, params = config or LoopConfig(), params or GenerationParams()
+    if (episode is None) == (task is None):
+        raise ValueError("run() takes a task or an episode, not both" if episode else "run() needs a task or an episode")
+    if episode is not None and (config is not None or store is not None):
+        raise ValueError("run(episode=...) uses the episode's own config and store; give them to Episode")
+    params = params or GenerationParams()
     if episode is None:
-        episode = Episode(task, config, store, backend.name, backend.model_id)
+        episode = Episode(task, config or LoopConfig(), store, backend.name, backend.model_id)
     while not episode.done:
         index = len(episode.trajectory.steps)
         yield StepStart(index)

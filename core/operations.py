@@ -1,7 +1,7 @@
 """The two visual operations, crop and select_frames, plus the resize policy for what the model sees.
 
 Box maths are pure functions (`crop_box`), applied to PIL images by `crop`. The rules follow the
-released implementation (see ../shared/reference/pixel-reasoner.md, section 1):
+released implementation (docs/protocol.md, section 1):
 
 * normalized when all four values are < 1, else absolute pixels of the target image;
 * padding 0.1 on each side; `zoom_in` caps it at min(0.1, 600/W) and min(0.1, 600/H);
@@ -59,6 +59,15 @@ PIXEL_PRESETS = {
         video_frame_max=16 * PATCH * PATCH,
     ),
 }
+
+
+def resolve_pixel_preset(explicit: str | None = None, model: str | None = None, default: str = "train") -> str:
+    """The preset a run uses: the one asked for, else the model's own (its studio.json, read into
+    `Backend.pixel_preset`), else the default ("train"; evaluation's reproduction uses "eval")."""
+    name = explicit or model or default
+    if name not in PIXEL_PRESETS:
+        raise ValueError(f"unknown pixel preset {name!r}; choose one of {', '.join(sorted(PIXEL_PRESETS))}")
+    return name
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PATCH) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """The Pixel Reasoner conversation protocol: prompts, tool schemas, tool-call parsing, observations.
 
 Everything here is pure text logic, kept byte-compatible with the released checkpoint
-TIGER-Lab/PixelReasoner-RL-v1 (see ../shared/reference/pixel-reasoner.md). Messages are plain
+TIGER-Lab/PixelReasoner-RL-v1 (docs/protocol.md, section 2). Messages are plain
 dicts in the Hugging Face chat shape, so TRL and the backends can use them unchanged:
 
     {"role": "user", "content": [{"type": "image", "image": PIL.Image},

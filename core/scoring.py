@@ -1,7 +1,9 @@
-"""Answer extraction and scoring: \\boxed{} with fallbacks, multiple choice, numbers, ANLS."""
+"""Answer extraction and scoring: \\boxed{} with fallbacks, multiple choice, numbers, ANLS, and `judge`,
+the one rule that decides whether an answer is right (app, import, RL and evaluation all call it)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -139,3 +141,59 @@ def anls(prediction: str | None, answers: list[str] | str, threshold: float = 0.
         nl = levenshtein(pred, gt) / max(len(pred), len(gt), 1)
         best = max(best, 1.0 - nl if nl < threshold else 0.0)
     return best
+
+
+# ---- judging ---------------------------------------------------------------------------------
+
+SCORERS = ("text", "number", "choice", "anls")
+"""`text`: numbers as numbers, other answers as normalised text (open questions, TinyZoom, the Studio);
+`number`: numeric exact match (TallyQA); `choice`: the option letter (V*, MVBench); `anls` (InfoVQA)."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    score: float  # in [0, 1]: 1/0, or ANLS
+    correct: bool
+    scorer: str  # the rule that gave it, stored beside the score
+
+
+def truth_letter(truth: str, choices: list[str] | None) -> str | None:
+    """The correct option's letter, whether the data stores "B", "(B)", "B. sheep" or "sheep"."""
+    letter = choice_letter(truth, len(choices) if choices else 26)
+    if letter is not None:
+        return letter
+    if choices:
+        texts = [normalize(c) for c in choices]
+        if normalize(truth) in texts:
+            return LETTERS[texts.index(normalize(truth))]
+    return None
+
+
+def judge(answer: str | None, truth: str | list[str], scorer: str = "text",
+          choices: list[str] | None = None) -> Judgement:
+    """Score an extracted answer against one or more references with the named rule. Correct means a
+    score of 1 (exact-match rules) or ANLS >= 0.5; a missing answer scores 0."""
+    if scorer not in SCORERS:
+        raise ValueError(f"unknown scorer {scorer!r} (known: {', '.join(SCORERS)})")
+    truths = [truth] if isinstance(truth, str) else list(truth)
+    value = 0.0
+    if answer is not None and truths:
+        if scorer == "anls":
+            value = anls(answer, truths)
+        elif scorer == "choice":
+            letters = [truth_letter(t, choices) for t in truths]
+            value = float(any(x is not None and score_choice(answer, x, choices) for x in letters))
+        else:
+            match = score_number if scorer == "number" else score_text
+            value = float(any(match(answer, t) for t in truths))
+    return Judgement(value, value >= 0.5 if scorer == "anls" else value >= 1.0, scorer)
+
+
+def judge_trajectory(traj, scorer: str = "text", choices: list[str] | None = None) -> Judgement | None:
+    """Judge a trajectory's answer against its ground truth and store the verdict and the scorer's name
+    on it; None (and nothing stored) when it has no ground truth."""
+    if traj.ground_truth is None:
+        return None
+    verdict = judge(traj.answer, traj.ground_truth, scorer, choices)
+    traj.correct, traj.scorer = verdict.correct, verdict.scorer
+    return verdict

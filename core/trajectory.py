@@ -60,6 +60,13 @@ class Media:
     frame_times: list[float] = field(default_factory=list)
     fps: float = 0.0
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Media":
+        """The Media of its JSON form (`asdict`), image references rebuilt."""
+        ref = lambda r: ImageRef(**r) if r else None  # noqa: E731
+        return cls(**{**d, "image": ref(d.get("image")), "model_view": ref(d.get("model_view")),
+                      "overview": [ImageRef(**r) for r in d.get("overview", [])]})
+
 
 @dataclass
 class Trajectory:
@@ -69,6 +76,7 @@ class Trajectory:
     answer: str | None = None  # extracted final answer
     ground_truth: str | None = None
     correct: bool | None = None
+    scorer: str | None = None  # the rule that judged `correct` (core.scoring.SCORERS)
     steps: list[Step] = field(default_factory=list)
     status: str = "running"  # running | done | max_ops | max_images | max_tokens | cancelled | error
     error: str | None = None
@@ -112,17 +120,13 @@ class Trajectory:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
         d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        media = dict(d.pop("media"))
-        for key in ("image", "model_view"):
-            if media.get(key):
-                media[key] = ImageRef(**media[key])
-        media["overview"] = [ImageRef(**r) for r in media.get("overview", [])]
+        media = Media.from_dict(d.pop("media"))
         steps = []
         for s in d.pop("steps", []):
             s = {k: v for k, v in s.items() if k in {f.name for f in fields(Step)}}
             s["images"] = [ImageRef(**r) for r in s.get("images", [])]
             steps.append(Step(**s))
-        return cls(media=Media(**media), steps=steps, **d)
+        return cls(media=media, steps=steps, **d)
 
     @classmethod
     def from_json(cls, text: str) -> "Trajectory":

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from app import annotate as A
-from core.sessionlog import SessionLog
+from app.studio_log import StudioLog
 from tests.test_export import ANSWER_7, GOOD_BOX, WRONG, logged
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -24,7 +24,7 @@ def server(tmp_path_factory):
     from app.ui import build_app, launch_kwargs
 
     data = tmp_path_factory.mktemp("annotate")
-    log = SessionLog(data / "studio.db")
+    log = StudioLog(data / "studio.db")
     ids = [logged(log, [WRONG, ANSWER_7]), logged(log, [ANSWER_7.replace("7", "3")], question="Tag?")]
     studio = Studio(log=log, data_dir=data, backend="replay")
     with socket.socket() as s:

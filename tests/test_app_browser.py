@@ -17,7 +17,8 @@ from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import load_image
 from core.protocol import format_tool_call
-from core.sessionlog import SessionLog
+from core.recorder import Recorder
+from app.studio_log import StudioLog
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def app_url(tmp_path_factory):
     data = tmp_path_factory.mktemp("browser")
     replay = data / "turns.json"
     replay.write_text(json.dumps(TURNS))
-    studio = Studio(log=SessionLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay),
+    studio = Studio(log=StudioLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay),
                     step_delay=0.2, enable_training=True)
     # an earlier session with a wrong box, to annotate
     task = Task(question="What is written on the blue tag?", image=load_image(EXAMPLE), answer="3",
@@ -55,7 +56,7 @@ def app_url(tmp_path_factory):
     wrong = run_to_end(ReplayBackend(WRONG_TURNS), task, config=LoopConfig(), store=studio.log.images)
     wrong.correct = False
     wrong.created_at -= 60
-    studio.wrong_id = studio.log.log_trajectory(wrong, client="app")
+    studio.wrong_id = Recorder(studio.log, "app").write(wrong)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -16,7 +16,7 @@ from core.media import DiskImageStore, load_image
 from core.operations import PixelLimits
 from core.protocol import GUIDELINES, format_tool_call, system_prompt, tools_for
 from core.sessionlog import SessionLog
-from train.data import trajectory_to_sft_record
+from core.records import trajectory_to_sft_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = ROOT / "assets" / "examples" / "zoom_needed_101.png"

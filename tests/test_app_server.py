@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from core.protocol import format_tool_call
-from core.sessionlog import SessionLog
+from app.studio_log import StudioLog
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -54,7 +54,7 @@ def server(tmp_path_factory, replay_file):
     from app.ui import build_app, launch_kwargs
 
     data = tmp_path_factory.mktemp("studio")
-    studio = Studio(log=SessionLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay_file),
+    studio = Studio(log=StudioLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay_file),
                     step_delay=0.05)
     demo = build_app(studio)
     demo.queue(default_concurrency_limit=16).launch(prevent_thread_lock=True, quiet=True,
@@ -211,7 +211,7 @@ def test_server_killed_mid_session_keeps_finished_steps(tmp_path, photo_path, re
         client = Client(url, verbose=False)
         client.submit(*ask_args(photo_path, "crash mid-way", replay_file), api_name="/ask")
         # watch the database, not the stream: on a busy machine the stream lagged past the session's end
-        log, t0, steps = SessionLog(db), time.time(), []
+        log, t0, steps = StudioLog(db), time.time(), []
         while time.time() - t0 < 60:
             sessions = log.list_sessions()[0]
             steps = log.steps(sessions[0]["id"]) if sessions else []
@@ -224,7 +224,7 @@ def test_server_killed_mid_session_keeps_finished_steps(tmp_path, photo_path, re
     finally:
         if proc.poll() is None:
             proc.kill()
-    log = SessionLog(db)
+    log = StudioLog(db)
     (row,) = log.list_sessions()[0]
     assert row["status"] == "running" and row["question"] == "crash mid-way"
     kept = log.steps(row["id"])

@@ -10,7 +10,7 @@ from datasets import Image, Sequence, load_dataset
 from PIL import Image as PILImage
 
 from app import export as E
-from core.sessionlog import SessionLog
+from app.studio_log import StudioLog
 from tests.test_export import ANSWER_7, GOOD_BOX, WRONG, logged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_a_synth_folder_loads_with_load_dataset_and_shows_progress(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "train: 100%" in proc.stderr and "validation: 100%" in proc.stderr  # the tqdm bars
-    ds = load_dataset(str(out))
+    ds = load_dataset(str(out), cache_dir=str(tmp_path / "hf"))  # a fresh cache: datasets reuses one by path
     assert {k: len(v) for k, v in ds.items()} == {"train": 3, "validation": 2}  # no empty test split
     row = ds["validation"][0]
     first = next(p for m in row["messages"] if isinstance(m["content"], list) for p in m["content"]
@@ -41,16 +41,16 @@ def test_a_synth_folder_loads_with_load_dataset_and_shows_progress(tmp_path):
 
 
 def test_an_export_folder_loads_with_load_dataset(tmp_path):
-    log = SessionLog(tmp_path / "db" / "studio.db")
+    log = StudioLog(tmp_path / "db" / "studio.db")
     sid = logged(log, [WRONG, ANSWER_7])
     log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)
     log.add_annotation(sid, None, "wrong answer", corrected_answer="3")
     out = tmp_path / "export"
     assert E.export_annotated(log, out, progress=False).records == 1
-    train = load_dataset(str(out), split="train")
+    train = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
     assert len(train) == 1 and train[0]["train_turns"] == [False, True, True]
     pictures = as_images(train, out)[0]["images"]
     assert len(pictures) == 3  # the tag, the wrong crop, the corrected crop
     assert all(p.size == PILImage.open(out / rel).size for p, rel in zip(pictures, train[0]["images"]))
-    labels = load_dataset(str(out), "labels", split="train")
+    labels = load_dataset(str(out), "labels", split="train", cache_dir=str(tmp_path / "hf"))
     assert len(labels) == 2 and set(labels["session_id"]) == {sid}

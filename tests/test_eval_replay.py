@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from core.cli import main
-from core.sessionlog import SessionFilter, SessionLog
+from core.sessionlog import SessionLog
+from core.sessionquery import SessionFilter
 from tests.test_eval_fixtures import make_infovqa, make_mvbench, make_tallyqa, make_tinyzoom, make_vstar
 
 ROOT = Path(__file__).resolve().parents[1]

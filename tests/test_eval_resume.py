@@ -81,7 +81,8 @@ def test_kill_midway_then_resume_scores_each_item_once(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["n"] == n and report["complete"] and report["accuracy"] == 0.5
     # the session log holds each item once too (a crash between log and file is replaced, not duplicated)
-    from core.sessionlog import SessionFilter, SessionLog
+    from core.sessionlog import SessionLog
+    from core.sessionquery import SessionFilter
     rows, total = SessionLog(db).list_sessions(SessionFilter(client="eval", limit=100))
     assert total == n and len({r["id"] for r in rows}) == n
 

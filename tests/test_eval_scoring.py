@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.evaluation.benches import is_correct, score, truth_letter
+from core.evaluation.benches import score
 from core.evaluation.report import bootstrap_ci, summarize, to_markdown
-from core.scoring import anls, extract_answer
+from core.scoring import Judgement, anls, extract_answer, judge, judge_trajectory, truth_letter
 
 CHOICES = ["red", "blue", "green", "yellow"]
 
@@ -71,9 +71,22 @@ def test_tinyzoom_text_and_numbers():
     assert score("tinyzoom", "red", "green") == 0.0
 
 
-def test_is_correct_thresholds():
-    assert is_correct("infovqa", 0.75) and not is_correct("infovqa", 0.0)
-    assert is_correct("vstar", 1.0) and not is_correct("vstar", 0.0)
+def test_correct_thresholds():
+    assert judge("abcx", "abcd", "anls") == Judgement(0.75, True, "anls") and not judge("zzzz", "abcd", "anls").correct
+    assert judge("B", "B", "choice", CHOICES).correct and not judge("A", "B", "choice", CHOICES).correct
+
+
+def test_judge_names_its_scorer_and_a_trajectory_keeps_it():
+    from core.trajectory import Media, Trajectory
+
+    assert judge("Three.", "3") == Judgement(1.0, True, "text")  # numbers as numbers, text normalised
+    assert judge(None, "3", "number") == Judgement(0.0, False, "number")
+    with pytest.raises(ValueError, match="unknown scorer 'exact'"):
+        judge("a", "a", "exact")
+    traj = Trajectory("q", Media(kind="image"), answer="Green", ground_truth="green")
+    assert judge_trajectory(traj) and (traj.correct, traj.scorer) == (True, "text")
+    unknown = Trajectory("q", Media(kind="image"), answer="green")
+    assert judge_trajectory(unknown) is None and (unknown.correct, unknown.scorer) == (None, None)
 
 
 def test_bootstrap_ci_brackets_the_mean_and_is_deterministic():
@@ -114,7 +127,7 @@ def test_summarize_hand_computed():
     for key in ("bench", "model", "backend", "tools", "n", "accuracy", "accuracy_ci95", "rapr", "accuracy_with_ops",
                 "accuracy_without_ops", "mean_ops", "error_turn_rate", "tokens_per_item", "seconds_per_item",
                 "by_category"):
-        assert key in r  # contracts.md
+        assert key in r  # docs/protocol.md, section 6
     md = to_markdown(r)
     assert "| accuracy | 50.0" in md and "| zoom_needed | 2 | 50.0 | 100.0 | 0.0 | 66.7 | 1.0 |" in md
 

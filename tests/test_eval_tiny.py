@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.cli import main
-from core.sessionlog import SessionFilter, SessionLog
+from core.sessionlog import SessionLog
+from core.sessionquery import SessionFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "assets" / "pixel-reasoner-tiny"

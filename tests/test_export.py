@@ -1,5 +1,5 @@
 """Annotations -> SFT export: correction plans, re-execution through the real operations, the record
-format read by train/data.py (with masks the SFT collator honours), labels JSONL, and `python -m train sft`
+format read by core/records.py (with masks the SFT collator honours), labels JSONL, and `python -m train sft`
 on the exported folder for two steps.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app import corrections as C
 from app import export as E
 from core.backends.replay import ReplayBackend
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
@@ -20,8 +21,9 @@ from core.loop import LoopConfig, Task, run_to_end
 from core.media import Video, load_image
 from core.operations import PixelLimits
 from core.protocol import format_tool_call
-from core.sessionlog import SessionLog
-from train.data import load_sft_records
+from app.studio_log import StudioLog
+from core.records import load_sft_records
+from core.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = ROOT / "assets" / "examples" / "zoom_needed_101.png"  # a "3" on a small blue tag near (0.46, 0.69)
@@ -32,46 +34,46 @@ ANSWER_7 = "I cannot read it clearly; it looks like a 7. \\boxed{7}"
 CONFIG = LoopConfig(pixels=PixelLimits.preset("tiny"))
 
 
-def logged(log: SessionLog, turns: list[str], question="What is written on the blue tag?", answer="3",
+def logged(log: StudioLog, turns: list[str], question="What is written on the blue tag?", answer="3",
            image: Path = TAG) -> str:
     task = Task(question=question, image=load_image(image), answer=answer, media_path=str(image))
     traj = run_to_end(ReplayBackend(turns), task, config=CONFIG, store=log.images)
     traj.correct = traj.answer == answer
-    return log.log_trajectory(traj, client="app")
+    return Recorder(log, "app").write(traj)
 
 
 @pytest.fixture()
 def log(tmp_path):
-    return SessionLog(tmp_path / "studio.db")
+    return StudioLog(tmp_path / "studio.db")
 
 
 def test_plan_keeps_the_wrong_crop_masked_and_inserts_the_correction(log):
     sid = logged(log, [WRONG, ANSWER_7])
     log.add_annotation(sid, 0, "wrong box", "the tag is lower", corrected_box=GOOD_BOX, annotator="t")
     log.add_annotation(sid, None, "wrong answer", corrected_answer="3", annotator="t")
-    plan = E.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
+    plan = C.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
     assert plan.skip is None and plan.answer == "3" and plan.corrected
     assert [(t.train, t.note) for t in plan.turns] == [(False, "masked (labeled bad)"), (True, "correction"),
                                                        (True, "corrected answer")]
     assert '"bbox_2d": [0.44, 0.66, 0.48, 0.72], "target_image": 1' in plan.turns[1].text
-    assert plan.turns[1].text.startswith(E.BRIDGE["wrong box"])
+    assert plan.turns[1].text.startswith(C.BRIDGE["wrong box"])
     assert plan.turns[2].text.endswith("\\boxed{3}") and "looks like a 7" in plan.turns[2].text
 
 
 def test_plans_that_are_not_exported_say_why(log):
     sid = logged(log, [WRONG, ANSWER_7])
     traj = log.get_trajectory(sid)
-    assert E.plan_corrections(traj, []).skip == "not annotated"
+    assert C.plan_corrections(traj, []).skip == "not annotated"
     log.add_annotation(sid, 1, "hallucinated observation", "it says 3")
-    assert "final answer is labeled bad" in E.plan_corrections(traj, log.list_annotations(sid)).skip
+    assert "final answer is labeled bad" in C.plan_corrections(traj, log.list_annotations(sid)).skip
     ok = logged(log, [ANSWER_7.replace("7", "3")])
     log.add_annotation(ok, None, "other", "no zoom, but right")
-    assert "labeled bad and has no correction" in E.plan_corrections(log.get_trajectory(ok),
+    assert "labeled bad and has no correction" in C.plan_corrections(log.get_trajectory(ok),
                                                                     log.list_annotations(ok)).skip
     wrong = logged(log, [ANSWER_7])
     log.add_annotation(wrong, 0, "other", corrected_text="Let me zoom first.\n\n" + format_tool_call(
         "crop_image_normalized", {"bbox_2d": GOOD_BOX, "target_image": 1}))
-    assert "no corrected answer" in E.plan_corrections(log.get_trajectory(wrong), log.list_annotations(wrong)).skip
+    assert "no corrected answer" in C.plan_corrections(log.get_trajectory(wrong), log.list_annotations(wrong)).skip
 
 
 def test_later_crops_are_renumbered_for_the_inserted_image(log):
@@ -82,7 +84,7 @@ def test_later_crops_are_renumbered_for_the_inserted_image(log):
              refine, "\\boxed{3}"]
     sid = logged(log, turns)
     log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)
-    plan = E.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
+    plan = C.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
     # the images are now: 1 original, 2 wrong crop, 3 corrected crop, 4 (was 3) the second crop
     assert '"target_image": 4' in plan.turns[3].text and '"target_image": 1' in plan.turns[2].text
     assert plan.skip is None
@@ -154,7 +156,7 @@ def test_video_wrong_frames_corrected(log, video_path, tmp_path):
                 media_path=str(video_path))
     turns = ["Let me look.\n\n" + format_tool_call("select_frames", {"target_frames": [1, 2]}), "\\boxed{3}"]
     traj = run_to_end(ReplayBackend(turns), task, config=CONFIG, store=log.images)
-    sid = log.log_trajectory(traj)
+    sid = Recorder(log, "import").write(traj)
     log.add_annotation(sid, 0, "wrong frame", corrected_frames=[10, 11])
     log.add_annotation(sid, 1, "wrong answer", corrected_answer="20")
     report = E.export_annotated(log, tmp_path / "v")

@@ -16,7 +16,7 @@ import pytest
 
 from app import charts as C
 from app import jobs as J
-from core.sessionlog import SessionLog
+from app.studio_log import StudioLog
 from core.sessionlog import pid_alive as _alive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ WRITER = textwrap.dedent("""
 
 @pytest.fixture()
 def runner(tmp_path):
-    return J.JobRunner(SessionLog(tmp_path / "studio.db"), tmp_path / "runs")
+    return J.JobRunner(StudioLog(tmp_path / "studio.db"), tmp_path / "runs")
 
 
 @pytest.fixture()
@@ -99,17 +99,16 @@ def test_jobs_a_dead_app_left_running_are_settled_at_start(tmp_path, writer):
     # an "app" process launches a job and dies at once (os._exit: no watcher thread survives)
     app = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {str(ROOT)!r})
         from app.jobs import JobRunner
-        from core.sessionlog import SessionLog
-        r = JobRunner(SessionLog({str(db)!r}), {str(tmp_path / 'runs')!r})
+        from app.studio_log import StudioLog
+        r = JobRunner(StudioLog({str(db)!r}), {str(tmp_path / 'runs')!r})
         print(r.launch("custom", [sys.executable, {str(writer)!r}, "4"], env={{"STEP_SLEEP": "0.5"}}), flush=True)
         os._exit(0)
     """)
     out = subprocess.run([sys.executable, "-c", app], capture_output=True, text=True, timeout=60, cwd=ROOT)
     jid = out.stdout.strip().splitlines()[-1]
     # a second row whose process is long gone and left no exit status (the app and the job died together)
-    log = SessionLog(db)
+    log = StudioLog(db)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     log.create_job("ghost", "sft", ["python", "-m", "train", "sft"], out_dir=str(tmp_path / "ghost"))
@@ -152,7 +151,7 @@ def test_train_tab_launches_polls_and_trains_on_an_export(tmp_path, writer):
     from app.ui import build_app, launch_kwargs
     from tests.test_export import GOOD_BOX, WRONG, ANSWER_7, logged
 
-    log = SessionLog(tmp_path / "studio.db")
+    log = StudioLog(tmp_path / "studio.db")
     studio = Studio(log=log, data_dir=tmp_path, backend="replay", enable_training=True)
     sid = logged(log, [WRONG, ANSWER_7])
     log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)

@@ -82,7 +82,7 @@ def test_ledger_is_the_sft_encoding_with_observations_masked(rollouts):
 
 
 def rebuild_messages(r):
-    """The conversation as train.data exports it: what SFT would train on."""
+    """The conversation as core.records exports it: what SFT would train on."""
     images = iter(r.ledger.images)
     t = r.trajectory
     messages = [{"role": "system", "content": P.system_prompt(P.tools_for(False, "rl"))},

@@ -3,11 +3,12 @@ import json
 import threading
 
 import pytest
+from PIL import Image
 
 from core import operations as ops
 from core.backends.base import Backend, GenerationParams
 from core.backends.replay import ReplayBackend
-from core.loop import Done, LoopConfig, StepDone, StepStart, Task, TextDelta, run, run_batch, run_to_end
+from core.loop import Done, Episode, LoopConfig, StepDone, StepStart, Task, TextDelta, run, run_batch, run_to_end
 from core.media import MemoryImageStore, Video, load_image
 from core.protocol import format_tool_call
 from core.trajectory import Trajectory
@@ -188,3 +189,13 @@ def test_replay_file_errors_are_clear(tmp_path, photo_path):
         ReplayBackend(tmp_path / "obj.json")
     traj = run_to_end(ReplayBackend([crop_call([0.1, 0.1, 0.6, 0.6])]), Task(question="Q", image=load_image(photo_path)))
     assert traj.status == "error" and "only 1 turns" in traj.error and len(traj.steps) == 1
+
+
+def test_run_takes_a_task_or_an_episode_not_both():
+    task = Task(question="Which number?", image=Image.new("RGB", (64, 64)))
+    episode = Episode(task, LoopConfig(), None, "replay", "m")
+    with pytest.raises(ValueError, match="a task or an episode, not both"):
+        list(run(ReplayBackend(["\\boxed{1}"]), task, episode=episode))
+    with pytest.raises(ValueError, match="the episode's own config and store"):
+        list(run(ReplayBackend(["\\boxed{1}"]), config=LoopConfig(), episode=episode))
+    assert [type(e).__name__ for e in run(ReplayBackend(["\\boxed{1}"]), episode=episode)][-1] == "Done"

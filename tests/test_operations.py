@@ -121,3 +121,12 @@ def test_bad_frame_selections(frames, fragment):
 def test_frame_selection_accepts_a_single_number_and_float_integers():
     assert ops.parse_frames(3, 16) == [3]
     assert ops.parse_frames([1.0, 16], 16) == [1, 16]
+
+
+def test_the_pixel_preset_is_the_one_asked_for_else_the_models_else_the_default():
+    assert ops.resolve_pixel_preset("eval", "tiny") == "eval"
+    assert ops.resolve_pixel_preset(None, "tiny") == "tiny"
+    assert ops.resolve_pixel_preset() == "train"
+    assert ops.resolve_pixel_preset(None, None, default="eval") == "eval"
+    with pytest.raises(ValueError, match="unknown pixel preset 'huge'; choose one of eval, tiny, train"):
+        ops.resolve_pixel_preset("huge")

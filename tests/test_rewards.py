@@ -1,4 +1,4 @@
-"""The shaped reward on hand-worked groups (reference section 4: the released computation)."""
+"""The shaped reward on hand-worked groups (docs/protocol.md section 4: the released computation)."""
 from __future__ import annotations
 
 import pytest

@@ -70,7 +70,7 @@ def test_a_time_budget_stops_rl_after_the_step_it_runs_out_and_evaluates_there(q
 def _ablation_module():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rl_ablation", ROOT / "bench" / "rl_ablation.py")
+    spec = importlib.util.spec_from_file_location("rl_ablation", ROOT / "experiments" / "rl_ablation.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.media import DiskImageStore
-from train.data import DataError, load_sft_records, record_answer, trajectory_to_sft_record
+from core.records import DataError, load_sft_records, record_answer, trajectory_to_sft_record
 from train.synth.build import BuildConfig, build
 from train.synth.tasks import make_item
 from train.synth.traces import Trace, crop_call, item_task, make_trace, run_trace
@@ -184,7 +184,7 @@ def test_the_collator_weighs_the_grounded_tokens_and_the_weighted_loss_is_trls_a
 
 
 def test_repeat_by_category_reweights_the_mix_and_the_config_takes_it_from_the_command_line():
-    from train.data import SFTRecord, record_category, repeat_by_category
+    from core.records import SFTRecord, record_category, repeat_by_category
     from train.sft import SFTRunConfig
 
     def rec(i: int, meta: dict) -> SFTRecord:

@@ -8,7 +8,7 @@ import pytest
 
 from core.media import DiskImageStore, MemoryImageStore, write_video
 from core.operations import PIXEL_PRESETS, resize_for_model
-from train.data import DataError, load_sft_records, record_to_messages, trajectory_to_sft_record
+from core.records import DataError, load_sft_records, record_to_messages, trajectory_to_sft_record
 from train.synth import scenes as S
 from train.synth.build import BuildConfig, build, categories_for
 from train.synth.tasks import VIDEO_FPS, make_item

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from train.synth import scenes as S
-from train.vision import (BACKGROUND, CELL, CLASSES, ROW_WORDS, VisionRunConfig, View, cell_targets, cell_tenths, class_word_ids,
-                          cls, digit_word_ids, lr_at, make_view, fit_words, position_loss, position_word_scores, positioned,
-                          row_word_ids, score_views, token_labels, train, view_loss, word_logits)
+from train.views import BACKGROUND, CELL, CLASSES, View, cls, make_view, score_views, token_labels
+from train.vision import VisionRunConfig, lr_at, train, view_loss
+from train.vision_targets import (ROW_WORDS, cell_targets, cell_tenths, class_word_ids, digit_word_ids, fit_words,
+                                  position_loss, position_word_scores, positioned, row_word_ids, word_logits)
 
 
 def test_token_labels_take_the_first_class_that_covers_a_cell():

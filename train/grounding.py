@@ -3,7 +3,7 @@
 In a pixel-reasoning trace almost every token is template ("The tag is too small to read. I will zoom
 in on it."), predictable from the text alone; what the picture decides is a handful: where the box is
 (the tenths of its coordinates), which frames to pick, and the answer. A tiny model fits the template
-first and can settle on a constant box or answer, so `bench/token_loss.py` measures these kinds apart
+first and can settle on a constant box or answer, so `experiments/token_loss.py` measures these kinds apart
 and SFT can weigh them up (SFTRunConfig.grounded_weight).
 """
 from __future__ import annotations

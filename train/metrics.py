@@ -1,4 +1,4 @@
-"""metrics.jsonl: one JSON object per logging step, the contract the app plots and the RL trainer reuses.
+"""metrics.jsonl: one JSON object per logging step, the format (docs/protocol.md) the app plots and the RL trainer reuses.
 
     {"step": int, "time": float (unix seconds), "loss": ..., "learning_rate": ..., ...}
 

@@ -1,4 +1,4 @@
-"""Curiosity-driven reward shaping (Pixel Reasoner, section 4 of the reference), as pure functions.
+"""Curiosity-driven reward shaping (Pixel Reasoner; docs/protocol.md, section 4), as pure functions.
 
 The paper writes r' = r + α·r_curiosity + β·r_penalty with
     r_curiosity = max(H − RaPR(x), 0) · 1[PR(y)]      r_penalty = min(N − n_vo(y), 0)

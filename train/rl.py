@@ -4,7 +4,7 @@
     python -m train rl --config configs/rl_tiny_ci.json                   # a few steps (CI)
     accelerate launch --config_file configs/accelerate_zero2.yaml -m train rl --config configs/rl_7b.json
 
-A thin layer over TRL's GRPOTrainer (Pixel Reasoner's second stage, reference section 4). One hook
+A thin layer over TRL's GRPOTrainer (Pixel Reasoner's second stage, docs/protocol.md section 4). One hook
 differs: `_generate_and_score_completions`. Rollouts run through the core tool loop on the policy
 itself, batched turn by turn (train/rollout.py: transformers `generate`, or TRL's vLLM integration
 with `use_vllm`), token by token as the policy saw them; rewards are shaped per group with the
@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,14 +37,14 @@ from core import protocol as P
 from core.backends.base import GenerationParams
 from core.loop import LoopConfig, Task
 from core.media import MemoryImageStore
-from core.operations import PIXEL_PRESETS
-from core.scoring import score_text
+from core.operations import PIXEL_PRESETS, resolve_pixel_preset
 from train.metrics import MetricsJsonlCallback, metrics_row
 from train.rewards import group_advantages, informative_groups, shaped_rewards
+from train.rl_stats import is_correct, rollout_stats, step_metrics, tinyzoom_summary
 from train.rollout import (PolicyBackend, Rollout, VLLMPolicyBackend, forward_logps, rollout,
                            training_batch)
-from train.sft import (ResumesSavedWeights, SFTRunConfig, TimeBudgetCallback, last_checkpoint, run_main, save_final,
-                       start_run)
+from train.run import (ResumesSavedWeights, TimeBudgetCallback, TrainerRunConfig, last_checkpoint, option, run_main,
+                       save_final, start_run)
 
 log = logging.getLogger(__name__)
 
@@ -53,79 +53,59 @@ VLLM_MODES = ("colocate",)
 
 
 @dataclass
-class RLRunConfig:
-    """Defaults are the release's 7B recipe where the reference states them (configs/rl_7b.json)."""
+class RLRunConfig(TrainerRunConfig):
+    """Defaults are the release's 7B recipe where the release states them (configs/rl_7b.json)."""
 
-    data: str = "data/tinyzoom"  # a dataset folder whose records carry meta.task with original media
-    split: str = "validation"
-    categories: list[str] | None = None
-    limit: int | None = None
-    model: str = "assets/pixel-reasoner-tiny"  # the warm-start checkpoint (folder or hub id)
-    pixel_preset: str | None = None  # None: the checkpoint's studio.json, else "train"
+    data: str = option("data/tinyzoom", "a dataset folder whose records carry meta.task with original media")
+    split: str = option("validation", "the split whose tasks are the RL queries")
+    categories: list[str] | None = option(None, "only these task categories")
+    limit: int | None = option(None, "use the first N queries")
+    model: str = "assets/pixel-reasoner-tiny"
+    pixel_preset: str | None = option(None, "resolution preset; None: the checkpoint's studio.json, else \"train\"")
     out: str = "runs/rl_tiny"
-    final_dir: str | None = None  # default <out>/final
-    save_dtype: str | None = None  # e.g. "bfloat16" for the saved weights (train.sft.save_final)
     # rollouts
-    tools: bool = True
-    group_size: int = 8  # rollouts per query (uncertain: the reference does not state it)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 2048  # per turn
-    max_ops: int = 4
-    max_context_tokens: int = 10000  # the release's generate max length
+    tools: bool = option(True, "offer the visual operations in rollouts")
+    group_size: int = option(8, "rollouts per query, the GRPO group (the release does not state it)")
+    temperature: float = option(1.0, "rollout sampling temperature")
+    top_p: float = option(1.0, "rollout nucleus sampling")
+    max_new_tokens: int = option(2048, "new tokens per turn")
+    max_ops: int = option(4, "visual operations per rollout")
+    max_context_tokens: int = option(10000, "a rollout's token budget (the release's generate max length)")
     # reward (train/rewards.py; released defaults)
-    curiosity: bool = True
-    alpha: float = 0.25
-    penalty: float = 0.05  # the paper's beta
-    H: float = 0.3
-    N: int = 1
-    image_div: float = 2.0
-    video_div: float = 1.5
-    filter_zero_advantage: bool = True
+    curiosity: bool = option(True, "add the curiosity bonus")
+    alpha: float = option(0.25, "curiosity coefficient")
+    penalty: float = option(0.05, "operation penalty coefficient (the paper's beta)")
+    H: float = option(0.3, "the RaPR the curiosity bonus aims for")
+    N: int = option(1, "operations allowed before the penalty")
+    image_div: float = option(2.0, "the release's curiosity divisor for images")
+    video_div: float = option(1.5, "the release's curiosity divisor for videos")
+    filter_zero_advantage: bool = option(True, "mask groups whose rewards are all equal from the loss")
     # GRPO / optimisation
-    kl: float = 0.0  # TRL's beta: KL off by default, as released
-    loss_type: str = "dapo"  # token-level mean over kept tokens (filtered rollouts add nothing)
-    scale_rewards: str = "group"
-    epsilon: float = 0.2
-    num_iterations: int = 1
+    kl: float = option(0.0, "TRL's beta: KL off by default, as released")
+    loss_type: str = option("dapo", "TRL's loss: token-level mean over kept tokens (filtered rollouts add nothing)")
+    scale_rewards: str = option("group", "TRL's reward scaling")
+    epsilon: float = option(0.2, "PPO clip range")
+    num_iterations: int = option(1, "optimisation passes per generation batch")
     learning_rate: float = 1e-6
     lr_scheduler: str = "constant"
     warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 8  # rollouts per device per micro-batch
     grad_accum: int = 4
-    epochs: float = 3.0
-    max_steps: int = -1
-    max_seconds: float | None = None  # a wall-clock budget: stop (with a last eval) once it is spent
     freeze_vision: bool = True
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    attn_implementation: str | None = None
-    deepspeed: str | None = None
-    use_vllm: bool = False
-    vllm_mode: str = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_max_model_length: int | None = None
+    use_vllm: bool = option(False, "rollouts by TRL's vLLM integration")
+    vllm_mode: str = option("colocate", "vLLM beside training on the same GPUs")
+    vllm_gpu_memory_utilization: float = option(0.3, "vLLM's share of GPU memory")
+    vllm_max_model_length: int | None = option(None, "vLLM's context length")
     # logging
     logging_steps: int = 1
-    save_steps: int = 500
-    save_total_limit: int = 2
-    eval_every: int = 0  # run a TinyZoom eval every N steps (and before the first); 0: off
-    eval_data: str | None = None  # default: `data`
-    eval_split: str = "test"
-    eval_categories: list[str] = field(default_factory=lambda: ["zoom_needed", "zoom_optional"])
-    eval_limit: int | None = 64
-    eval_batch: int = 16
-    db: str | None = None  # session log to write sample trajectories into
-    log_trajectories: int = 4  # per logged step
-    seed: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    torch_threads: int | None = None
-    device: str | None = None  # None: cuda when available
-    disable_tqdm: bool = False
-
-    from_file = classmethod(SFTRunConfig.from_file.__func__)
+    eval_every: int = option(0, "a TinyZoom eval every N steps (and before the first); 0: off")
+    eval_data: str | None = option(None, "eval dataset (default: `data`)")
+    eval_split: str = option("test", "eval split")
+    eval_categories: list[str] = option(help="eval task categories", factory=lambda: ["zoom_needed", "zoom_optional"])
+    eval_limit: int | None = option(64, "eval items")
+    eval_batch: int = option(16, "conversations per eval batch")
+    db: str | None = option(None, "session log to write sample trajectories into")
+    log_trajectories: int = option(4, "trajectories logged per step")
+    device: str | None = option(None, "None: cuda when available")
 
     def __post_init__(self) -> None:
         if self.vllm_mode not in VLLM_MODES:
@@ -152,44 +132,6 @@ def load_queries(data: str, split: str, categories=None, limit=None) -> list[Tas
     return [item.task() for item in items]
 
 
-def is_correct(traj) -> bool:
-    return bool(traj.answer is not None and traj.ground_truth is not None and score_text(traj.answer, traj.ground_truth))
-
-
-def n_calls(traj) -> int:
-    """Operations attempted: steps that called a tool, whether it ran or came back as an error."""
-    return sum(1 for s in traj.steps if s.tool is not None or s.error is not None)
-
-
-def rollout_stats(rollouts: list[Rollout], tasks: list[Task]) -> dict[str, list]:
-    trajs = [r.trajectory for r in rollouts]
-    return {"correct": [is_correct(t) for t in trajs], "n_ops": [n_calls(t) for t in trajs],
-            "n_ok_ops": [t.n_ops for t in trajs],
-            "is_video": [task.video is not None for task in tasks],
-            "final_op_failed": [t.final_op_failed for t in trajs],
-            "n_steps": [len(t.steps) for t in trajs], "n_errors": [t.n_errors for t in trajs],
-            "length": [sum(r.ledger.completion_mask) for r in rollouts]}
-
-
-def step_metrics(stats: dict[str, list], shaped, keep: list[bool]) -> dict[str, float]:
-    """The contract's RL metrics for one generation batch (all processes' rollouts)."""
-    n = len(stats["correct"])
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    used = [k >= 1 for k in stats["n_ops"]]
-    out = {"reward": mean(shaped.rewards), "accuracy": mean([float(c) for c in stats["correct"]]),
-           "rapr": mean([float(u) for u in used]), "curiosity": mean(shaped.curiosity), "penalty": mean(shaped.penalty),
-           "ops_per_traj": mean(stats["n_ops"]),
-           "executed_ops_per_traj": mean(stats["n_ok_ops"]), "turns_per_traj": mean(stats["n_steps"]),
-           "error_rate": sum(stats["n_errors"]) / max(1, sum(stats["n_steps"])),
-           "response_length": mean(stats["length"]), "frac_filtered": 1 - mean([float(k) for k in keep])}
-    for kind, flag in (("image", False), ("video", True)):
-        sel = [u for u, v in zip(used, stats["is_video"]) if v == flag]
-        if sel:
-            out[f"rapr_{kind}"] = mean([float(u) for u in sel])
-    out["reward_std"] = (sum((r - out["reward"]) ** 2 for r in shaped.rewards) / max(1, n - 1)) ** 0.5
-    return out
-
-
 # ---- the trainer -----------------------------------------------------------------------------
 
 def _trainer_class():
@@ -198,8 +140,8 @@ def _trainer_class():
     class PixelReasonerGRPOTrainer(ResumesSavedWeights, GRPOTrainer):
         """GRPOTrainer whose rollouts are tool-loop episodes with curiosity-shaped group rewards."""
 
-        def setup(self, cfg: RLRunConfig, tasks: list[Task], encoder, loop: LoopConfig, session_log=None) -> None:
-            self.rl, self.tasks, self.encoder, self.loop_config, self.session_log = cfg, tasks, encoder, loop, session_log
+        def setup(self, cfg: RLRunConfig, tasks: list[Task], encoder, loop: LoopConfig, recorder=None) -> None:
+            self.rl, self.tasks, self.encoder, self.loop_config, self.recorder = cfg, tasks, encoder, loop, recorder
             self._mm_rows: list[dict] | None = None
 
         # -- rollouts ----------------------------------------------------------------------
@@ -286,7 +228,7 @@ def _trainer_class():
                         self.ref_model, ids, attn, keep, out["mm"], out["mm_token_type_ids"], bs)
 
         def _log_sample(self, rollouts: list[Rollout], store, rewards, advantages) -> None:
-            if self.session_log is None or not self.rl.log_trajectories:
+            if self.recorder is None or not self.rl.log_trajectories:
                 return
             for k, (r, reward, a) in enumerate(list(zip(rollouts, rewards, advantages))[:self.rl.log_trajectories]):
                 traj = r.trajectory
@@ -294,9 +236,9 @@ def _trainer_class():
                 traj.meta.update({"rl_step": self.state.global_step, "reward": reward, "advantage": a,
                                   "run": self.rl.out})
                 for ref in traj.image_refs():
-                    self.session_log.images.put(store.get(ref.sha))
+                    self.recorder.log.images.put(store.get(ref.sha))
                 traj.id = f"rl-{Path(self.rl.out).name}-{self.state.global_step}-{k}-{traj.id}"
-                self.session_log.log_trajectory(traj, client="rl")
+                self.recorder.write(traj)
 
         # -- the training forward ----------------------------------------------------------
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -324,22 +266,6 @@ def _trainer_class():
             return tinyzoom_summary(trajs, eval_tasks)
 
     return PixelReasonerGRPOTrainer
-
-
-def tinyzoom_summary(trajs, tasks: list[Task]) -> dict[str, float]:
-    """eval_<category>_acc per category, eval_accuracy and eval_rapr over all items."""
-    out: dict[str, float] = {}
-    cats = sorted({t.meta.get("category", "all") for t in tasks})
-    for cat in cats:
-        sel = [tr for tr, t in zip(trajs, tasks) if t.meta.get("category", "all") == cat]
-        out[f"eval_{cat}_acc"] = sum(is_correct(tr) for tr in sel) / len(sel)
-        out[f"eval_{cat}_rapr"] = sum(n_calls(tr) >= 1 for tr in sel) / len(sel)
-    out["eval_accuracy"] = sum(is_correct(tr) for tr in trajs) / max(1, len(trajs))
-    out["eval_rapr"] = sum(n_calls(tr) >= 1 for tr in trajs) / max(1, len(trajs))
-    out["eval_executed_rapr"] = sum(tr.n_ops >= 1 for tr in trajs) / max(1, len(trajs))
-    steps = [s for tr in trajs for s in tr.steps if s.tool is not None or s.error is not None]
-    out["eval_error_rate"] = sum(1 for s in steps if s.error) / max(1, len(steps))
-    return out
 
 
 def _eval_callback(trainer, eval_tasks: list[Task], every: int, path: Path):
@@ -383,8 +309,7 @@ def build_model(cfg: RLRunConfig):
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
     encoder = VisionTextEncoder.from_pretrained(cfg.model)
-    preset = cfg.pixel_preset or read_pixel_preset(cfg.model) or "train"
-    return model, encoder, preset
+    return model, encoder, resolve_pixel_preset(cfg.pixel_preset, read_pixel_preset(cfg.model))
 
 
 def train(cfg: RLRunConfig) -> dict:
@@ -395,13 +320,12 @@ def train(cfg: RLRunConfig) -> dict:
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     out = start_run(cfg, "rl")
-    model, encoder, preset = build_model(cfg)
-    cfg.pixel_preset = preset
-    loop = LoopConfig(tools=cfg.tools, pixels=PIXEL_PRESETS[preset], max_ops=cfg.max_ops,
+    model, encoder, cfg.pixel_preset = build_model(cfg)
+    loop = LoopConfig(tools=cfg.tools, pixels=PIXEL_PRESETS[cfg.pixel_preset], max_ops=cfg.max_ops,
                       max_context_tokens=cfg.max_context_tokens)
     tasks = load_queries(cfg.data, cfg.split, cfg.categories, cfg.limit)
     log.info("RL: %d queries from %s/%s, group size %d, preset %s", len(tasks), cfg.data, cfg.split, cfg.group_size,
-             preset)
+             cfg.pixel_preset)
     dataset = Dataset.from_dict({"prompt": [t.question for t in tasks], "row": list(range(len(tasks)))})
     cuda = torch.cuda.is_available() and cfg.device != "cpu"
     args = GRPOConfig(
@@ -419,11 +343,12 @@ def train(cfg: RLRunConfig) -> dict:
         generation_kwargs={"stop": list(P.STOP_STRINGS), "include_stop_str_in_output": True} if cfg.use_vllm else None,
         log_completions=False, mask_truncated_completions=False, ddp_find_unused_parameters=False,
     )
-    session_log = None
+    recorder = None
     if cfg.db:
+        from core.recorder import Recorder
         from core.sessionlog import SessionLog
 
-        session_log = SessionLog(cfg.db)
+        recorder = Recorder(SessionLog(cfg.db), client="rl")
     trainer_cls = _trainer_class()
     metrics_path = out / "metrics.jsonl"
     callbacks = [MetricsJsonlCallback(metrics_path)]
@@ -431,7 +356,7 @@ def train(cfg: RLRunConfig) -> dict:
         callbacks.append(TimeBudgetCallback(cfg.max_seconds, lr=None))
     trainer = trainer_cls(model=model, args=args, reward_funcs=[shaped_reward_placeholder], train_dataset=dataset,
                           processing_class=encoder.tokenizer, callbacks=callbacks)
-    trainer.setup(cfg, tasks, encoder, loop, session_log)
+    trainer.setup(cfg, tasks, encoder, loop, recorder)
     if cfg.eval_every:
         eval_tasks = load_queries(cfg.eval_data or cfg.data, cfg.eval_split, cfg.eval_categories, None)
         eval_tasks = _balanced(eval_tasks, cfg.eval_limit)
@@ -457,8 +382,6 @@ def _balanced(tasks: list[Task], limit: int | None) -> list[Task]:
     cats = sorted({t.meta.get("category") for t in tasks})
     per = max(1, limit // len(cats))
     return [t for c in cats for t in [t for t in tasks if t.meta.get("category") == c][:per]]
-
-
 
 
 def shaped_reward_placeholder(completions, **kwargs):

@@ -15,93 +15,44 @@ tokenizer is trained on the records' own text (train/tiny.py).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
-import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
-
 from core import protocol as P
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.operations import PIXEL_PRESETS
-from train.data import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
+from core.records import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
+from train.run import (ResumesSavedWeights, TimeBudgetCallback, TrainerRunConfig, last_checkpoint, option, run_main,
+                       save_final, start_run)
 
 log = logging.getLogger(__name__)
 
-PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja",
-                   "chat_template.json", "studio.json", "generation_config.json")
-
-
 @dataclass
-class SFTRunConfig:
-    data: str = "data/tinyzoom"  # a dataset folder (<split>.jsonl) or a .jsonl/.json file
-    train_split: str = "train"
-    eval_split: str | None = "validation"
-    limit: int | None = None  # use the first N training records
-    repeat: dict = field(default_factory=dict)  # category -> times its records appear, e.g. {"zoom_optional": 3, "closeup": 0.3}
-    grounded_weight: float = 1.0  # loss weight of the tokens the picture decides (train.grounding); 1: plain SFT
-    eval_limit: int | None = 64
-    model: str = "tiny"  # "tiny", a local checkpoint folder, or a hub id
-    tiny: dict = field(default_factory=dict)  # train.tiny.tiny_config overrides (vision_* for the tower)
-    vocab_size: int = 2000
-    pixel_preset: str = "tiny"  # core.operations.PIXEL_PRESETS: how record images are sized
-    freeze_vision: bool = False  # the 7B recipe freezes the vision tower; the tiny one must learn it
+class SFTRunConfig(TrainerRunConfig):
+    data: str = option("data/tinyzoom", "a dataset folder (<split>.jsonl) or a .jsonl/.json file")
+    train_split: str = option("train", "the split trained on")
+    eval_split: str | None = option("validation", "the split whose loss is evaluated (when the folder has it)")
+    limit: int | None = option(None, "use the first N training records")
+    repeat: dict = option(help="category -> times its records appear, e.g. {\"zoom_optional\": 3, \"closeup\": 0.3}",
+                          factory=dict)
+    grounded_weight: float = option(1.0, "loss weight of the tokens the picture decides (train.grounding); 1: plain SFT")
+    eval_limit: int | None = option(64, "evaluate on the first N records of the eval split")
+    model: str = option("tiny", "\"tiny\" (a fresh tiny model, tokenizer trained on the records), a local "
+                                "checkpoint folder, or a hub id")
+    tiny: dict = option(help="train.tiny.tiny_config overrides (vision_* for the tower)", factory=dict)
+    vocab_size: int = option(2000, "the fresh tiny model's tokenizer size")
+    pixel_preset: str = option("tiny", "core.operations.PIXEL_PRESETS: how record images are sized")
+    freeze_vision: bool = False
     out: str = "runs/sft_tiny"
-    final_dir: str | None = None  # default <out>/final
     epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 1e-3
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    attn_implementation: str | None = None  # "flash_attention_2" on GPUs
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int = 2
-    eval_steps: int | None = None  # None: evaluate at each save
-    seed: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    deepspeed: str | None = None
-    num_workers: int = 0
-    torch_threads: int | None = None
-    disable_tqdm: bool = False
-    max_seconds: float | None = None  # a wall-clock budget: warmup + cosine over time, then stop
-    save_dtype: str | None = None  # e.g. "bfloat16" to halve the shipped weights
-
-    @classmethod
-    def from_file(cls, path: str | Path | None, overrides: list[str] = ()) -> "SFTRunConfig":
-        data = json.loads(Path(path).read_text(encoding="utf-8")) if path else {}
-        known = {f.name for f in fields(cls)}
-        for item in overrides:
-            if "=" not in item:
-                raise SystemExit(f"override {item!r} must be key=value")
-            key, value = item.split("=", 1)
-            try:
-                data[key] = json.loads(value)
-            except json.JSONDecodeError:
-                data[key] = value
-        unknown = sorted(set(data) - known - {"_comment"})
-        if unknown:
-            raise SystemExit(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        data.pop("_comment", None)
-        try:
-            return cls(**data)
-        except ValueError as e:  # a value the run cannot take (__post_init__)
-            raise SystemExit(f"config: {e}") from None
+    eval_steps: int | None = option(None, "evaluate every N steps (None: at each save)")
+    num_workers: int = option(0, "data loader processes")
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -115,9 +66,9 @@ class SFTCollator:
     image paths, stay here), so no pixels are materialised before they are needed.
     """
 
-    def __init__(self, records: list[SFTRecord], encoder: VisionTextEncoder, preset: str,
+    def __init__(self, records: list[SFTRecord], encoder: VisionTextEncoder, pixel_preset: str,
                  grounded_weight: float = 1.0) -> None:
-        self.records, self.encoder, self.limits = records, encoder, PIXEL_PRESETS[preset]
+        self.records, self.encoder, self.limits = records, encoder, PIXEL_PRESETS[pixel_preset]
         self.grounded_weight = grounded_weight
 
     def encode(self, i: int):
@@ -137,14 +88,6 @@ class SFTCollator:
             pieces = [self.encoder.tokenizer.decode([t]) for t in labels[row, at].tolist()]
             weights[row, at] = torch.tensor(token_weights(pieces, record_answer(rec), self.grounded_weight))
         return weights
-
-
-class ResumesSavedWeights:
-    """Trainer mixin: resuming a run loads the checkpoint's weights through `load_saved_weights`
-    (Trainer's own loader matches none of the names transformers 5 saves Qwen2.5-VL under)."""
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        load_saved_weights(model or self.model, resume_from_checkpoint)
 
 
 def _trainer_class():
@@ -224,82 +167,6 @@ def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path, main: bo
     return model, encoder, source
 
 
-def warmup_cosine(lr: float, frac: float, warmup: float) -> float:
-    """The learning rate at `frac` of training: linear warmup over the first `warmup` share (from 1%
-    of lr), then cosine decay to zero."""
-    if frac < warmup:
-        return lr * max(frac / warmup, 0.01)
-    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - warmup) / (1 - warmup))))
-
-
-class TimeBudgetCallback(TrainerCallback):
-    """Train for a wall-clock budget rather than a step count: the learning rate follows warmup then
-    cosine decay over elapsed time (set before each optimiser step) and training stops at the budget.
-    Used where a machine is lent for minutes and its speed is not known ahead. With `lr=None` the
-    schedule is left alone and only the stop applies (RL's constant learning rate)."""
-
-    def __init__(self, seconds: float, lr: float | None, warmup: float = 0.05) -> None:
-        self.seconds, self.lr, self.warmup, self.t0 = seconds, lr, warmup, None
-
-    def lr_at(self, frac: float) -> float:
-        return warmup_cosine(self.lr, frac, self.warmup)
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.time()
-
-    def on_step_begin(self, args, state, control, optimizer=None, **kw):
-        if self.lr is None:
-            return
-        lr = self.lr_at((time.time() - self.t0) / self.seconds)
-        for group in (optimizer.param_groups if optimizer is not None else []):
-            group["lr"] = lr
-
-    def on_step_end(self, args, state, control, **kw):
-        if time.time() - self.t0 >= self.seconds:
-            control.should_training_stop = True
-            control.should_save = True
-
-
-def copy_processor_files(source: Path, final: Path) -> None:
-    """The start checkpoint's processor configs, chat template and studio.json, where `final` lacks them."""
-    for name in PROCESSOR_FILES:
-        if (source / name).exists() and not (final / name).exists():
-            shutil.copy(source / name, final / name)
-
-
-def save_final(trainer, encoder: VisionTextEncoder, cfg: SFTRunConfig, source: Path | None, final: Path) -> None:
-    """A plain HF folder: weights, config, tokenizer, processor configs (copied from the start)."""
-    if cfg.save_dtype:
-        trainer.model.to(getattr(torch, cfg.save_dtype))
-    trainer.save_model(str(final))
-    if not trainer.is_world_process_zero():
-        return
-    encoder.tokenizer.save_pretrained(str(final))
-    if source is not None:
-        copy_processor_files(source, final)
-    if not (final / "studio.json").exists():
-        (final / "studio.json").write_text(json.dumps({"pixel_preset": cfg.pixel_preset}, indent=2))
-
-
-# ---- run -------------------------------------------------------------------------------------
-
-def is_main_process() -> bool:
-    """Rank 0 of a distributed launch (accelerate, torchrun set RANK), or a plain run."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def start_run(cfg, name: str) -> Path:
-    """Shared start of `train sft|rl|vision`: torch threads, the run folder, and the config as run
-    (`<out>/<name>_config.json`, written by the main process), so every run folder says how it was made."""
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        (out / f"{name}_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    return out
-
-
 def train(cfg: SFTRunConfig) -> dict:
     """Run SFT; returns a summary (steps, final loss, seconds, paths)."""
     from trl import SFTConfig
@@ -347,39 +214,6 @@ def train(cfg: SFTRunConfig) -> dict:
     if trainer.is_world_process_zero():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def last_checkpoint(out: Path) -> str | None:
-    """Resume from the newest checkpoint-N of a previous run in the same folder."""
-    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    return str(ckpts[-1]) if ckpts else None
-
-
-def load_saved_weights(model, checkpoint: str) -> None:
-    """Put a checkpoint's weights into `model` the way from_pretrained reads them.
-
-    Trainer's resume loads model.safetensors key by key, but transformers 5 saves Qwen2.5-VL under
-    its legacy names (`visual.*`, `model.layers.*`): nothing matched, and a resumed run silently went
-    on from its start weights. from_pretrained maps the names; the copy costs the model's size once."""
-    saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
-    model.load_state_dict(saved.state_dict())
-
-
-def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None) -> int:
-    """The shared command line of `train sft` and `train rl`: --config FILE, --out, key=value overrides."""
-    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
-    ap.add_argument("--config", help=f"JSON file with {config_cls.__name__} fields")
-    ap.add_argument("--out", help="output folder (overrides the config's `out`)")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides, values parsed as JSON when possible")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_cls.from_file(args.config, args.overrides)
-    if args.out:
-        cfg.out = args.out
-    summary = train_fn(cfg)
-    if is_main_process():  # one summary per run, not one per process
-        print(json.dumps(summary))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,7 @@ class Backend:
     name = "base"
     model_id = ""
     streams = True  # False: `stream` yields the whole turn at once (the app says so)
+    pixel_preset: str | None = None  # the resolution preset the checkpoint declares (studio.json), if any
 
     def stream(self, messages: list[dict], params: GenerationParams,
                cancel: threading.Event | None = None) -> Iterator[str | Generation]:

@@ -61,6 +61,14 @@ class GPUBackend(Backend):
     def model_id(self) -> str:
         return self.inner.model_id
 
+    @property
+    def pixel_preset(self) -> str | None:  # declared on Backend, so __getattr__ never sees it
+        return self.inner.pixel_preset
+
+    @property
+    def streams(self) -> bool:
+        return self.inner.streams
+
     def stream(self, messages: list[dict], params: GenerationParams,
                cancel: threading.Event | None = None) -> Iterator[str | Generation]:
         text = ""

@@ -1,6 +1,6 @@
 """The benchmarks: how each is scored, and the paper's figure for the released 7B model.
 
-Scoring follows the release (reference section 5), built on core.scoring so there is one
+Scoring follows the release (docs/protocol.md, section 5), built on core.scoring so there is one
 implementation of each rule:
 
 * V* Bench and MVBench: multiple choice, the option letter at the start of the final answer
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.scoring import LETTERS, anls, choice_letter, normalize, score_choice, score_number, score_text
+from core.scoring import judge
 
 
 @dataclass(frozen=True)
@@ -38,36 +38,6 @@ BENCHES: dict[str, Bench] = {
 }
 
 
-def truth_letter(truth: str, choices: list[str] | None) -> str | None:
-    """The correct option's letter, whether the data stores "B", "(B)", "B. sheep" or "sheep"."""
-    letter = choice_letter(truth, len(choices) if choices else 26)
-    if letter is not None:
-        return letter
-    if choices:
-        texts = [normalize(c) for c in choices]
-        if normalize(truth) in texts:
-            return LETTERS[texts.index(normalize(truth))]
-    return None
-
-
 def score(bench: str, prediction: str | None, truth: str | list[str], choices: list[str] | None = None) -> float:
-    """The item's score in [0, 1]: 1/0 for exact-match benchmarks, ANLS for InfoVQA."""
-    kind = BENCHES[bench].scorer
-    truths = [truth] if isinstance(truth, str) else list(truth)
-    if prediction is None or not truths:
-        return 0.0
-    if kind == "anls":
-        return anls(prediction, truths)
-    if kind == "choice":
-        for t in truths:
-            letter = truth_letter(t, choices)
-            if letter is not None and score_choice(prediction, letter, choices):
-                return 1.0
-        return 0.0
-    match = score_number if kind == "number" else score_text
-    return float(any(match(prediction, t) for t in truths))
-
-
-def is_correct(bench: str, value: float) -> bool:
-    """An item counts as correct at score 1 (exact-match benchmarks) or ANLS >= 0.5 (InfoVQA)."""
-    return value >= 0.5 if BENCHES[bench].scorer == "anls" else value >= 1.0
+    """The item's score in [0, 1] under the benchmark's rule (core.scoring.judge)."""
+    return judge(prediction, truth, BENCHES[bench].scorer, choices).score

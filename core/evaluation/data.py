@@ -24,6 +24,7 @@ from typing import Any
 
 from core.loop import Task
 from core.media import Video, load_image
+from core.records import DataError, TaskRecord
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 FRAME_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -269,21 +270,18 @@ def load_tinyzoom(data: str | Path, split: str = "test", limit: int | None = Non
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise EvalDataError(f"{where}: not valid JSON: {e}") from None
-        task = (rec.get("meta") or {}).get("task")
-        if not isinstance(task, dict):
-            raise EvalDataError(f"{where}: missing meta.task (a TinyZoom record names its question and media there)")
-        for key in ("question", "answer", "category", "media", "kind"):
-            if task.get(key) in (None, ""):
-                raise EvalDataError(f"{where}: missing meta.task.{key}")
-        if categories and task["category"] not in categories:
+        try:
+            task = TaskRecord.from_meta(rec.get("meta"), where)
+        except DataError as e:
+            raise EvalDataError(str(e)) from None
+        if categories and task.category not in categories:
             continue
-        media = root / task["media"]
+        media = root / task.media
         if not media.exists():
             raise EvalDataError(f"{where}: media file not found: {media}")
-        items.append(EvalItem(id=str(rec.get("id", lineno)), question=task["question"], truth=str(task["answer"]),
-                              kind="video" if task["kind"] == "video" else "image", media=[str(media)],
-                              choices=task.get("choices"), score_choices=task.get("choices"),
-                              category=task["category"]))
+        items.append(EvalItem(id=str(rec.get("id", lineno)), question=task.question, truth=str(task.answer),
+                              kind="video" if task.kind == "video" else "image", media=[str(media)], choices=task.choices, score_choices=task.choices,
+                              category=task.category))
         if limit and len(items) >= limit:
             break
     if not items:

@@ -60,7 +60,7 @@ def group_stats(records: list[dict]) -> dict:
 
 
 def summarize(records: list[dict], header: dict | None = None, n_boot: int = 2000) -> dict:
-    """The report.json object (contracts.md) for the given finished items."""
+    """The report.json object (docs/protocol.md, section 6) for the given finished items."""
     header = dict(header or {})
     per_question = defaultdict(list)
     for r in records:

@@ -22,10 +22,12 @@ from tqdm import tqdm
 from core.backends.base import Backend, Generation, GenerationParams
 from core.loop import Episode, LoopConfig, run_batch
 from core.media import MediaError, MemoryImageStore
+from core.recorder import Recorder
+from core.scoring import judge
 from core.sessionlog import SessionLog
 from core.trajectory import Trajectory
 
-from core.evaluation.benches import BENCHES, is_correct, score
+from core.evaluation.benches import BENCHES
 from core.evaluation.chart import write_chart
 from core.evaluation.data import EvalItem
 from core.evaluation.report import item_stats, summarize, to_markdown
@@ -60,8 +62,8 @@ class EvalResult:
 
 
 def _record(bench: str, item: EvalItem, sample: int, traj: Trajectory, seconds: float) -> dict:
-    value = score(bench, traj.answer, item.truth, item.score_choices)
-    traj.correct = is_correct(bench, value)
+    verdict = judge(traj.answer, item.truth, BENCHES[bench].scorer, item.score_choices)
+    traj.correct, traj.scorer, value = verdict.correct, verdict.scorer, verdict.score
     traj.meta.update({"bench": bench, "item_id": item.id, "sample": sample, "score": value, "category": item.category})
     return {"id": item.id, "sample": sample, "correct": traj.correct, "score": value, "prediction": traj.answer,
             "answer": item.truth, "category": item.category, **item_stats(traj), "seconds": round(seconds, 4),
@@ -90,6 +92,7 @@ def evaluate(backend: Backend, items: list[EvalItem], bench: str, out: str | Pat
     done = total - len(todo)
     bar = tqdm(total=total, initial=done, unit="item", desc=f"eval {bench}", disable=not progress, dynamic_ncols=True)
     chunks = [todo[i:i + batch] for i in range(0, len(todo), batch)]
+    recorder = Recorder(session_log, "eval") if session_log is not None else None
 
     def prepare(chunk):
         """Load media and build the episodes of one batch (in a worker thread, one batch ahead)."""
@@ -116,8 +119,8 @@ def evaluate(backend: Backend, items: list[EvalItem], bench: str, out: str | Pat
             return
         seconds = timed.seconds.pop(id(ep.messages), 0.0) + sum(s.tool_seconds for s in traj.steps)
         record = _record(bench, item, k, traj, seconds)
-        if session_log is not None:  # first the log (idempotent by id), then the item file
-            session_log.log_trajectory(traj, client="eval")
+        if recorder is not None:  # first the log (idempotent by id), then the item file
+            recorder.write(traj)
         folder.items.append(record)
         n_new += 1
         bar.update(1)

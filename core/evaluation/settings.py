@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from core.operations import PIXEL_PRESETS, PixelLimits
+from core.operations import PIXEL_PRESETS, PixelLimits, resolve_pixel_preset
 
-REPRODUCTION = {"pixels": "eval", "temperature": 0.6, "max_new_tokens": 2048}
+REPRODUCTION = {"temperature": 0.6, "max_new_tokens": 2048}  # and the "eval" pixel preset
 OWN_CHECKPOINT = {"temperature": 0.0, "max_new_tokens": 128}
 
 
 @dataclass
 class EvalSettings:
     pixels: PixelLimits
-    preset: str
+    pixel_preset: str
     temperature: float
     max_new_tokens: int
     source: str  # "studio.json" | "reproduction"
@@ -40,10 +40,8 @@ def resolve_settings(model_preset: str | None, preset: str | None = None, temper
                      max_pixels: int | None = None, crop_min_pixels: int | None = None,
                      crop_max_pixels: int | None = None) -> EvalSettings:
     """Defaults from the checkpoint (its studio.json preset, or reproduction), then explicit overrides."""
-    base = {**OWN_CHECKPOINT, "pixels": model_preset} if model_preset else dict(REPRODUCTION)
-    name = preset or base["pixels"]
-    if name not in PIXEL_PRESETS:
-        raise ValueError(f"unknown pixel preset {name!r}; choose one of {', '.join(sorted(PIXEL_PRESETS))}")
+    base = OWN_CHECKPOINT if model_preset else REPRODUCTION
+    name = resolve_pixel_preset(preset, model_preset, default="eval")
     limits = PIXEL_PRESETS[name]
     overrides = {k: v for k, v in (("first_min", min_pixels), ("first_max", max_pixels),
                                    ("crop_min", crop_min_pixels), ("crop_max", crop_max_pixels)) if v is not None}
@@ -51,7 +49,7 @@ def resolve_settings(model_preset: str | None, preset: str | None = None, temper
     for lo, hi in (("first_min", "first_max"), ("crop_min", "crop_max")):
         if getattr(limits, lo) > getattr(limits, hi):
             raise ValueError(f"{lo} ({getattr(limits, lo)}) is above {hi} ({getattr(limits, hi)})")
-    return EvalSettings(pixels=limits, preset=name,
+    return EvalSettings(pixels=limits, pixel_preset=name,
                         temperature=base["temperature"] if temperature is None else temperature,
                         max_new_tokens=base["max_new_tokens"] if max_new_tokens is None else max_new_tokens,
                         source="studio.json" if model_preset else "reproduction")

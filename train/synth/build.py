@@ -24,7 +24,7 @@ import numpy as np
 from core.media import DiskImageStore, write_video
 from tqdm import tqdm
 
-from train.data import trajectory_to_sft_record, write_dataset_card
+from core.records import TaskRecord, trajectory_to_sft_record, write_dataset_card
 from train.synth.tasks import CATEGORIES, VIDEO_FPS, make_item
 from train.synth.traces import closeup_item, item_task, make_trace, run_trace
 
@@ -93,10 +93,10 @@ def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
     rec = trajectory_to_sft_record(traj, store, trace.train_turns, relative_to=out)
     rec["id"] = item_id
     rec["meta"] = {"category": category, "trace": trace.kind, "seed": seed,
-                   "task": {"question": item.question, "answer": item.answer, "category": category,
-                            "media": media_rel, "kind": "video" if item.frames is not None else "image",
-                            "target": [round(v, 4) for v in item.target] if item.target else None,
-                            "visible_frames": item.visible_frames},
+                   "task": TaskRecord(item.question, item.answer, category, media_rel,
+                                      kind="video" if item.frames is not None else "image",
+                                      target=[round(v, 4) for v in item.target] if item.target else None,
+                                      visible_frames=item.visible_frames).to_dict(),
                    **{k: v for k, v in item.meta.items() if k in ("kind", "tag_box", "glyph_box")}}
     return rec
 

@@ -61,7 +61,7 @@ def closeup_item(item: Item, rng: np.random.Generator) -> Item:
     """A training-only close-up: the picture a good zoom on a zoom_needed scene returns (the tool's
     own crop of a noisy box), asked about directly. In a full trace the glyph's answer token is one
     of ~60 trained tokens; these short records give the language model an undiluted signal to learn
-    to read the tower's tokens (bench/token_loss.py: answer 1.82 nats without them, 0.44 with)."""
+    to read the tower's tokens (experiments/token_loss.py: answer 1.82 nats without them, 0.44 with)."""
     view, _ = crop(item.image, noisy_box(rng, item.target))
     return Item(item.id, "closeup", "What is written on the tag in this close-up?", item.answer, image=view,
                 subject=item.subject)

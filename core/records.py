@@ -1,5 +1,6 @@
-"""SFT records: reading them (ours and the released PixelReasoner-SFT-Data), writing them from
-trajectories, and turning them into model-ready messages.
+"""The record format shared by data building, export, SFT, RL and evaluation (torch-free): reading
+records (ours and the released PixelReasoner-SFT-Data), writing them from trajectories, the typed
+task a record names (`TaskRecord`, `meta.task`), and turning records into model-ready messages.
 
 A record on disk is one JSON object: {"id", "messages", "train_turns" (optional, one bool per
 assistant message), "meta"}. Messages follow the released shape (Qwen message template) with media
@@ -34,6 +35,42 @@ FRAMES_OBSERVATION_PREFIX = "\nHere are the selected frames"
 
 class DataError(ValueError):
     """A data file or record that cannot be used, with a message naming the file and line."""
+
+
+@dataclass
+class TaskRecord:
+    """`meta.task` of a record: the question asked on the original full-resolution media, and its
+    ground truth. Evaluation and RL re-ask it (the record's own images are the model's small views)."""
+
+    question: str
+    answer: str | int | float
+    category: str
+    media: str  # relative to the dataset folder: originals/<id>.png or videos/<id>.mp4
+    kind: str = "image"  # "video", else an image
+    choices: list[str] | None = None
+    target: list[float] | None = None  # synthetic items: the normalized box that holds the answer
+    visible_frames: list[int] | None = None  # synthetic videos: the overview frames that show it
+
+    REQUIRED = ("question", "answer", "category", "media", "kind")
+
+    def to_dict(self) -> dict:
+        d = {"question": self.question, "answer": self.answer, "category": self.category, "media": self.media,
+             "kind": self.kind}
+        for key in ("choices", "target", "visible_frames"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+    @classmethod
+    def from_meta(cls, meta: dict | None, where: str) -> "TaskRecord":
+        """The task of a record's `meta`; a clear error naming `where` when it is missing or incomplete."""
+        task = (meta or {}).get("task")
+        if not isinstance(task, dict):
+            raise DataError(f"{where}: missing meta.task (a TinyZoom record names its question and media there)")
+        for key in cls.REQUIRED:
+            if task.get(key) in (None, ""):
+                raise DataError(f"{where}: missing meta.task.{key}")
+        return cls(**{k: task.get(k) for k in cls.__dataclass_fields__ if k in task})
 
 
 @dataclass
@@ -112,12 +149,12 @@ def parse_record(obj: dict, root: Path, where: str, index: int = 0) -> SFTRecord
 def record_category(rec: SFTRecord) -> str:
     """A record's task category ("zoom_needed", ..., "closeup" for close-ups), "other" where it has none
     (e.g. the released data)."""
-    return rec.meta.get("task", {}).get("category") or rec.meta.get("category") or "other"
+    return (rec.meta.get("task") or {}).get("category") or rec.meta.get("category") or "other"
 
 
 def record_answer(rec: SFTRecord) -> str | None:
     """A synthetic record's ground-truth answer, as text; None where it has none (e.g. the released data)."""
-    answer = rec.meta.get("task", {}).get("answer")
+    answer = (rec.meta.get("task") or {}).get("answer")
     return None if answer is None else str(answer)
 
 

@@ -1,14 +1,14 @@
 """Can a checkpoint's language model learn to read a glyph through its vision tower? A short probe.
 
-    python bench/read_probe.py --model runs/vision_words/final [--steps 250] [--oracle]
-    python bench/read_probe.py --task position [--axis x|y] [--rope-theta 10] [--oracle [--row-words]]
-    python bench/read_probe.py --task shape
+    python -m experiments.read_probe --model runs/vision_words/final [--steps 250] [--oracle]
+    python -m experiments.read_probe --task position [--axis x|y] [--rope-theta 10] [--oracle [--row-words]]
+    python -m experiments.read_probe --task shape
 
 The tower is frozen; the LM is trained on the shortest conversation that needs reading: a crop after
-a good zoom (train.vision.crop_view), "What is written on the <colour> tag?", and "The tag reads X.
+a good zoom (train.views.crop_view), "What is written on the <colour> tag?", and "The tag reads X.
 \\boxed{X}". Every 25 steps it prints the held-out loss and accuracy of the token that spells the
 glyph (chance: 10 glyphs, ~2.3 nats). `--oracle` replaces the tower's output by exactly the word
-embedding of each cell's class (train.vision.class_word_ids): the best any tower could hand the LM.
+embedding of each cell's class (train.vision_targets.class_word_ids): the best any tower could hand the LM.
 
 `--task position` asks instead where the tag is in a zoom-needed overview (as the model sees it at
 the tiny preset): "Which tenth of the width holds the <colour> tag?", answered with a digit; the
@@ -21,23 +21,22 @@ for 225 steps (3-14%) and reaches 34% at step 250; the same tower taught to hand
 (configs/vision_words.json): 42% at step 50, 56% at 150, 64% at 250.
 Position (`--task position --axis x`, 300 steps x 16, on the shipped weights of 2026-11-27): held-out loss
 2.36 nats, 12% exact, 33% within one, i.e. chance; with `--rope-theta 10`: 2.15, 16%, 50%; with the
-position-trained tower of configs/vision_position.json (200 steps): 2.46, 12%, 31%. With `--oracle`
+position-trained tower of experiments/configs/vision_position.json (200 steps): 2.46, 12%, 31%. With `--oracle`
 (each tag cell's class word plus the digit word of its column's tenth): 48% exact and 83% within one at
 step 50, 100% within one from step 75 (exact 55-62%: the digit is the cell's tenth, the answer the tag
-centre's). A tower trained toward those targets (configs/vision_position_words.json): after 173 steps at
+centre's). A tower trained toward those targets (experiments/configs/vision_position_words.json): after 173 steps at
 lr 3e-4, still chance (2.36, 12%, 31% at step 175; glyph probe 97% at step 100); after 448 steps at lr 5e-4,
 48% exact and 94% within one at step 100, 50% / 89% at 150 (glyph probe 86% at step 100).
-Rows (`--axis y`) from configs/vision_position_rows.json's first run (346 steps, word_y_acc 32%): 2.25 nats,
+Rows (`--axis y`) from experiments/configs/vision_position_rows.json's first run (346 steps, word_y_acc 32%): 2.25 nats,
 14% exact, 44% within one at step 100.
 
-`--task shape` asks the zoom-optional question of a zoom-optional overview (train.vision.shape_of): the large
+`--task shape` asks the zoom-optional question of a zoom-optional overview (train.views.shape_of): the large
 shape's colour, or its side, answered in one word. On the shipped weights of 2026-11-27: 17% at step 0, 77%
 at step 100 (1.03 nats at step 50, 0.38 at 100), although SFT left their colour answers blind to the picture.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -45,12 +44,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from core.encoding import IGNORE_INDEX, VisionTextEncoder  # noqa: E402
-from train.synth import scenes as S  # noqa: E402
-from train.vision import (cell_targets, cell_tenths, class_word_ids, cls, crop_view, position_tables, shape_of,  # noqa: E402
-                          overview_of)
+from core.encoding import IGNORE_INDEX, VisionTextEncoder
+from train.synth import scenes as S
+from train.views import cls, crop_view, overview_of, shape_of
+from train.vision_targets import cell_targets, cell_tenths, class_word_ids, position_tables
 
 GLYPH_OF = {cls(f"glyph:{g}"): g for g in S.GLYPHS}
 
@@ -66,7 +64,7 @@ def conversation(image, question: str, answer: str) -> list[dict]:
 
 
 def glyph_rows(n: int) -> tuple[list, list[list[dict]], list[str]]:
-    """Crops after a good zoom (train.vision.crop_view) and the glyph each shows."""
+    """Crops after a good zoom (train.views.crop_view) and the glyph each shows."""
     rng = np.random.default_rng(0)
     views = [v for v in (crop_view(rng) for _ in range(n)) if glyph_of(v.labels)]
     glyphs = [glyph_of(v.labels) for v in views]
@@ -76,7 +74,7 @@ def glyph_rows(n: int) -> tuple[list, list[list[dict]], list[str]]:
 
 
 def position_rows(n: int, axis: str) -> tuple[list, list[list[dict]], list[str]]:
-    """Zoom-needed overviews as the tiny preset shows them (train.vision.overview_of: labelled per
+    """Zoom-needed overviews as the tiny preset shows them (train.views.overview_of: labelled per
     merged token, for --oracle), and the tenth of the width (or height) that holds the tag's centre."""
     from train.synth.tasks import make_item
 
@@ -96,7 +94,7 @@ def position_rows(n: int, axis: str) -> tuple[list, list[list[dict]], list[str]]
 
 
 def shape_rows(n: int) -> tuple[list, list[list[dict]], list[str]]:
-    """Zoom-optional overviews (train.vision.shape_of) with their own question: the large shape's
+    """Zoom-optional overviews (train.views.shape_of) with their own question: the large shape's
     colour or side, a one-token answer that the SFT traces give without a tool."""
     from train.synth.tasks import make_item
 
@@ -128,7 +126,7 @@ def main() -> int:
     ap.add_argument("--task", choices=("glyph", "position", "shape"), default="glyph")
     ap.add_argument("--axis", choices=("x", "y"), default="x", help="position: tenth of the width or height")
     ap.add_argument("--row-words", action="store_true", help="with --oracle: the tag's cells carry their column "
-                    "as a digit word and their row as a row word (train.vision.ROW_WORDS), as a row_words tower hands them")
+                    "as a digit word and their row as a row word (train.vision_targets.ROW_WORDS), as a row_words tower hands them")
     ap.add_argument("--rope-theta", type=float, default=None, help="rebuild the LM's rotary base before training")
     args = ap.parse_args()
 

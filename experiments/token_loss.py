@@ -1,7 +1,7 @@
 """Where does a model's SFT loss sit? Mean loss per kind of trained token, with the record's own
 images and with another record's images swapped in.
 
-    python bench/token_loss.py --model assets/pixel-reasoner-tiny --data data/tinyzoom_train [--n 48]
+    python -m experiments.token_loss --model assets/pixel-reasoner-tiny --data data/tinyzoom_train [--n 48]
 
 Token kinds (train.grounding.token_kinds): `box_x` and `box_y` (the tenths digit of a bbox_2d's x1, x2 and
 of its y1, y2: where the box is), `box` (its other digits), `frames` (frame numbers), `answer` (the first
@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from core.encoding import IGNORE_INDEX, VisionTextEncoder  # noqa: E402
-from core.operations import PixelLimits  # noqa: E402
-from train.data import load_sft_records, record_answer, record_to_messages  # noqa: E402
-from train.grounding import token_kinds  # noqa: E402
+from core.encoding import IGNORE_INDEX, VisionTextEncoder
+from core.operations import PixelLimits
+from core.records import load_sft_records, record_answer, record_to_messages
+from train.grounding import token_kinds
 
 
 PIXELS = ("pixel_values", "pixel_values_videos")

@@ -1,9 +1,9 @@
 """The curiosity ablation, measured: RL with and without the curiosity term from one warm start.
 
-    python bench/rl_ablation.py --out runs/rl_ablation --budget 540    # the real run: one GPU + 16 cores, 9 min
-    python bench/rl_ablation.py --out runs/rl_ablation                 # all 200 RL steps, no budget (~15 min)
-    python bench/rl_ablation.py --out /tmp/rl_ablation --size smoke    # every stage, a few steps (CPU, ~4 min)
-    python bench/rl_ablation.py --out runs/rl_ablation --docs-only     # the docs again from a finished run
+    python -m experiments.rl_ablation --out runs/rl_ablation --budget 540    # the real run: one GPU + 16 cores, 9 min
+    python -m experiments.rl_ablation --out runs/rl_ablation                 # all 200 RL steps, no budget (~15 min)
+    python -m experiments.rl_ablation --out /tmp/rl_ablation --size smoke    # every stage, a few steps (CPU, ~4 min)
+    python -m experiments.rl_ablation --out runs/rl_ablation --docs-only     # the docs again from a finished run
 
 With `--budget`, the RL arms get what the data and warm start left of it (`train rl max_seconds`):
 each stops after its last step that fits, evaluating there; the goal check compares the arms at the
@@ -19,7 +19,7 @@ Stages, each a `python -m train ...` command (printed as it runs):
 3. RL twice from that checkpoint (`train rl`), same seed and steps, curiosity on and off, as two
    parallel processes (torch threads split between them; both on the GPU when there is one),
    each evaluating TinyZoom zoom-needed / zoom-optional accuracy and RaPR every few steps;
-4. docs/rl_ablation.md (table) and docs/rl_ablation.html (plotly curves) from the two metrics files.
+4. experiments/rl_ablation.md (table) and experiments/rl_ablation.html (plotly curves) from the two metrics files.
 """
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="assets/pixel-reasoner-tiny", help="checkpoint the warm start fine-tunes")
     ap.add_argument("--pixel-share", type=float, default=0.25, help="share of tool-using traces kept in the warm mix")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--docs", default="docs", help="where rl_ablation.md/.html go")
+    ap.add_argument("--docs", default="experiments", help="where rl_ablation.md/.html go")
     ap.add_argument("--set", nargs="*", default=[], help="size overrides, key=value (e.g. rl_steps=30)")
     ap.add_argument("--budget", type=float, default=None, help="wall-clock seconds for the whole run")
     ap.add_argument("--no-docs", action="store_true", help="leave the docs to a later --docs-only")
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"RL arm {name} failed; see {out / 'logs' / f'rl_{name}.log'}")
     seconds = time.time() - t0
     machine = (f"{torch.cuda.get_device_name(0)}, " if cuda else "CPU only, ") + f"{cores} CPU cores"
-    info = {"command": "python bench/rl_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    info = {"command": "python -m experiments.rl_ablation " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": machine, "seconds": seconds, "warm_steps": size["warm_steps"],
             "warm_mix": ", ".join(f"{k}: {v}" for k, v in sorted(kept.items())), "rl_steps": size["rl_steps"],
             "group": size["group"], "batch": size["batch"], "seed": args.seed, "rl_queries": size["rl_queries"],
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "info.json").write_text(json.dumps(info, indent=2))
     print(f"done in {seconds:.0f} s", flush=True)
     if args.no_docs:
-        print(f"docs: python bench/rl_ablation.py --out {args.out} --docs-only")
+        print(f"docs: python -m experiments.rl_ablation --out {args.out} --docs-only")
         return 0
     return report(arms, info, docs)
 

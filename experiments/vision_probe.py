@@ -1,7 +1,7 @@
 """Can the tiny model's vision tower learn to read the zoom-needed glyphs? A diagnostic for the
 embedded model, whose SFT runs learned the protocol but read glyphs at chance.
 
-    python bench/vision_probe.py [--model assets/pixel-reasoner-tiny] [--train 1200] [--steps 300]
+    python -m experiments.vision_probe [--model assets/pixel-reasoner-tiny] [--train 1200] [--steps 300]
 
 The inputs are what the model sees after a good crop: a zoom-needed scene cropped around the tag
 with the tool's own crop (noisy box, release padding), sized by the `tiny` preset. Labels are the
@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from core.encoding import VisionTextEncoder  # noqa: E402
-from core.operations import PIXEL_PRESETS, crop, resize_for_model  # noqa: E402
-from train.synth.scenes import GLYPHS  # noqa: E402
-from train.synth.tasks import make_item  # noqa: E402
-from train.synth.traces import noisy_box  # noqa: E402
+from core.encoding import VisionTextEncoder
+from core.operations import PIXEL_PRESETS, crop, resize_for_model
+from train.synth.scenes import GLYPHS
+from train.synth.tasks import make_item
+from train.synth.traces import noisy_box
 
 
 def crops(n: int, seed: int) -> tuple[list, list[int]]:

@@ -1,0 +1,133 @@
+"""The one way a session is written to the log, whoever produces it: the Studio's Ask tab, evaluation,
+RL rollouts, imports and tests.
+
+    rec = Recorder(log, client="eval:run1")
+    sid = rec.start(traj)            # the session row, status running, before the first token
+    rec.step(sid, step)              # each finished step: one transaction with its images and counters
+    rec.finish(traj)                 # status, answer, verdict and scorer; steps not yet logged are added
+    rec.write(traj)                  # or a trajectory that already ended, at once
+    rec.read(sid)                    # the Trajectory back, also for a session that never finished
+
+A process killed mid-session keeps every finished step; `SessionLog.mark_unfinished` closes such
+sessions later. Images are registered (row + WebP thumbnail) when a step or session refers to them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import asdict
+from typing import Iterable
+
+from PIL import Image
+
+from core.sessionlog import SessionLog, _js
+from core.trajectory import ImageRef, Step, Trajectory
+
+THUMB_SIDE = 128
+
+_STEP_COLS = ("session_id", "idx", "text", "tool", "arguments", "error", "observation", "target_image", "box_norm",
+              "box_px", "source_box_px", "frames", "image_shas", "tokens_in", "tokens_out", "gen_seconds",
+              "tool_seconds", "finish_reason", "started_at")
+_STEP_SQL = (f"INSERT OR REPLACE INTO steps ({', '.join(_STEP_COLS)}) "
+             f"VALUES ({', '.join('?' * len(_STEP_COLS))})")
+
+
+def make_thumb(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
+    thumb = image.convert("RGB")
+    thumb.thumbnail((side, side))
+    buf = io.BytesIO()
+    thumb.save(buf, format="WEBP", quality=70)
+    return buf.getvalue()
+
+
+class Recorder:
+    """Writes sessions of one client (app, eval[:run], rl, import, ...) into a SessionLog."""
+
+    def __init__(self, log: SessionLog, client: str = "app") -> None:
+        self.log, self.client = log, client
+
+    def _register_images(self, refs: Iterable[ImageRef | None]) -> None:
+        """Add images rows for refs whose files are in the store (inside the caller's transaction)."""
+        db = self.log.db
+        for ref in refs:
+            if ref is None:
+                continue
+            if db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
+                continue
+            path = self.log.images.path(ref.sha)
+            if not path.exists():
+                continue  # made with a memory store elsewhere: the step keeps the sha only
+            with Image.open(path) as im:
+                thumb = make_thumb(im)
+            db.execute("INSERT OR IGNORE INTO images (sha, path, width, height, bytes, thumb, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [ref.sha, str(path), ref.width, ref.height, path.stat().st_size, thumb, time.time()])
+
+    def start(self, traj: Trajectory, compare_of: str | None = None) -> str:
+        """Insert the session row (status running) before the first step is generated."""
+        m = traj.media
+        media_ref = m.image or (m.overview[0] if m.overview else None)
+        row = {
+            "id": traj.id, "created_at": traj.created_at, "question": traj.question, "choices": _js(traj.choices),
+            "media_kind": m.kind, "media_path": m.path, "media_sha": media_ref.sha if media_ref else None,
+            "media_json": json.dumps(asdict(m)), "model": traj.model, "backend": traj.backend, "client": self.client,
+            "status": "running", "ground_truth": traj.ground_truth, "tools_enabled": int(traj.tools_enabled),
+            "guideline": traj.guideline, "config_json": json.dumps(traj.config), "meta_json": json.dumps(traj.meta),
+            "compare_of": compare_of or traj.meta.get("compare_of"), "host": self.log.host, "pid": os.getpid(),
+        }
+        db = self.log.db
+        with self.log._tx():
+            self._register_images([m.image, m.model_view, *m.overview])
+            db.execute(f"INSERT INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                       list(row.values()))
+        return traj.id
+
+    def _insert_step(self, session_id: str, step: Step) -> None:
+        self._register_images(step.images)
+        self.log.db.execute(_STEP_SQL, [
+            session_id, step.index, step.text, step.tool, _js(step.arguments), step.error, step.observation,
+            step.target_image, _js(step.box_norm), _js(step.box_px), _js(step.source_box_px), _js(step.frames),
+            json.dumps([[r.sha, r.width, r.height] for r in step.images]), step.tokens_in, step.tokens_out,
+            step.gen_seconds, step.tool_seconds, step.finish_reason, step.started_at])
+
+    def step(self, session_id: str, step: Step) -> None:
+        """One transaction: the step row, its image rows, and the session's running counters."""
+        db = self.log.db
+        with self.log._tx():
+            self._insert_step(session_id, step)
+            db.execute(
+                "UPDATE sessions SET n_steps = n_steps + 1, n_ops = n_ops + ?, n_errors = n_errors + ?, "
+                "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, seconds = seconds + ? WHERE id = ?",
+                [int(step.is_operation), int(bool(step.error)), step.tokens_in, step.tokens_out,
+                 step.gen_seconds + step.tool_seconds, session_id])
+
+    def finish(self, traj: Trajectory) -> None:
+        """Close the session with its status and answer; steps not yet logged are added first."""
+        db = self.log.db
+        with self.log._tx():
+            logged = {r[0] for r in db.execute("SELECT idx FROM steps WHERE session_id = ?", [traj.id])}
+            for step in traj.steps:
+                if step.index not in logged:
+                    self._insert_step(traj.id, step)
+            db.execute(
+                "UPDATE sessions SET status = ?, error = ?, answer = ?, ground_truth = ?, correct = ?, scorer = ?, "
+                "ended_at = ?, n_steps = ?, n_ops = ?, n_errors = ?, tokens_in = ?, tokens_out = ?, seconds = ?, "
+                "meta_json = ? WHERE id = ?",
+                [traj.status if traj.status != "running" else "done", traj.error, traj.answer, traj.ground_truth,
+                 None if traj.correct is None else int(traj.correct), traj.scorer, time.time(), len(traj.steps),
+                 traj.n_ops, traj.n_errors, sum(s.tokens_in for s in traj.steps), sum(s.tokens_out for s in traj.steps),
+                 sum(s.gen_seconds + s.tool_seconds for s in traj.steps), json.dumps(traj.meta), traj.id])
+
+    def write(self, traj: Trajectory) -> str:
+        """Store a whole trajectory at once (imports, eval). Re-importing the same id replaces it."""
+        db = self.log.db
+        with self.log._tx():
+            db.execute("DELETE FROM sessions WHERE id = ?", [traj.id])
+            self.start(traj)
+            self.finish(traj)
+        return traj.id
+
+    def read(self, session_id: str) -> Trajectory:
+        return self.log.get_trajectory(session_id)

@@ -1,0 +1,112 @@
+"""Finding sessions in the log: the Inspect table's filters, pages and chart rows, all in SQL."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+@dataclass
+class SessionFilter:
+    """What the Inspect table asks for; every field is optional and applied in SQL."""
+
+    model: str | None = None
+    outcome: str | None = None  # correct | incorrect | unknown
+    min_ops: int | None = None
+    max_ops: int | None = None
+    has_errors: bool | None = None
+    annotated: bool | None = None  # applied by the Studio's log (app/studio_log.py)
+    since: float | None = None  # epoch seconds
+    until: float | None = None
+    text: str | None = None  # full-text search over question, answer and reasoning
+    status: str | None = None
+    client: str | None = None  # prefix match: "eval" matches "eval:run1"
+    question: str | None = None  # exact question (side-by-side comparison)
+    tool: str | None = None  # sessions with at least one step calling this operation
+    limit: int = 50
+    offset: int = 0
+
+
+class SessionQueries:
+    """Read-only queries over `sessions` and `steps`, mixed into SessionLog (which gives `db`).
+    A subclass adds its own columns and filters through LIST_EXTRA and `_extra_where`."""
+
+    LIST_EXTRA = ""  # extra columns of list_sessions, each preceded by ", "
+
+    def _extra_where(self, f: SessionFilter) -> list[str]:
+        return []
+
+    def _where(self, f: SessionFilter) -> tuple[str, list]:
+        clauses, args = [], []
+        if f.model:
+            clauses.append("s.model = ?"), args.append(f.model)
+        if f.outcome == "correct":
+            clauses.append("s.correct = 1")
+        elif f.outcome == "incorrect":
+            clauses.append("s.correct = 0")
+        elif f.outcome == "unknown":
+            clauses.append("s.correct IS NULL")
+        if f.min_ops is not None:
+            clauses.append("s.n_ops >= ?"), args.append(f.min_ops)
+        if f.max_ops is not None:
+            clauses.append("s.n_ops <= ?"), args.append(f.max_ops)
+        if f.has_errors is not None:
+            clauses.append("s.n_errors > 0" if f.has_errors else "s.n_errors = 0")
+        clauses.extend(self._extra_where(f))
+        if f.since is not None:
+            clauses.append("s.created_at >= ?"), args.append(f.since)
+        if f.until is not None:
+            clauses.append("s.created_at < ?"), args.append(f.until)
+        if f.status:
+            clauses.append("s.status = ?"), args.append(f.status)
+        if f.client:
+            clauses.append("(s.client = ? OR s.client LIKE ?)"), args.extend([f.client, f.client + ":%"])
+        if f.question:
+            clauses.append("s.question = ?"), args.append(f.question)
+        if f.tool:
+            clauses.append("EXISTS (SELECT 1 FROM steps t WHERE t.session_id = s.id AND t.tool = ? "
+                           "AND t.error IS NULL)"), args.append(f.tool)
+        if f.text and f.text.strip():
+            q = self.db.quote_fts(f.text.strip())
+            clauses.append(
+                "(s.rowid IN (SELECT rowid FROM sessions_fts WHERE sessions_fts MATCH ?) OR s.id IN "
+                "(SELECT st.session_id FROM steps st WHERE st.rowid IN "
+                "(SELECT rowid FROM steps_fts WHERE steps_fts MATCH ?)))")
+            args.extend([q, q])
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def list_sessions(self, f: SessionFilter | None = None) -> tuple[list[dict], int]:
+        """One page of sessions (newest first) and the total count matching the filter."""
+        f = f or SessionFilter()
+        where, args = self._where(f)
+        db = self.db
+        total = db.execute(f"SELECT count(*) FROM sessions s{where}", args).fetchone()[0]
+        rows = list(db.query(
+            "SELECT s.id, s.created_at, s.question, s.media_kind, s.model, s.backend, s.client, s.status, s.answer, "
+            "s.ground_truth, s.correct, s.scorer, s.n_steps, s.n_ops, s.n_errors, s.seconds, s.tools_enabled, "
+            f"s.compare_of{self.LIST_EXTRA} FROM sessions s{where} ORDER BY s.created_at DESC, s.id LIMIT ? OFFSET ?",
+            [*args, f.limit, f.offset]))
+        return rows, total
+
+    def models(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT model FROM sessions WHERE model IS NOT NULL "
+                                              "ORDER BY model")]
+
+    def stats(self, f: SessionFilter | None = None) -> dict[str, list[dict]]:
+        """Rows for the Inspect charts: ops per session, RaPR by day and by model, step latency."""
+        where, args = self._where(f or SessionFilter())
+        db = self.db
+        base = f"FROM sessions s{where}"
+        and_ = " AND " if where else " WHERE "
+        return {
+            "ops": list(db.query(f"SELECT s.n_ops AS n_ops, count(*) AS sessions {base} GROUP BY s.n_ops "
+                                 "ORDER BY s.n_ops", args)),
+            "rapr_by_day": list(db.query(
+                "SELECT date(s.created_at, 'unixepoch') AS day, s.model AS model, count(*) AS sessions, "
+                f"avg(s.n_ops > 0) AS rapr, avg(s.correct) AS accuracy {base}{and_}s.tools_enabled = 1 "
+                "GROUP BY day, s.model ORDER BY day", args)),
+            "rapr_by_model": list(db.query(
+                f"SELECT s.model AS model, count(*) AS sessions, avg(s.n_ops > 0) AS rapr, avg(s.correct) AS accuracy "
+                f"{base}{and_}s.tools_enabled = 1 GROUP BY s.model ORDER BY s.model", args)),
+            "latency": list(db.query(
+                "SELECT st.session_id, st.idx, st.tool, st.error IS NOT NULL AS is_error, st.gen_seconds, "
+                f"st.tool_seconds, st.tokens_out FROM steps st JOIN sessions s ON s.id = st.session_id{where} "
+                "ORDER BY s.created_at DESC LIMIT 5000", args)),
+        }

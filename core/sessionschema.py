@@ -1,0 +1,104 @@
+"""The session log's schema: the trajectories' tables (sessions, steps, images) and their versions.
+
+Schema changes are named, ordered steps (sqlite-utils `Migrations`), applied when a log opens; the
+`_sqlite_migrations` table records which ran. The first step creates the tables only where they are
+missing, so a file made before migrations existed opens and is brought up to date the same way.
+The Studio's own tables (annotations, jobs, metrics) are versioned apart, in app/studio_log.py.
+"""
+from __future__ import annotations
+
+from sqlite_utils.migrations import Migrations
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    ended_at REAL,
+    question TEXT NOT NULL,
+    choices TEXT,               -- JSON list or NULL
+    media_kind TEXT,            -- image | video | frames
+    media_path TEXT,
+    media_sha TEXT,             -- the original image (or first overview frame)
+    media_json TEXT,            -- core.trajectory.Media as JSON
+    model TEXT,
+    backend TEXT,
+    client TEXT,                -- app | eval:<run> | train:<job_id> | import
+    status TEXT NOT NULL DEFAULT 'running',
+    error TEXT,
+    answer TEXT,
+    ground_truth TEXT,
+    correct INTEGER,            -- 1 | 0 | NULL (unknown)
+    n_steps INTEGER NOT NULL DEFAULT 0,
+    n_ops INTEGER NOT NULL DEFAULT 0,
+    n_errors INTEGER NOT NULL DEFAULT 0,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    seconds REAL NOT NULL DEFAULT 0,
+    tools_enabled INTEGER NOT NULL DEFAULT 1,
+    guideline TEXT,
+    config_json TEXT,
+    meta_json TEXT,
+    compare_of TEXT,            -- the session this tools-off run was compared with
+    host TEXT,
+    pid INTEGER                 -- writer process, to find sessions a crash left running
+);
+CREATE TABLE IF NOT EXISTS images (
+    sha TEXT PRIMARY KEY,
+    path TEXT,
+    width INTEGER,
+    height INTEGER,
+    bytes INTEGER,
+    thumb BLOB,                 -- WebP, longest side 128 px
+    created_at REAL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    tool TEXT,
+    arguments TEXT,             -- JSON
+    error TEXT,
+    observation TEXT,
+    target_image INTEGER,
+    box_norm TEXT,              -- JSON [x0,y0,x1,y1] in [0,1]
+    box_px TEXT,                -- JSON, pixels of the target image
+    source_box_px TEXT,         -- JSON, pixels of the original input
+    frames TEXT,                -- JSON, 1-based overview frame numbers
+    image_shas TEXT,            -- JSON list of images.sha returned by the operation
+    tokens_in INTEGER, tokens_out INTEGER,
+    gen_seconds REAL, tool_seconds REAL,
+    finish_reason TEXT,
+    started_at REAL,
+    PRIMARY KEY (session_id, idx)
+);
+CREATE INDEX IF NOT EXISTS idx_sessions_created ON sessions(created_at);
+CREATE INDEX IF NOT EXISTS idx_sessions_model ON sessions(model, correct);
+CREATE INDEX IF NOT EXISTS idx_sessions_status ON sessions(status);
+CREATE INDEX IF NOT EXISTS idx_sessions_question ON sessions(question);
+CREATE INDEX IF NOT EXISTS idx_sessions_compare ON sessions(compare_of);
+"""
+
+MIGRATIONS = Migrations("pixel-reasoner-sessions")
+
+
+def execute_script(db, script: str) -> None:
+    """Run `;`-separated statements inside the caller's transaction (sqlite3's executescript
+    would commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@MIGRATIONS()
+def m001_sessions(db) -> None:
+    execute_script(db, SCHEMA)
+    if "sessions_fts" not in db.table_names():
+        db.table("sessions").enable_fts(["question", "answer"], create_triggers=True, tokenize="porter")
+    if "steps_fts" not in db.table_names():
+        db.table("steps").enable_fts(["text"], create_triggers=True, tokenize="porter")
+
+
+@MIGRATIONS()
+def m002_scorer(db) -> None:
+    """The name of the rule that judged `correct` (core.scoring.SCORERS), stored beside it."""
+    db.execute("ALTER TABLE sessions ADD COLUMN scorer TEXT")

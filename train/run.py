@@ -1,0 +1,225 @@
+"""The run harness of `python -m train sft|rl|vision`: the config base and its loader, the command line,
+the run folder, resuming, the wall-clock budget and the saved model.
+
+A config is a dataclass extending `RunConfig`; every field carries its help (`option(default, help)`), so
+`python -m train <command> --help` lists them all. A subclass may redefine a field's default with a plain
+annotation; the help is then the base's. Configs load from JSON (`--config`) plus `key=value` overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja",
+                   "chat_template.json", "studio.json", "generation_config.json")
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING):
+    """A config field with its help text (`factory` for a mutable default)."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
+
+
+@dataclass
+class RunConfig:
+    """Fields every training command has."""
+
+    model: str = option("assets/pixel-reasoner-tiny", "the start checkpoint: a local folder or a hub id")
+    out: str = option("runs/run", "the run folder: config, metrics.jsonl, checkpoints, final model")
+    final_dir: str | None = option(None, "where the final model goes (default <out>/final)")
+    learning_rate: float = option(1e-3, "peak learning rate")
+    warmup_ratio: float = option(0.05, "share of training spent warming the learning rate up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    batch_size: int = option(8, "examples per device per optimiser micro-batch")
+    max_steps: int = option(-1, "stop after this many optimiser steps (-1: by epochs)")
+    max_seconds: float | None = option(None, "a wall-clock budget: stop once it is spent (and save)")
+    seed: int = option(0, "random seed")
+    torch_threads: int | None = option(None, "torch CPU threads (default: torch's choice)")
+
+    @classmethod
+    def help_for(cls, name: str) -> str:
+        """A field's help: its own, else the one a base class gave it."""
+        for klass in cls.__mro__:
+            f = getattr(klass, "__dataclass_fields__", {}).get(name)
+            if f is not None and f.metadata.get("help"):
+                return f.metadata["help"]
+        return ""
+
+    @classmethod
+    def fields_help(cls) -> str:
+        lines = ["config fields (JSON in --config, or key=value):"]
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name} = {json.dumps(default)}\n      {cls.help_for(f.name)}")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_file(cls, path: str | Path | None, overrides: list[str] = ()):
+        """The config of a JSON file (or the defaults) with `key=value` overrides, values read as JSON
+        when they parse; unknown keys are an error naming the known ones."""
+        data = json.loads(Path(path).read_text(encoding="utf-8")) if path else {}
+        known = {f.name for f in fields(cls)}
+        for item in overrides:
+            if "=" not in item:
+                raise SystemExit(f"override {item!r} must be key=value")
+            key, value = item.split("=", 1)
+            try:
+                data[key] = json.loads(value)
+            except json.JSONDecodeError:
+                data[key] = value
+        unknown = sorted(set(data) - known - {"_comment"})
+        if unknown:
+            raise SystemExit(f"unknown config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        data.pop("_comment", None)
+        try:
+            return cls(**data)
+        except ValueError as e:  # a value the run cannot take (__post_init__)
+            raise SystemExit(f"config: {e}") from None
+
+
+@dataclass
+class TrainerRunConfig(RunConfig):
+    """Fields of the commands built on TRL's trainers (SFT and RL)."""
+
+    epochs: float = option(3.0, "passes over the data (when max_steps is -1)")
+    lr_scheduler: str = option("cosine", "transformers' scheduler name (constant under max_seconds)")
+    max_grad_norm: float = option(1.0, "gradient clipping")
+    grad_accum: int = option(1, "micro-batches per optimiser step")
+    freeze_vision: bool = option(False, "freeze the vision tower (the 7B recipes do; the tiny model must learn it)")
+    bf16: bool = option(False, "train under bf16 autocast (or DeepSpeed's bf16)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    attn_implementation: str | None = option(None, "e.g. \"flash_attention_2\" on GPUs")
+    deepspeed: str | None = option(None, "a DeepSpeed JSON config (configs/deepspeed_zero2.json)")
+    logging_steps: int = option(10, "write metrics every N steps")
+    save_steps: int = option(500, "save a checkpoint every N steps (a rerun resumes from the last)")
+    save_total_limit: int = option(2, "checkpoints kept")
+    save_dtype: str | None = option(None, "dtype of the saved weights, e.g. \"bfloat16\" to halve them")
+    report_to: list[str] = option(help="transformers' loggers", factory=lambda: ["tensorboard"])
+    disable_tqdm: bool = option(False, "no progress bars")
+
+
+def warmup_cosine(lr: float, frac: float, warmup: float) -> float:
+    """The learning rate at `frac` of training: linear warmup over the first `warmup` share (from 1%
+    of lr), then cosine decay to zero."""
+    if frac < warmup:
+        return lr * max(frac / warmup, 0.01)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - warmup) / (1 - warmup))))
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Train for a wall-clock budget rather than a step count: the learning rate follows warmup then
+    cosine decay over elapsed time (set before each optimiser step) and training stops at the budget.
+    Used where a machine is lent for minutes and its speed is not known ahead. With `lr=None` the
+    schedule is left alone and only the stop applies (RL's constant learning rate)."""
+
+    def __init__(self, seconds: float, lr: float | None, warmup: float = 0.05) -> None:
+        self.seconds, self.lr, self.warmup, self.t0 = seconds, lr, warmup, None
+
+    def lr_at(self, frac: float) -> float:
+        return warmup_cosine(self.lr, frac, self.warmup)
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.time()
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kw):
+        if self.lr is None:
+            return
+        lr = self.lr_at((time.time() - self.t0) / self.seconds)
+        for group in (optimizer.param_groups if optimizer is not None else []):
+            group["lr"] = lr
+
+    def on_step_end(self, args, state, control, **kw):
+        if time.time() - self.t0 >= self.seconds:
+            control.should_training_stop = True
+            control.should_save = True
+
+
+def copy_processor_files(source: Path, final: Path) -> None:
+    """The start checkpoint's processor configs, chat template and studio.json, where `final` lacks them."""
+    for name in PROCESSOR_FILES:
+        if (source / name).exists() and not (final / name).exists():
+            shutil.copy(source / name, final / name)
+
+
+def save_final(trainer, encoder, cfg, source: Path | None, final: Path) -> None:
+    """A plain HF folder: weights, config, tokenizer, processor configs (copied from the start)."""
+    if cfg.save_dtype:
+        trainer.model.to(getattr(torch, cfg.save_dtype))
+    trainer.save_model(str(final))
+    if not trainer.is_world_process_zero():
+        return
+    encoder.tokenizer.save_pretrained(str(final))
+    if source is not None:
+        copy_processor_files(source, final)
+    if not (final / "studio.json").exists():
+        (final / "studio.json").write_text(json.dumps({"pixel_preset": cfg.pixel_preset}, indent=2))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch (accelerate, torchrun set RANK), or a plain run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def start_run(cfg, name: str) -> Path:
+    """Shared start of `train sft|rl|vision`: torch threads, the run folder, and the config as run
+    (`<out>/<name>_config.json`, written by the main process), so every run folder says how it was made."""
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        (out / f"{name}_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return out
+
+
+class ResumesSavedWeights:
+    """Trainer mixin: resuming a run loads the checkpoint's weights through `load_saved_weights`
+    (Trainer's own loader matches none of the names transformers 5 saves Qwen2.5-VL under)."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        load_saved_weights(model or self.model, resume_from_checkpoint)
+
+
+def last_checkpoint(out: Path) -> str | None:
+    """Resume from the newest checkpoint-N of a previous run in the same folder."""
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return str(ckpts[-1]) if ckpts else None
+
+
+def load_saved_weights(model, checkpoint: str) -> None:
+    """Put a checkpoint's weights into `model` the way from_pretrained reads them.
+
+    Trainer's resume loads model.safetensors key by key, but transformers 5 saves Qwen2.5-VL under
+    its legacy names (`visual.*`, `model.layers.*`): nothing matched, and a resumed run silently went
+    on from its start weights. from_pretrained maps the names; the copy costs the model's size once."""
+    saved = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(saved.state_dict())
+
+
+def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None) -> int:
+    """The shared command line of `train sft|rl|vision`: --config FILE, --out, key=value overrides;
+    `--help` lists every config field with its type, default and help."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0], epilog=config_cls.fields_help(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help=f"JSON file with {config_cls.__name__} fields")
+    ap.add_argument("--out", help="output folder (overrides the config's `out`)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, values parsed as JSON when possible")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_cls.from_file(args.config, args.overrides)
+    if args.out:
+        cfg.out = args.out
+    summary = train_fn(cfg)
+    if is_main_process():  # one summary per run, not one per process
+        print(json.dumps(summary))
+    return 0
