@@ -26,6 +26,7 @@ import sqlite_utils
 from PIL import Image
 
 from core.media import DiskImageStore
+from core.paths import is_sha
 from core.trajectory import ImageRef, Media, Step, Trajectory
 
 THUMB_SIDE = 128
@@ -269,7 +270,7 @@ class SessionLog:
         """Add images rows for refs whose files are in the store (inside the caller's transaction)."""
         db = self.db
         for ref in refs:
-            if ref is None:
+            if ref is None or not is_sha(ref.sha):
                 continue
             if db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
                 continue
@@ -417,6 +418,9 @@ class SessionLog:
             meta=_unjs(row["meta_json"]) or {})
 
     def image_path(self, sha: str) -> Path | None:
+        """The stored file of an image, or None (also for a name that is not a content hash)."""
+        if not is_sha(sha):
+            return None
         path = self.images.path(sha)
         return path if path.exists() else None
 
