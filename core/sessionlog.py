@@ -16,6 +16,7 @@ import io
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     compare_of TEXT,            -- the session this tools-off run was compared with
     host TEXT,
     pid INTEGER,                -- writer process, to find sessions a crash left running
-    trajectory_json TEXT        -- the whole record, written when the session ends
+    trajectory_json TEXT,       -- the whole record, written when the session ends
+    owner TEXT                  -- the visitor who asked (public mode lists a visitor's own only)
 );
 CREATE TABLE IF NOT EXISTS images (
     sha TEXT PRIMARY KEY,
@@ -152,6 +154,40 @@ def _unjs(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
+class StorageError(RuntimeError):
+    """The session log cannot be opened or written; the message names the file and the cause."""
+
+
+def storage_problem(e: BaseException, path: str | Path | None = None) -> str:
+    """One line for a storage failure: which file (when given) and why, with what to do."""
+    text = str(e).lower()
+    errno_ = getattr(e, "errno", None)
+    if errno_ in (27, 28) or "disk is full" in text or "no space" in text or "too large" in text:
+        cause = "the disk is full (or the file hit its size limit); free some space"
+    elif "disk i/o error" in text:
+        cause = "a disk write failed (is the disk full?); free some space and try again"
+    elif errno_ in (1, 13, 30) or "readonly" in text or "read-only" in text or "permission" in text:
+        cause = "it is read-only here; give a writable --db path or fix the folder's permissions"
+    elif "unable to open" in text:
+        cause = "it cannot be opened (is its folder writable and the file a database?)"
+    elif "not a database" in text or "malformed" in text:
+        cause = "it is not a (healthy) SQLite database"
+    elif "locked" in text:
+        cause = "another process holds it locked; try again"
+    else:
+        cause = (str(e).splitlines() or [type(e).__name__])[0][:160]
+    return f"{path}: {cause}" if path else cause
+
+
+def open_log(path: str | Path, images_dir: str | Path | None = None) -> "SessionLog":
+    """SessionLog(path), with a StorageError naming the file and the cause instead of sqlite's
+    bare "unable to open database file"."""
+    try:
+        return SessionLog(path, images_dir)
+    except (OSError, sqlite3.Error) as e:
+        raise StorageError(f"cannot use the session log {storage_problem(e, path)}") from None
+
+
 def pid_alive(pid: int | None) -> bool:
     """Whether a process runs (a zombie, exited but not yet reaped, does not)."""
     if not pid:
@@ -177,6 +213,19 @@ def make_thumb(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
     return buf.getvalue()
 
 
+def fts_query(text: str | None) -> str | None:
+    """Search text as an FTS5 query of quoted words (all must match); None when no word is left.
+
+    Quotes, NUL and other control characters and lone surrogates are dropped first: they are not
+    words, and FTS5 (or the driver) would refuse the query with a syntax error."""
+    if not text:
+        return None
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "ignore")
+    text = "".join(" " if ch == '"' or ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    words = text.split()[:64]
+    return " ".join(f'"{w}"' for w in words) or None
+
+
 @dataclass
 class SessionFilter:
     """What the Inspect table asks for; every field is optional and applied in SQL."""
@@ -194,6 +243,7 @@ class SessionFilter:
     client: str | None = None  # prefix match: "eval" matches "eval:run1"
     question: str | None = None  # exact question (side-by-side comparison)
     tool: str | None = None  # sessions with at least one step calling this operation
+    owner: str | None = None  # only this visitor's sessions (public mode)
     limit: int = 50
     offset: int = 0
 
@@ -253,6 +303,9 @@ class SessionLog:
                     db.execute(statement)
             if "note" not in db.table("jobs").columns_dict:  # DBs made before the column existed
                 db.execute("ALTER TABLE jobs ADD COLUMN note TEXT")
+            if "owner" not in db.table("sessions").columns_dict:
+                db.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
+            db.execute("CREATE INDEX IF NOT EXISTS idx_sessions_owner ON sessions(owner, created_at)")
             if "sessions_fts" not in db.table_names():
                 db.table("sessions").enable_fts(["question", "answer"], create_triggers=True, tokenize="porter")
             if "steps_fts" not in db.table_names():
@@ -290,7 +343,8 @@ class SessionLog:
             self._register_images(refs)
         return refs
 
-    def start_session(self, traj: Trajectory, client: str = "app", compare_of: str | None = None) -> str:
+    def start_session(self, traj: Trajectory, client: str = "app", compare_of: str | None = None,
+                      owner: str | None = None) -> str:
         """Insert the session row (status running) before the first step is generated."""
         m = traj.media
         media_ref = m.image or (m.overview[0] if m.overview else None)
@@ -301,6 +355,7 @@ class SessionLog:
             "status": "running", "ground_truth": traj.ground_truth, "tools_enabled": int(traj.tools_enabled),
             "guideline": traj.guideline, "config_json": json.dumps(traj.config), "meta_json": json.dumps(traj.meta),
             "compare_of": compare_of or traj.meta.get("compare_of"), "host": self._host, "pid": os.getpid(),
+            "owner": owner,
         }
         db = self.db
         with self._tx():
@@ -453,11 +508,13 @@ class SessionLog:
             clauses.append("(s.client = ? OR s.client LIKE ?)"), args.extend([f.client, f.client + ":%"])
         if f.question:
             clauses.append("s.question = ?"), args.append(f.question)
+        if f.owner is not None:
+            clauses.append("s.owner = ?"), args.append(f.owner)
         if f.tool:
             clauses.append("EXISTS (SELECT 1 FROM steps t WHERE t.session_id = s.id AND t.tool = ? "
                            "AND t.error IS NULL)"), args.append(f.tool)
-        if f.text and f.text.strip():
-            q = self.db.quote_fts(f.text.strip())
+        q = fts_query(f.text)
+        if q:
             clauses.append(
                 "(s.rowid IN (SELECT rowid FROM sessions_fts WHERE sessions_fts MATCH ?) OR s.id IN "
                 "(SELECT st.session_id FROM steps st WHERE st.rowid IN "
