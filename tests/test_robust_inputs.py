@@ -96,8 +96,9 @@ def test_one_megabyte_of_boxed_text_is_read_in_linear_time():
     assert last_boxed(text) is None and extract_answer(text) is None
     assert time.perf_counter() - t0 < 2.0  # loose (shared CI); bench/safety_bench.py prints the figure
     assert last_boxed("a \\boxed{x} b " + "\\boxed{" * 10_000) == "x"
-    assert extract_answer("<answer>" * 50_000 + "<answer>7</answer>") == "<answer>" * 49_999 + "<answer>7"[8:] \
-        or extract_answer("<answer>" * 50_000 + "<answer>7</answer>").endswith("7")
+    t0 = time.perf_counter()
+    assert extract_answer("<answer>" * 100_000 + "7</answer>").endswith("7")  # was quadratic too
+    assert time.perf_counter() - t0 < 2.0
 
 
 # ---- the loop ---------------------------------------------------------------------------------------
