@@ -101,6 +101,33 @@ def test_one_megabyte_of_boxed_text_is_read_in_linear_time():
     assert time.perf_counter() - t0 < 2.0
 
 
+def _rescanning_last_boxed(text: str) -> str | None:
+    """The former quadratic definition, kept as the reference the linear one must agree with."""
+    start = text.rfind("\\boxed")
+    while start != -1:
+        i = start + len("\\boxed")
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for j in range(i, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                if text[j] == "}" and depth == 0:
+                    return text[i + 1:j].strip()
+        start = text.rfind("\\boxed", 0, start)
+    return None
+
+
+def test_linear_last_boxed_agrees_with_the_rescanning_definition():
+    import random
+
+    rnd = random.Random(5)
+    parts = ["{", "}", "a", "\\boxed", "\\boxed{", " ", "é", "\\box", "ed{", "\U0001F600", "\\frac{1}{2}"]
+    for _ in range(3000):
+        text = "".join(rnd.choice(parts) for _ in range(rnd.randint(0, 30)))
+        assert last_boxed(text) == _rescanning_last_boxed(text), text
+
+
 # ---- the loop ---------------------------------------------------------------------------------------
 
 class FailsOn(ReplayBackend):
