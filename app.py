@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     check_flags(args, is_public(args), pairs)
     from app.ui import build_app, launch_kwargs
 
-    studio = make_studio(args)
+    from core.sessionlog import StorageError
+
+    try:
+        studio = make_studio(args)
+    except StorageError as e:  # one line naming the DB and why, not sqlite's bare message
+        raise SystemExit(str(e)) from None
     demo = build_app(studio)
     host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else None)
     demo.queue(default_concurrency_limit=studio.max_concurrent_runs).launch(

@@ -46,10 +46,15 @@ def make_filter(text: str = "", model: str = ANY, outcome: str = ANY, min_ops=No
                 has_errors: str = ANY, annotated: str = ANY, since: str = "", until: str = "", page: int = 1,
                 page_size: int = PAGE_SIZE) -> SessionFilter:
     yes_no = {"yes": True, "no": False}
+
+    def count(v):  # SQLite integers stop at 2**63: clamp what a form or an API call sends
+        return None if v in (None, "") else min(max(int(v), 0), 10 ** 9)
+
+    min_ops, max_ops, page = count(min_ops), count(max_ops), count(page) or 1
     return SessionFilter(
         text=text or None, model=None if model in (None, "", ANY) else model,
         outcome=None if outcome in (None, "", ANY) else outcome,
-        min_ops=None if min_ops in (None, "") else int(min_ops), max_ops=None if max_ops in (None, "") else int(max_ops),
+        min_ops=min_ops, max_ops=max_ops,
         has_errors=yes_no.get(has_errors), annotated=yes_no.get(annotated), since=parse_date(since),
         until=parse_date(until), limit=page_size, offset=max(0, int(page or 1) - 1) * page_size)
 

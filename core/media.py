@@ -68,7 +68,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(base, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def load_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
@@ -87,7 +87,7 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Imag
             img = Image.open(source)
             check_size(name, *img.size, max_pixels)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright picture
             return to_rgb(img)
     except MediaError:
         raise
@@ -202,7 +202,9 @@ class Video:
 def image_sha(image: Image.Image) -> str:
     """sha256 of the decoded pixels (mode, size, bytes): equal pictures share one key."""
     h = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
-    h.update(image.tobytes())
+    rows = max(1, (8 << 20) // max(1, image.width * len(image.getbands())))  # ~8 MB bands, not one full copy
+    for y in range(0, image.height, rows):
+        h.update(image.crop((0, y, image.width, min(image.height, y + rows))).tobytes())
     return h.hexdigest()
 
 

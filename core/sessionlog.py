@@ -206,8 +206,10 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def make_thumb(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
-    thumb = image.convert("RGB")
-    thumb.thumbnail((side, side))
+    scale = min(1.0, side / max(image.size))  # resized straight to the small size: no full-size copy
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    thumb = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    thumb = thumb if thumb.mode == "RGB" else thumb.convert("RGB")
     buf = io.BytesIO()
     thumb.save(buf, format="WEBP", quality=70)
     return buf.getvalue()

@@ -236,6 +236,9 @@ def test_a_read_only_db_path_names_the_path_and_the_cause(tmp_path):
         open_log(path)
     msg = str(e.value)
     assert str(path) in msg and ("read-only" in msg or "cannot be opened" in msg) and "\n" not in msg
+    out = subprocess.run([sys.executable, "app.py", "--backend", "replay", "--db", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and out.stderr.strip().splitlines()[-1] == msg and "Traceback" not in out.stderr
 
 
 FULL_DISK = r"""

@@ -185,6 +185,9 @@ def test_search_input_is_data_not_sql(public):
     for text in ("'; DROP TABLE sessions; --", '"', "a\x00b", "NEAR(", "*"):
         rows, info, _ = client.predict(text, "any", "any", 0, 99, "any", "any", "", "", 1, api_name="/sessions")
         assert "sessions" in info and not info.startswith("⚠️")
+    rows, info, _ = client.predict("", "any", "any", 10 ** 30, 10 ** 30, "any", "any", "", "", 10 ** 30,
+                                   api_name="/sessions")  # past SQLite's integers
+    assert "sessions" in info
     assert sqlite3.connect(data / "studio.db").execute("SELECT count(*) FROM sessions").fetchone()[0] >= 0
 
 
