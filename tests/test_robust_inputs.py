@@ -88,6 +88,18 @@ def test_corrupt_image_message_names_the_file_not_the_server_folder(tmp_path):
     assert "broken.png" in str(e.value) and str(tmp_path) not in str(e.value) and "\n" not in str(e.value)
 
 
+def test_corrupt_video_message_is_one_line_without_server_folders_or_decoder_log(tmp_path):
+    from core.media import Video
+
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(MediaError) as e:
+        Video.from_file(path)
+    msg = str(e.value)
+    assert msg.startswith("clip.mp4 is not a readable video") and str(tmp_path) not in msg and "\n" not in msg
+    assert ".cc:" not in msg and len(msg) < 300
+
+
 # ---- answers -------------------------------------------------------------------------------------
 
 def test_one_megabyte_of_boxed_text_is_read_in_linear_time():
