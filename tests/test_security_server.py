@@ -209,20 +209,27 @@ def test_imports_never_read_files_outside_the_upload(local, tmp_path):
                                                    {"type": "text", "text": "dots?"}]},
                       {"role": "assistant", "content": "\\boxed{2}"}]},
     ]
+    beside = up / "beside.png"  # uploaded with the records: the one picture an import may read
+    photo_like(320, 240, seed=4).save(beside)
+    records.append({"messages": [{"role": "user", "content": [{"type": "image", "image": "some/dir/beside.png"},
+                                                              {"type": "text", "text": "uploaded?"}]},
+                                 {"role": "assistant", "content": TURNS[0]}, {"role": "assistant", "content": TURNS[1]}]})
     (up / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     traj = {"question": "ours?", "media": {"kind": "image", "path": "../" * 10 + str(secret),
                                            "image": {"sha": rel[: -len(".png")], "width": 300, "height": 200}},
             "steps": [], "id": "../../../../escape"}
     (up / "traj.json").write_text(json.dumps(traj))
     client = Client(url, verbose=False)
-    msg = client.predict([handle_file(str(up / "records.jsonl")), handle_file(str(up / "traj.json"))],
-                         api_name="/import")
-    assert msg.startswith("imported 3 trajectories"), msg
+    msg = client.predict([handle_file(str(up / "records.jsonl")), handle_file(str(up / "traj.json")),
+                          handle_file(str(beside))], api_name="/import")
+    assert msg.startswith("imported 4 trajectories"), msg
     db = sqlite3.connect(data / "studio.db")
     secret_sha = image_sha(load_image(secret))
     assert not db.execute("SELECT 1 FROM images WHERE sha = ?", [secret_sha]).fetchone()
     assert all(is_sha(s) for (s,) in db.execute("SELECT sha FROM images"))
-    sessions = db.execute("SELECT id, media_path, media_sha FROM sessions").fetchall()
+    uploaded = db.execute("SELECT id, media_sha, n_ops FROM sessions WHERE question = 'uploaded?'").fetchone()
+    assert uploaded[1] == image_sha(load_image(beside)) and uploaded[2] == 1  # re-executed on the upload
+    sessions = db.execute("SELECT id, media_path, media_sha FROM sessions WHERE question != 'uploaded?'").fetchall()
     assert all("/" not in sid and mp is None and (ms is None or is_sha(ms)) for sid, mp, ms in sessions), sessions
     for sid, _, _ in sessions:
         header, replay, _, picture, *_ = client.predict(sid, api_name="/open_session")
