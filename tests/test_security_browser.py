@@ -1,0 +1,78 @@
+"""No script runs from what a model, an import or a visitor wrote: a headless Chromium (Debian's) opens a
+session whose question, reasoning and answer carry script payloads, in the Ask chat and in Inspect.
+Skipped with a reason when chromium is absent."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+
+import pytest
+
+from core.backends.replay import ReplayBackend
+from core.loop import LoopConfig, Task, run_to_end
+from core.media import load_image
+from core.protocol import format_tool_call
+from core.sessionlog import SessionLog
+from tests.test_app_browser import CHROMIUM, EXAMPLE, pytestmark  # noqa: F401 - the same skip condition
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+
+PAYLOADS = ['<img src=x onerror="window.__pwned=1">', "<script>window.__pwned=2</script>",
+            '<svg onload="window.__pwned=3"></svg>', "[link](javascript:window.__pwned=4)"]
+EVIL = " ".join(PAYLOADS)
+TURNS = [f"Let me zoom. {EVIL}\n\n" + format_tool_call("crop_image_normalized",
+                                                       {"bbox_2d": [0.44, 0.66, 0.48, 0.72], "target_image": 1}),
+         f"{EVIL} \\boxed{{{PAYLOADS[0]}}}"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from app import Studio
+    from app.ui import build_app, launch_kwargs
+
+    data = tmp_path_factory.mktemp("xss")
+    replay = data / "turns.json"
+    replay.write_text(json.dumps(TURNS))
+    studio = Studio(log=SessionLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay))
+    task = Task(question=f"What is on the tag? {EVIL}", image=load_image(EXAMPLE), media_path=str(EXAMPLE))
+    logged = studio.log.log_trajectory(run_to_end(ReplayBackend(TURNS), task, config=LoopConfig(),
+                                                  store=studio.log.images), client="import")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(studio)
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs(studio))
+    yield demo.local_url, logged
+    demo.close()
+
+
+def test_script_payloads_in_questions_reasoning_and_answers_do_not_run(served):
+    url, logged = served
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        dialogs = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        # Inspect: the deep link opens the stored session (header, raw text, compare)
+        page.goto(f"{url}?session={logged}")
+        sync_api.expect(page.locator("#session-id textarea, #session-id input").first).to_have_value(
+            logged, timeout=60_000)
+        page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=30_000)
+        assert "What is on the tag?" in page.inner_text("body")  # the header and the raw text rendered
+        page.wait_for_timeout(1000)
+        assert page.evaluate("() => window.__pwned") is None
+        # Ask: the same payloads typed by a visitor and written by the model, streamed into the chat
+        page.goto(url)
+        page.get_by_text("Pixel Reasoner Studio").first.wait_for(timeout=60_000)
+        page.get_by_text("zoom needed: small tag", exact=True).first.click()
+        question = page.locator("#question textarea")
+        sync_api.expect(question).to_have_value(re.compile("blue tag"), timeout=20_000)
+        question.fill(f"Tag? {EVIL}")
+        page.locator("#ask-btn").click()
+        sync_api.expect(page.locator("#chat").get_by_text("Answer:")).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1500)
+        assert page.evaluate("() => window.__pwned") is None and not dialogs
+        browser.close()
