@@ -36,6 +36,8 @@ class Studio:
     media_roots: list[Path] = field(default_factory=list)  # folders imports may read pictures from
     # per browser tab (gradio session hash): the cancel events of its running generations
     cancels: dict[str, list[threading.Event]] = field(default_factory=dict)
+    # per browser tab (gradio session hash): the visitor token its browser keeps, so a reload keeps the list
+    visitors: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _jobs: object = field(default=None, repr=False)
 

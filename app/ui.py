@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect as pyinspect
 import logging
+import secrets
 
 import gradio as gr
 
@@ -15,6 +16,7 @@ from app import ROOT, UI_ONLY, Studio
 from app import ask as A
 from app import inspect as I
 from core.backends import BACKENDS
+from core.paths import is_token
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +44,16 @@ def _optional_tab(module: str, studio: Studio, shared: dict) -> None:
     build(studio, **{k: v for k, v in shared.items() if k in params})
 
 
-def visitor(request: gr.Request | None) -> str | None:
-    """Who asks: the logged-in user, else the browser tab's (or API client's) Gradio session."""
+def visitor(studio: Studio, request: gr.Request | None) -> str | None:
+    """Who asks: the logged-in user, else the token the tab's browser keeps (see on_load), else the
+    tab's (or API client's) Gradio session."""
     if request is None:
         return None
     user = getattr(request, "username", None)
-    return f"user:{user}" if user else f"tab:{request.session_hash}"
+    if user:
+        return f"user:{user}"
+    token = studio.visitors.get(request.session_hash)
+    return f"visitor:{token}" if token else f"tab:{request.session_hash}"
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -103,7 +109,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     except (TypeError, ValueError):
                         yield [], [], "⚠️ the settings must be numbers within the sliders' ranges"
                         return
-                    yield from A.ask_stream(studio, media_path, q, settings, request.session_hash, visitor(request))
+                    yield from A.ask_stream(studio, media_path, q, settings, request.session_hash,
+                                            visitor(studio, request))
 
                 def stop(request: gr.Request):
                     n = A.stop(studio, request.session_hash)
@@ -173,7 +180,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
                 def scope(request: gr.Request | None) -> str | None:
                     """The owner to filter by: this visitor in public mode, nobody otherwise."""
-                    return (visitor(request) or "") if studio.isolate else None
+                    return (visitor(studio, request) or "") if studio.isolate else None
 
                 def owned(sid, request: gr.Request | None) -> str:
                     """The session id when this visitor may see it; KeyError (as for an unknown id) if not."""
@@ -265,20 +272,31 @@ def build_app(studio: Studio) -> gr.Blocks:
                     gr.Markdown("Training is off. Start the app with `python app.py --enable-training` to launch "
                                 "SFT, RL and evaluation jobs from here (they run as commands on this machine).")
 
-        def on_load(request: gr.Request):
-            """Deep link ?session=<id>: open the Inspect tab on that session; else show the newest page."""
+        visitor_token = gr.BrowserState("", storage_key="studio-visitor")
+
+        def on_load(token, request: gr.Request):
+            """Deep link ?session=<id>: open the Inspect tab on that session; else show the newest page.
+            The browser's visitor token (made here on a first visit) is tied to this tab's session."""
+            if not (isinstance(token, str) and is_token(token)):
+                token = secrets.token_hex(16)
+            with studio.lock:
+                studio.visitors[request.session_hash] = token
             first = I.make_filter()
             first.owner = scope(request)
             rows, info = I.sessions_page(studio.log, first)
             sid = (request.query_params.get("session") or "").strip() if request else ""
             if sid:
-                return (gr.Tabs(selected="inspect"), rows, info, sid) + open_session(sid, 1, request)
-            return (gr.update(), rows, info, gr.update()) + (gr.update(),) * len(session_outputs)
+                return (token, gr.Tabs(selected="inspect"), rows, info, sid) + open_session(sid, 1, request)
+            return (token, gr.update(), rows, info, gr.update()) + (gr.update(),) * len(session_outputs)
 
-        demo.load(on_load, None, [tabs, table, table_info, session_id] + session_outputs, **UI_ONLY)
+        demo.load(on_load, visitor_token, [visitor_token, tabs, table, table_info, session_id] + session_outputs,
+                  **UI_ONLY)
+
         def on_unload(request: gr.Request):
             """A closed tab stops its runs; their sessions end 'unfinished' with every finished step kept."""
             A.stop(studio, request.session_hash, reason="closed")
+            with studio.lock:
+                studio.visitors.pop(request.session_hash, None)
 
         demo.unload(on_unload)
     return demo

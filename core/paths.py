@@ -30,6 +30,11 @@ def is_sha(value) -> bool:
     return isinstance(value, str) and SHA_RE.fullmatch(value) is not None
 
 
+def is_token(value) -> bool:
+    """A visitor token as the app makes them: 32 hex digits."""
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) is not None
+
+
 def check_sha(value) -> str:
     """A content hash as stored (sha256 hex); anything else is refused before it touches the disk."""
     if not is_sha(value):

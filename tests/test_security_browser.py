@@ -76,3 +76,48 @@ def test_script_payloads_in_questions_reasoning_and_answers_do_not_run(served):
         page.wait_for_timeout(1500)
         assert page.evaluate("() => window.__pwned") is None and not dialogs
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def public_url(tmp_path_factory):
+    from app import Studio
+    from app.ui import build_app, launch_kwargs
+
+    data = tmp_path_factory.mktemp("public-browser")
+    replay = data / "turns.json"
+    replay.write_text(json.dumps(["It reads 3. \\boxed{3}"]))
+    studio = Studio(log=SessionLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay),
+                    public=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_app(studio)
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs(studio))
+    yield demo.local_url, studio
+    demo.close()
+
+
+def test_a_visitor_keeps_their_sessions_across_a_reload_and_no_one_else_sees_them(public_url):
+    url, studio = public_url
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        alice = browser.new_context().new_page()
+        alice.goto(url)
+        alice.get_by_text("zoom needed: small tag", exact=True).first.click(timeout=60_000)
+        sync_api.expect(alice.locator("#question textarea")).to_have_value(re.compile("blue tag"), timeout=20_000)
+        alice.locator("#ask-btn").click()
+        sync_api.expect(alice.locator("#chat").get_by_text("Answer: 3")).to_be_visible(timeout=60_000)
+        (row,) = studio.log.list_sessions()[0]
+        alice.reload()  # a new Gradio session; the browser's token is the same
+        alice.get_by_role("tab", name="Inspect").click()
+        sync_api.expect(alice.get_by_text(re.compile(r"^1 sessions"))).to_be_visible(timeout=30_000)
+        assert row["id"] in alice.locator("#sessions").inner_text()
+        bob = browser.new_context().new_page()  # another browser profile: another visitor
+        bob.goto(url)
+        bob.get_by_role("tab", name="Inspect").click(timeout=60_000)
+        sync_api.expect(bob.get_by_text(re.compile(r"^0 sessions"))).to_be_visible(timeout=30_000)
+        assert row["id"] not in bob.locator("#sessions").inner_text()
+        bob.goto(f"{url}?session={row['id']}")  # the deep link does not open someone else's session
+        sync_api.expect(bob.get_by_text(re.compile("no session"))).to_be_visible(timeout=30_000)
+        browser.close()
