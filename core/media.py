@@ -246,8 +246,12 @@ class DiskImageStore:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            image.save(tmp, format="PNG")
-            os.replace(tmp, path)
+            try:
+                image.save(tmp, format="PNG")
+                os.replace(tmp, path)
+            except BaseException:  # a full disk: leave no half-written file behind
+                tmp.unlink(missing_ok=True)
+                raise
         return sha
 
     def get(self, sha: str) -> Image.Image:

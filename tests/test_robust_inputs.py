@@ -283,3 +283,4 @@ def test_a_full_disk_gives_a_one_line_message(tmp_path):
     status = next((ln for ln in out.stdout.splitlines() if ln.startswith("STATUS:")), "")
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "could not be saved" in status and "disk is full" in status and str(tmp_path) not in status, status
+    assert not list((data / "images").rglob("*.tmp"))  # no half-written picture left behind
