@@ -27,97 +27,95 @@ TURNS = [f"Let me zoom. {EVIL}\n\n" + format_tool_call("crop_image_normalized",
          f"{EVIL} \\boxed{{{PAYLOADS[0]}}}"]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def serve(tmp_path_factory, name: str, turns: list[str], **studio_kw):
+    """The Studio in this process on a free port, replaying `turns`; yields (url, studio)."""
     from app import Studio
     from app.ui import build_app, launch_kwargs
 
-    data = tmp_path_factory.mktemp("xss")
+    data = tmp_path_factory.mktemp(name)
     replay = data / "turns.json"
-    replay.write_text(json.dumps(TURNS))
-    studio = Studio(log=SessionLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay))
-    task = Task(question=f"What is on the tag? {EVIL}", image=load_image(EXAMPLE), media_path=str(EXAMPLE))
-    logged = studio.log.log_trajectory(run_to_end(ReplayBackend(TURNS), task, config=LoopConfig(),
-                                                  store=studio.log.images), client="import")
+    replay.write_text(json.dumps(turns))
+    studio = Studio(log=SessionLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay),
+                    **studio_kw)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = build_app(studio)
     demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs(studio))
+    return demo, studio
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        yield chromium
+        chromium.close()
+
+
+def ask_the_example(page, question: str | None = None) -> None:
+    """Pick the small-tag example (optionally with another question), press Ask, wait for the answer."""
+    page.get_by_text("zoom needed: small tag", exact=True).first.click(timeout=60_000)
+    box = page.locator("#question textarea")
+    sync_api.expect(box).to_have_value(re.compile("blue tag"), timeout=20_000)
+    if question:
+        box.fill(question)
+    page.locator("#ask-btn").click()
+    sync_api.expect(page.locator("#chat").get_by_text("Answer:")).to_be_visible(timeout=60_000)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    demo, studio = serve(tmp_path_factory, "xss", TURNS)
+    task = Task(question=f"What is on the tag? {EVIL}", image=load_image(EXAMPLE), media_path=str(EXAMPLE))
+    logged = studio.log.log_trajectory(run_to_end(ReplayBackend(TURNS), task, config=LoopConfig(),
+                                                  store=studio.log.images), client="import")
     yield demo.local_url, logged
     demo.close()
 
 
-def test_script_payloads_in_questions_reasoning_and_answers_do_not_run(served):
+def test_script_payloads_in_questions_reasoning_and_answers_do_not_run(served, browser):
     url, logged = served
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        dialogs = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        # Inspect: the deep link opens the stored session (header, raw text, compare)
-        page.goto(f"{url}?session={logged}")
-        sync_api.expect(page.locator("#session-id textarea, #session-id input").first).to_have_value(
-            logged, timeout=60_000)
-        page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=30_000)
-        assert "What is on the tag?" in page.inner_text("body")  # the header and the raw text rendered
-        page.wait_for_timeout(1000)
-        assert page.evaluate("() => window.__pwned") is None
-        # Ask: the same payloads typed by a visitor and written by the model, streamed into the chat
-        page.goto(url)
-        page.get_by_text("Pixel Reasoner Studio").first.wait_for(timeout=60_000)
-        page.get_by_text("zoom needed: small tag", exact=True).first.click()
-        question = page.locator("#question textarea")
-        sync_api.expect(question).to_have_value(re.compile("blue tag"), timeout=20_000)
-        question.fill(f"Tag? {EVIL}")
-        page.locator("#ask-btn").click()
-        sync_api.expect(page.locator("#chat").get_by_text("Answer:")).to_be_visible(timeout=60_000)
-        page.wait_for_timeout(1500)
-        assert page.evaluate("() => window.__pwned") is None and not dialogs
-        browser.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    # Inspect: the deep link opens the stored session (header, raw text, compare)
+    page.goto(f"{url}?session={logged}")
+    sync_api.expect(page.locator("#session-id textarea, #session-id input").first).to_have_value(
+        logged, timeout=60_000)
+    page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=30_000)
+    assert "What is on the tag?" in page.inner_text("body")  # the header and the raw text rendered
+    page.wait_for_timeout(1000)
+    assert page.evaluate("() => window.__pwned") is None
+    # Ask: the same payloads typed by a visitor and written by the model, streamed into the chat
+    page.goto(url)
+    ask_the_example(page, f"Tag? {EVIL}")
+    page.wait_for_timeout(1500)
+    assert page.evaluate("() => window.__pwned") is None and not dialogs
 
 
 @pytest.fixture(scope="module")
 def public_url(tmp_path_factory):
-    from app import Studio
-    from app.ui import build_app, launch_kwargs
-
-    data = tmp_path_factory.mktemp("public-browser")
-    replay = data / "turns.json"
-    replay.write_text(json.dumps(["It reads 3. \\boxed{3}"]))
-    studio = Studio(log=SessionLog(data / "studio.db"), data_dir=data, backend="replay", replay=str(replay),
-                    public=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_app(studio)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs(studio))
+    demo, studio = serve(tmp_path_factory, "public-browser", ["It reads 3. \\boxed{3}"], public=True)
     yield demo.local_url, studio
     demo.close()
 
 
-def test_a_visitor_keeps_their_sessions_across_a_reload_and_no_one_else_sees_them(public_url):
+def test_a_visitor_keeps_their_sessions_across_a_reload_and_no_one_else_sees_them(public_url, browser):
     url, studio = public_url
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
-        alice = browser.new_context().new_page()
-        alice.goto(url)
-        alice.get_by_text("zoom needed: small tag", exact=True).first.click(timeout=60_000)
-        sync_api.expect(alice.locator("#question textarea")).to_have_value(re.compile("blue tag"), timeout=20_000)
-        alice.locator("#ask-btn").click()
-        sync_api.expect(alice.locator("#chat").get_by_text("Answer: 3")).to_be_visible(timeout=60_000)
-        (row,) = studio.log.list_sessions()[0]
-        alice.reload()  # a new Gradio session; the browser's token is the same
-        alice.get_by_role("tab", name="Inspect").click()
-        sync_api.expect(alice.get_by_text(re.compile(r"^1 sessions"))).to_be_visible(timeout=30_000)
-        assert row["id"] in alice.locator("#sessions").inner_text()
-        bob = browser.new_context().new_page()  # another browser profile: another visitor
-        bob.goto(url)
-        bob.get_by_role("tab", name="Inspect").click(timeout=60_000)
-        sync_api.expect(bob.get_by_text(re.compile(r"^0 sessions"))).to_be_visible(timeout=30_000)
-        assert row["id"] not in bob.locator("#sessions").inner_text()
-        bob.goto(f"{url}?session={row['id']}")  # the deep link does not open someone else's session
-        sync_api.expect(bob.get_by_text(re.compile("no session"))).to_be_visible(timeout=30_000)
-        browser.close()
+    alice = browser.new_context().new_page()
+    alice.goto(url)
+    ask_the_example(alice)
+    (row,) = studio.log.list_sessions()[0]
+    alice.reload()  # a new Gradio session; the browser's token is the same
+    alice.get_by_role("tab", name="Inspect").click()
+    sync_api.expect(alice.get_by_text(re.compile(r"^1 sessions"))).to_be_visible(timeout=30_000)
+    assert row["id"] in alice.locator("#sessions").inner_text()
+    bob = browser.new_context().new_page()  # another browser profile: another visitor
+    bob.goto(url)
+    bob.get_by_role("tab", name="Inspect").click(timeout=60_000)
+    sync_api.expect(bob.get_by_text(re.compile(r"^0 sessions"))).to_be_visible(timeout=30_000)
+    assert row["id"] not in bob.locator("#sessions").inner_text()
+    bob.goto(f"{url}?session={row['id']}")  # the deep link does not open someone else's session
+    sync_api.expect(bob.get_by_text(re.compile("no session"))).to_be_visible(timeout=30_000)
