@@ -2,8 +2,9 @@
 
 Runs on the embedded model (core.backends.default_model()) unless --model/--backend (or the
 STUDIO_MODEL/STUDIO_BACKEND... variables, for a Space) say otherwise. On a Space (SPACE_ID set) with
-persistent storage, the data folder and the Hugging Face cache (HF_HOME) live on /data. The Train
-tab launches jobs only with --enable-training (everywhere: it runs commands on the host).
+persistent storage, the data folder and the Hugging Face cache (HF_HOME) live on /data, and public
+mode is on. The Train tab launches jobs only with --enable-training (everywhere: it runs commands on
+the host), which needs a login (--auth) in public mode or with --share. See docs/public.md.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ use_persistent_cache()
 
 def build_parser() -> argparse.ArgumentParser:
     from core.backends import BACKENDS
+    from core.media import DEFAULT_MAX_IMAGE_PIXELS
 
     p = argparse.ArgumentParser(prog="python app.py", description=__doc__)
     p.add_argument("--db", help="SQLite session log (default: data/studio.db; /data/studio/studio.db on Spaces)")
@@ -55,17 +57,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-training", action="store_true", help="turn on the Train tab (launch SFT, RL and eval jobs)")
     p.add_argument("--share", action="store_true", help="a public gradio.live link")
     p.add_argument("--max-upload-mb", type=float, default=200.0)
+    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_IMAGE_PIXELS / 1e6,
+                   help="images with more pixels are refused from their header, before decoding (memory cap)")
+    p.add_argument("--max-concurrent", type=int, default=8, help="questions answered at once; more wait in line")
+    p.add_argument("--public", action="store_true",
+                   help="public mode (on by itself on a Hugging Face Space): each visitor sees only their own "
+                        "sessions; import, annotate, export and delete are off unless --auth is given")
+    p.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
+                   help="require a login (repeatable; or STUDIO_AUTH='user:pw,user2:pw2'); logged-in users are "
+                        "trusted operators: all features on")
+    p.add_argument("--media-root", action="append", default=[], metavar="DIR",
+                   help="a folder imports may read pictures from (repeatable); otherwise only uploaded files")
     p.set_defaults(**{flag: os.environ[var] for flag, var in ENV_FLAGS.items() if os.environ.get(var)})
     return p
+
+
+class ConfigError(SystemExit):
+    """A combination of flags the app refuses to start with (the message says why)."""
+
+
+def auth_pairs(args) -> list[tuple[str, str]]:
+    """(user, password) pairs from --auth and STUDIO_AUTH; a malformed entry stops the app."""
+    entries = list(args.auth) + [e for e in os.environ.get("STUDIO_AUTH", "").split(",") if e.strip()]
+    pairs = []
+    for e in entries:
+        user, sep, password = e.strip().partition(":")
+        if not sep or not user or not password:
+            raise ConfigError("--auth / STUDIO_AUTH entries look like user:password")
+        pairs.append((user, password))
+    return pairs
+
+
+def check_flags(args, public: bool, pairs: list) -> None:
+    """Refuse to expose the Train tab (it runs commands) to the internet without a login."""
+    if args.enable_training and (public or args.share) and not pairs:
+        where = "with --share" if args.share else "in public mode (--public or a Space)"
+        raise ConfigError(f"--enable-training {where} needs a login: add --auth user:password "
+                          "(the Train tab runs commands on this machine)")
+
+
+def is_public(args) -> bool:
+    return bool(args.public or os.environ.get("SPACE_ID"))
 
 
 def make_studio(args):
     from app import Studio
     from app.studio_log import StudioLog
-    from core.sessionlog import default_data_dir
+    from core.sessionlog import default_data_dir, open_log
 
     db = Path(args.db) if args.db else default_data_dir() / "studio.db"
-    log = StudioLog(db)
+    log = open_log(db, cls=StudioLog)
     n = log.mark_unfinished()  # sessions a crash left running
     if n:
         logging.getLogger("studio").warning("marked %d sessions left running by a crash as unfinished", n)
@@ -76,7 +117,10 @@ def make_studio(args):
                               max_memory_gb=args.max_memory_gb)
     studio = Studio(log=log, data_dir=db.parent, backend=args.backend, model=args.model, replay=args.replay,
                     enable_training=args.enable_training, step_delay=args.step_delay,
-                    max_upload_mb=args.max_upload_mb, backend_options=options)
+                    max_upload_mb=args.max_upload_mb, backend_options=options,
+                    max_image_pixels=int(args.max_megapixels * 1e6),
+                    max_concurrent_runs=max(1, args.max_concurrent), public=is_public(args),
+                    auth=bool(auth_pairs(args)), media_roots=[Path(r).resolve() for r in args.media_root])
     if args.backend != "replay" and (args.preload or os.environ.get("SPACE_ID")):
         from app.ask import AskSettings, get_backend  # ZeroGPU wants the weights loaded before the first call
         from core.backends import BackendError
@@ -99,14 +143,21 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.backend not in BACKENDS:  # STUDIO_BACKEND skips argparse's choices
         parser.error(f"unknown backend {args.backend!r} (STUDIO_BACKEND); choose one of {', '.join(BACKENDS)}")
+    pairs = auth_pairs(args)
+    check_flags(args, is_public(args), pairs)
     from app.ui import build_app, launch_kwargs
 
-    studio = make_studio(args)
+    from core.sessionlog import StorageError
+
+    try:
+        studio = make_studio(args)
+    except StorageError as e:  # one line naming the DB and why, not sqlite's bare message
+        raise SystemExit(str(e)) from None
     demo = build_app(studio)
     host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else None)
     demo.queue(default_concurrency_limit=studio.max_concurrent_runs).launch(
-        server_name=host, server_port=args.port, share=args.share,
-        max_file_size=f"{int(args.max_upload_mb)}mb", **launch_kwargs())
+        server_name=host, server_port=args.port, share=args.share, auth=pairs or None,
+        max_file_size=f"{int(args.max_upload_mb)}mb", **launch_kwargs(studio))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from app import export as E
 from app import inspect as I
 from app.render import draw_boxes
 from core.operations import crop_box
+from core.paths import PathError, under
 from core.sessionlog import SessionLog
 
 WHOLE = "whole trajectory"
@@ -193,6 +194,18 @@ def default_export_dir(studio: Studio) -> str:
     return str(studio.data_dir / "exports" / time.strftime("annotations-%Y%m%d-%H%M%S"))
 
 
+def export_target(studio: Studio, folder: str | None) -> Path:
+    """The export folder a form names: a name (or path) inside <data>/exports/, nothing else."""
+    root = studio.data_dir / "exports"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = (folder or "").strip() or default_export_dir(studio)
+    try:
+        return under(root, folder)
+    except PathError:
+        raise PathError(f"exports go to a folder inside data/exports/; {folder[:80]!r} is not one "
+                        "(give a plain name like annotations-1)") from None
+
+
 # ---- layout ------------------------------------------------------------------------------------------
 
 def build(studio: Studio, session_id=None, demo=None) -> None:
@@ -350,10 +363,17 @@ def build(studio: Studio, session_id=None, demo=None) -> None:
                 f"(their labels are still written to labels.jsonl). Folder: `{folder}`"), table
 
     def export(folder):
-        folder = (folder or "").strip() or default_export_dir(studio)
-        if Path(folder).exists() and any(Path(folder).iterdir()):
-            return f"⚠️ `{folder}` is not empty; choose a new folder", gr.update(), gr.update()
-        report = E.export_annotated(log, folder)
+        try:
+            target = export_target(studio, folder)
+        except PathError as e:
+            return f"⚠️ {e}", gr.update(), gr.update()
+        if target.exists() and any(target.iterdir()):
+            return f"⚠️ `{target.name}` is not empty; choose a new folder", gr.update(), gr.update()
+        try:
+            report = E.export_annotated(log, target)
+        except OSError as e:
+            return f"⚠️ the export stopped: {e.strerror or type(e).__name__} (free some disk space?)", \
+                gr.update(), gr.update()
         return report.markdown(), export_preview(folder)[1], default_export_dir(studio)
 
     def delete(session, aid):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from core.media import DiskImageStore, MediaError, Video, load_image, write_vide
 from core.operations import PixelLimits, resolve_pixel_preset
 from core.recorder import Recorder
 from core.scoring import judge_trajectory
+from core.sessionlog import storage_problem
 from core.trajectory import Step, Trajectory
 
 logger = logging.getLogger(__name__)
@@ -310,8 +312,8 @@ def stop(studio: Studio, key: str, reason: str = "stop") -> int:
 
 
 def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSettings, cancel: threading.Event,
-                view_prefix: str = "", compare_of: str | None = None, client: str = "app"
-                ) -> Iterator[tuple[ChatView, Trajectory]]:
+                view_prefix: str = "", compare_of: str | None = None, client: str = "app",
+                owner: str | None = None) -> Iterator[tuple[ChatView, Trajectory]]:
     """Run one episode, logging each step as it finishes; yields the view after every event."""
     config = LoopConfig(tools=settings.tools, guideline=settings.guideline, max_ops=int(settings.max_ops),
                         pixels=PixelLimits.preset(resolve_pixel_preset(model=backend.pixel_preset)))
@@ -322,7 +324,7 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
     if compare_of:
         traj.meta["compare_of"] = compare_of
     recorder = Recorder(log, client)
-    recorder.start(traj, compare_of=compare_of)
+    recorder.start(traj, compare_of=compare_of, owner=owner)
     view = ChatView(studio, traj, view_prefix)
     view.user(task.question, task.media_path)
     yield view, traj
@@ -360,7 +362,7 @@ def running_status(backend: Backend, session_id: str) -> str:
 
 
 def ask_stream(studio: Studio, media_path: str | None, question: str, settings: AskSettings,
-               session_key: str) -> Iterator[tuple[list[dict], list[dict], str]]:
+               session_key: str, owner: str | None = None) -> Iterator[tuple[list[dict], list[dict], str]]:
     """The Ask button: (main chat, compare chat, status line) after every event."""
     try:
         task = load_task(studio, media_path, question)
@@ -374,15 +376,21 @@ def ask_stream(studio: Studio, media_path: str | None, question: str, settings: 
         main: list[dict] = []
         compare: list[dict] = []
         first_id = None
-        for view, traj in run_session(studio, backend, task, settings, cancel):
+        for view, traj in run_session(studio, backend, task, settings, cancel, owner=owner):
             main, first_id = view.messages, traj.id
             yield main, [], running_status(backend, traj.id)
         if settings.compare and settings.tools and not cancel.is_set():
             off = AskSettings(**{**vars(settings), "tools": False})
-            for view, traj in run_session(studio, backend, task, off, cancel, "tools off · ", compare_of=first_id):
+            for view, traj in run_session(studio, backend, task, off, cancel, "tools off · ", compare_of=first_id,
+                                          owner=owner):
                 compare = view.messages
                 yield main, compare, f"comparing · session `{traj.id}`"
         final = studio.log.session(first_id)
         yield main, compare, f"{STATUS_TEXT.get(final['status'], final['status'])} · session `{first_id}`"
+    except (OSError, sqlite3.Error) as e:  # the disk or the DB failed: say so, without server paths
+        logger.error("session not saved: %s", e)
+        yield main, compare, f"⚠️ the session could not be saved: {storage_problem(e)}"
+    except ValueError as e:  # media the loop cannot use (e.g. a video frame shape the model refuses)
+        yield main, compare, f"⚠️ {str(e)[:300]}"
     finally:
         _release_cancel(studio, session_key, cancel)

@@ -13,6 +13,7 @@ Three layers, each testable alone:
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -28,6 +29,7 @@ from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import DiskImageStore, MediaError, Video, load_image
 from core.operations import PixelLimits
+from core.paths import PathError, safe_part, under
 from core.trajectory import Trajectory
 from core.records import TaskRecord, trajectory_to_sft_record, write_dataset_card
 
@@ -167,7 +169,13 @@ def export_annotated(log: StudioLog, out_dir: str | Path, session_ids: list[str]
         rec["meta"].update({"source_session": sid, "labels": plan.labels, "corrected": plan.corrected,
                             "turn_notes": [t.note for t in plan.turns], "model": traj.model,
                             "original_answer": traj.answer})
-        original = _copy_original(log, traj, out)
+        try:
+            original = _copy_original(log, traj, out)
+        except (OSError, PathError) as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise
+            logger.warning("session %s: original not copied: %s", sid, e)
+            original = None
         if original:  # what `python -m train rl` reads to re-ask the question on the full-resolution media
             rec["meta"]["task"] = TaskRecord(traj.question, plan.answer, traj.meta.get("category") or "annotated",
                                              original, kind="image" if traj.media.kind == "image" else "video",
@@ -196,12 +204,13 @@ def _copy_original(log: StudioLog, traj: Trajectory, out: Path) -> str | None:
         name = f"originals/{media.image.sha}.png"
     elif media.kind == "video" and media.path and Path(media.path).exists():
         src = Path(media.path)
-        name = f"originals/{traj.id}{src.suffix}"
+        suffix = src.suffix if src.suffix[1:].isalnum() and len(src.suffix) <= 6 else ".video"
+        name = f"originals/{safe_part(traj.id)}{suffix}"
     else:
         return None
     if src is None:
         return None
-    dest = out / name
+    dest = under(out, name)  # ids and hashes were made safe above; this holds whatever changes
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)

@@ -16,12 +16,14 @@ text-only trajectory is built from the turns (no pictures, tool calls parsed for
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import protocol as P
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import MediaError, Video, load_image
+from core.paths import is_sha, media_file, safe_part
 from core.scoring import extract_answer, judge_trajectory
 from core.trajectory import Media, Step, Trajectory
 from core.records import MESSAGE_KEYS, DataError, parse_record
@@ -90,13 +92,44 @@ def _media(content, root: Path):
     return None, None
 
 
-def _resolve(ref: str, root: Path) -> Path:
-    path = Path(ref)
-    return path if path.is_absolute() else root / path
+@dataclass
+class MediaAccess:
+    """Where an import may read pictures from (core.paths.media_file): the files uploaded with it
+    (matched by file name) and folders the operator named. Nothing else is ever opened."""
+
+    roots: list[Path] = field(default_factory=list)
+    uploads: list[Path] = field(default_factory=list)
+
+    def find(self, ref) -> Path | None:
+        return media_file(ref, self.roots, self.uploads)
 
 
-def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record") -> Trajectory:
-    """One message-list or rendered record as a Trajectory (re-executed when its media exist)."""
+def confine(traj: Trajectory, access: MediaAccess) -> Trajectory:
+    """An imported trajectory JSON made safe to store: image names that are not content hashes are
+    dropped (they would name files), a media path outside what `access` allows is cleared (kept
+    as text in meta), and the id becomes a safe name."""
+    m = traj.media
+    if m.image is not None and not is_sha(m.image.sha):
+        m.image = None
+    if m.model_view is not None and not is_sha(m.model_view.sha):
+        m.model_view = None
+    m.overview = [r for r in m.overview if is_sha(r.sha)]
+    for step in traj.steps:
+        step.images = [r for r in step.images if is_sha(r.sha)]
+    if m.path is not None:
+        found = access.find(m.path)
+        if found is None:
+            traj.meta["imported_media_path"] = str(m.path)[:300]
+        m.path = str(found) if found else None
+    traj.id = safe_part(traj.id, "imported")
+    return traj
+
+
+def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record",
+                          access: MediaAccess | None = None) -> Trajectory:
+    """One message-list or rendered record as a Trajectory (re-executed when its media may be read:
+    see MediaAccess; by default only files inside the record file's own folder)."""
+    access = access or MediaAccess(roots=[root])
     if not any(k in obj for k in MESSAGE_KEYS):
         obj = {**obj, "messages": _messages_from_rendered(obj)}
     try:
@@ -114,15 +147,17 @@ def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record") -
     kind, ref = _media(user["content"], root)
     task = None
     try:
-        if kind == "image" and _resolve(ref, root).exists():
-            task = Task(question=question, image=load_image(_resolve(ref, root)), choices=choices, answer=truth,
-                        media_path=str(_resolve(ref, root)))
-        elif kind == "video" and isinstance(ref, list) and all(_resolve(r, root).exists() for r in ref):
-            task = Task(question=question, video=Video.from_frame_files([_resolve(r, root) for r in ref]),
+        if kind == "image" and access.find(ref):
+            path = access.find(ref)
+            task = Task(question=question, image=load_image(path), choices=choices, answer=truth,
+                        media_path=str(path))
+        elif kind == "video" and isinstance(ref, list) and ref and all(access.find(r) for r in ref):
+            task = Task(question=question, video=Video.from_frame_files([access.find(r) for r in ref]),
                         choices=choices, answer=truth)
-        elif kind == "video" and isinstance(ref, str) and _resolve(ref, root).exists():
-            task = Task(question=question, video=Video.from_file(_resolve(ref, root)), choices=choices, answer=truth,
-                        media_path=str(_resolve(ref, root)))
+        elif kind == "video" and isinstance(ref, str) and access.find(ref):
+            path = access.find(ref)
+            task = Task(question=question, video=Video.from_file(path), choices=choices, answer=truth,
+                        media_path=str(path))
     except MediaError:
         task = None
     model = str(obj.get("model") or meta.get("model") or "import")
@@ -133,7 +168,7 @@ def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record") -
         traj.steps = traj.steps[:len(turns)]
     else:
         traj = Trajectory(question=question, choices=choices, ground_truth=truth, tools_enabled=tools,
-                          guideline=guideline, media=Media(kind=kind or "image", path=str(ref) if ref else None))
+                          guideline=guideline, media=Media(kind=kind or "image"))
         for i, t in enumerate(turns):
             step = Step(index=i, text=t)
             if P.has_tool_call(t):
@@ -146,8 +181,11 @@ def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record") -
         traj.status = "done"
         traj.answer = extract_answer(turns[-1]) if turns else None
         meta["pictures"] = "missing: text only"
+        if ref:
+            meta["imported_media_path"] = str(ref)[:300]
     traj.backend, traj.model = "import", model
     traj.meta = {**meta, "source_id": rec.id, "imported_from": where}
+    traj.id = safe_part(traj.id, "imported")
     if truth is not None and traj.answer is not None:
         judge_trajectory(traj)
     return traj

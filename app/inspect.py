@@ -6,7 +6,9 @@ wires them to components.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
+import sqlite3
 import logging
 import time
 from datetime import datetime
@@ -46,10 +48,15 @@ def make_filter(text: str = "", model: str = ANY, outcome: str = ANY, min_ops=No
                 has_errors: str = ANY, annotated: str = ANY, since: str = "", until: str = "", page: int = 1,
                 page_size: int = PAGE_SIZE) -> SessionFilter:
     yes_no = {"yes": True, "no": False}
+
+    def count(v):  # SQLite integers stop at 2**63: clamp what a form or an API call sends
+        return None if v in (None, "") else min(max(int(v), 0), 10 ** 9)
+
+    min_ops, max_ops, page = count(min_ops), count(max_ops), count(page) or 1
     return SessionFilter(
         text=text or None, model=None if model in (None, "", ANY) else model,
         outcome=None if outcome in (None, "", ANY) else outcome,
-        min_ops=None if min_ops in (None, "") else int(min_ops), max_ops=None if max_ops in (None, "") else int(max_ops),
+        min_ops=min_ops, max_ops=max_ops,
         has_errors=yes_no.get(has_errors), annotated=yes_no.get(annotated), since=parse_date(since),
         until=parse_date(until), limit=page_size, offset=max(0, int(page or 1) - 1) * page_size)
 
@@ -239,43 +246,96 @@ def compare_markdown(log: SessionLog, a: str, b: str) -> str:
 
 # ---- import ---------------------------------------------------------------------------------------------
 
-def trajectories_in(text: str, root: Path | None = None, store=None) -> list[Trajectory]:
-    """Trajectories in a file's text: our trajectory JSON (`python -m core ask --json`), eval items
-    ({"trajectory": ...}), message-list records or rendered rollout dumps (app/importers.py), as one
-    object, a JSON list, or JSON lines."""
-    from app import importers
+class ImportProblem(ValueError):
+    """A file that cannot be imported, with a one-line reason."""
 
+
+def _parse_json(text: str):
+    """The file's records; every failure (syntax, 4,300-digit ints, deep nesting) an ImportProblem."""
     text = text.strip()
     try:
-        data = json.loads(text)
-        items = data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        try:
+            data = json.loads(text)
+            return data if isinstance(data, list) else [data]
+        except json.JSONDecodeError as whole:
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            if len(lines) < 2:
+                raise ImportProblem(f"not JSON: {whole.msg} (line {whole.lineno} column {whole.colno})") from None
+            out = []
+            for n, line in enumerate(lines, 1):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ImportProblem(f"line {n} is not JSON: {e.msg} (column {e.colno})") from None
+            return out
+    except RecursionError:
+        raise ImportProblem("the JSON is nested too deeply") from None
+    except ImportProblem:
+        raise
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise ImportProblem(f"unreadable JSON: {str(e)[:120]}") from None
+
+
+def trajectories_in(text: str, root: Path | None = None, store=None, access=None,
+                    id_prefix: str | None = None) -> list[Trajectory]:
+    """Trajectories in a file's text: our trajectory JSON (`python -m core ask --json`), eval items
+    ({"trajectory": ...}), message-list records or rendered rollout dumps (app/importers.py), as one
+    object, a JSON list, or JSON lines. Pictures are read only where `access` allows (default: the
+    file's own folder). With `id_prefix`, records without an id get `<prefix>-<n>`, so importing the
+    same file again replaces them instead of adding copies."""
+    from app import importers
+
+    access = access or importers.MediaAccess(roots=[root or Path(".")])
     out = []
-    for i, it in enumerate(items):
+    for i, it in enumerate(_parse_json(text)):
         if isinstance(it, dict) and importers.is_trajectory(it.get("trajectory")):
             it = it["trajectory"]
-        if importers.is_trajectory(it):
-            out.append(Trajectory.from_dict(it))
-        elif importers.is_foreign(it):
-            if store is None:
-                raise ValueError("importing message-list records needs an image store")
-            out.append(importers.foreign_to_trajectory(it, root or Path("."), store, f"record {i + 1}"))
-        else:
-            raise ValueError("not a trajectory: expected `python -m core ask --json` output, a message-list "
-                             "record (messages/message_list/conversations) or a rollout dump (prompt/response)")
+        try:
+            if importers.is_trajectory(it):
+                out.append(importers.confine(Trajectory.from_dict(it), access))
+            elif importers.is_foreign(it):
+                if store is None:
+                    raise ValueError("importing message-list records needs an image store")
+                traj = importers.foreign_to_trajectory(it, root or Path("."), store, f"record {i + 1}", access)
+                if id_prefix:
+                    traj.id = f"{id_prefix}-{i + 1}"
+                out.append(traj)
+            else:
+                raise ImportProblem("not a trajectory: expected `python -m core ask --json` output, a message-list "
+                                    "record (messages/message_list/conversations) or a rollout dump (prompt/response)")
+        except ImportProblem:
+            raise
+        except RecursionError:
+            raise ImportProblem(f"record {i + 1}: nested too deeply") from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, MediaError) as e:
+            raise ImportProblem(f"record {i + 1}: {type(e).__name__}: {str(e)[:160]}") from None
     return out
 
 
-def import_files(log: SessionLog, paths: list[str]) -> str:
-    """Import each file; bad files are reported and skipped, good ones are kept."""
+def import_files(log: SessionLog, paths: list[str], media_roots: list[Path] | tuple = ()) -> str:
+    """Import each file; bad files are reported (one line each, file name only) and skipped, good
+    ones are kept. Pictures come only from the uploaded files themselves (by name), the file's own
+    folder, or `media_roots` the operator named. A file imported again replaces its earlier records."""
+    from app import importers
+
+    uploads = [Path(p) for p in paths or []]
     done, problems = 0, []
-    for path in paths or []:
+    for path in uploads:
+        if path.suffix.lower() not in (".json", ".jsonl"):
+            continue  # a picture uploaded beside the records
         try:
-            for traj in trajectories_in(Path(path).read_text(encoding="utf-8"), Path(path).parent, log.images):
+            raw = path.read_bytes()
+            digest = hashlib.sha256(raw).hexdigest()[:16]
+            access = importers.MediaAccess(roots=[path.parent, *map(Path, media_roots)], uploads=uploads)
+            trajs = trajectories_in(raw.decode("utf-8"), path.parent, log.images, access, id_prefix=digest)
+            for traj in trajs:
                 Recorder(log, "import").write(traj)
                 done += 1
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, MediaError) as e:
-            problems.append(f"{Path(path).name}: {e}")
+        except UnicodeDecodeError:
+            problems.append(f"{path.name}: not UTF-8 text")
+        except OSError as e:
+            problems.append(f"{path.name}: cannot read or store it ({e.strerror or type(e).__name__})")
+        except (ImportProblem, OverflowError, sqlite3.Error) as e:
+            problems.append(f"{path.name}: {str(e)[:200]}")
     msg = f"imported {done} trajectories"
     return msg + ("" if not problems else "\n\n⚠️ skipped:\n- " + "\n- ".join(problems))

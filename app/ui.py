@@ -6,6 +6,7 @@ the Annotate/Train modules (app/annotate.py, app/train_tab.py), each built with 
 from __future__ import annotations
 
 import logging
+import secrets
 
 import gradio as gr
 
@@ -14,6 +15,7 @@ from app import annotate, train_tab
 from app import ask as A
 from app import inspect as I
 from core.backends import BACKENDS
+from core.paths import is_token
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +28,20 @@ OUTCOMES = [I.ANY, "correct", "incorrect", "unknown"]
 YES_NO = [I.ANY, "yes", "no"]
 
 
+def visitor(studio: Studio, request: gr.Request | None) -> str | None:
+    """Who asks: the logged-in user, else the token the tab's browser keeps (see on_load), else the
+    tab's (or API client's) Gradio session."""
+    if request is None:
+        return None
+    user = getattr(request, "username", None)
+    if user:
+        return f"user:{user}"
+    token = studio.visitors.get(request.session_hash)
+    return f"visitor:{token}" if token else f"tab:{request.session_hash}"
+
+
 def build_app(studio: Studio) -> gr.Blocks:
-    gr.set_static_paths([studio.data_dir, ROOT / "assets"])
+    gr.set_static_paths(studio.served_dirs())  # never the whole data folder: the DB lives there
     examples = A.load_examples(studio)
     default_backend = studio.backend
     default_model = studio.replay if studio.backend == "replay" else (studio.model or "")
@@ -68,17 +82,27 @@ def build_app(studio: Studio) -> gr.Blocks:
 
                 def ask(media_path, q, backend_name, model_name, tools_on, temp, ops, new_tokens, guide, cmp,
                         request: gr.Request):
-                    settings = A.AskSettings(backend=backend_name, model=model_name or "", tools=tools_on,
-                                             temperature=temp, max_ops=int(ops), guideline=guide,
-                                             max_new_tokens=int(new_tokens), compare=cmp)
-                    yield from A.ask_stream(studio, media_path, q, settings, request.session_hash)
+                    if studio.isolate:  # visitors use the operator's model: no server paths or URLs from them
+                        backend_name, model_name = default_backend, default_model
+                    try:
+                        settings = A.AskSettings(
+                            backend=backend_name, model=model_name or "", tools=bool(tools_on),
+                            temperature=min(max(float(temp or 0), 0.0), 1.5), max_ops=min(max(int(ops), 1), 8),
+                            guideline=guide if guide in ("vcot", "default") else "vcot",
+                            max_new_tokens=min(max(int(new_tokens), 16), 2048), compare=bool(cmp))
+                    except (TypeError, ValueError):
+                        yield [], [], "⚠️ the settings must be numbers within the sliders' ranges"
+                        return
+                    yield from A.ask_stream(studio, media_path, q, settings, request.session_hash,
+                                            visitor(studio, request))
 
                 def stop(request: gr.Request):
                     n = A.stop(studio, request.session_hash)
                     return "stopping…" if n else "nothing is running"
 
                 ask_btn.click(ask, [media, question, backend, model, tools, temperature, max_ops, max_new, guideline,
-                                    compare], [chat, chat_off, status], api_name="ask", concurrency_limit=None)
+                                    compare], [chat, chat_off, status], api_name="ask",
+                              concurrency_limit=studio.max_concurrent_runs)
                 stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None)
 
             # ---- Inspect --------------------------------------------------------------------------
@@ -128,54 +152,76 @@ def build_app(studio: Studio) -> gr.Blocks:
                         c_ops, c_lat = gr.Plot(), gr.Plot()
                     with gr.Row():
                         c_time, c_model = gr.Plot(), gr.Plot()
-                with gr.Accordion("Import trajectories (`python -m core ask --json` output, a list, or JSONL)",
-                                  open=False):
-                    files = gr.File(file_count="multiple", file_types=[".json", ".jsonl"], type="filepath")
-                    import_btn = gr.Button("Import")
-                    import_out = gr.Markdown()
+                if studio.admin:
+                    with gr.Accordion("Import trajectories (`python -m core ask --json` output, a list, or JSONL; "
+                                      "add the pictures they name as files beside them)", open=False):
+                        files = gr.File(file_count="multiple", file_types=[".json", ".jsonl", "image", "video"],
+                                        type="filepath")
+                        import_btn = gr.Button("Import")
+                        import_out = gr.Markdown()
 
                 filters = [search, f_model, f_outcome, f_min, f_max, f_errors, f_annot, f_since, f_until, page]
 
-                def list_sessions(text, model_name, outcome, mn, mx, errs, annot, since, until, pg):
+                def scope(request: gr.Request | None) -> str | None:
+                    """The owner to filter by: this visitor in public mode, nobody otherwise."""
+                    return (visitor(studio, request) or "") if studio.isolate else None
+
+                def owned(sid, request: gr.Request | None) -> str:
+                    """The session id when this visitor may see it; KeyError (as for an unknown id) if not."""
+                    sid = (sid or "").strip() if isinstance(sid, str) else ""
+                    owner = scope(request)
+                    if owner is not None:
+                        row = studio.log.session(sid)
+                        if row is None or row.get("owner") != owner:
+                            raise KeyError(f"no session {sid[:80]!r}")
+                    return sid
+
+                def list_sessions(text, model_name, outcome, mn, mx, errs, annot, since, until, pg,
+                                  request: gr.Request):
                     try:
                         f = I.make_filter(text, model_name, outcome, mn, mx, errs, annot, since, until, pg or 1)
-                    except ValueError as e:
+                    except (ValueError, TypeError, OverflowError) as e:
                         return gr.update(), f"⚠️ {e}", gr.update()
+                    f.owner = scope(request)
                     rows, info = I.sessions_page(studio.log, f)
                     return rows, info, gr.update(choices=[I.ANY] + studio.log.models())
 
-                def open_session(sid, step=1):
+                def open_session(sid, step=1, request: gr.Request = None):
                     try:
+                        sid = owned(sid, request)
                         v = I.session_view(studio.log, sid, step)
                     except KeyError as e:
                         return (f"⚠️ {e}",) + (gr.update(),) * 9
-                    partners = I.same_question(studio.log, sid.strip())
+                    partners = [p for p in I.same_question(studio.log, sid) if scope(request) is None
+                                or (studio.log.session(p) or {}).get("owner") == scope(request)]
                     return (v["header"], v["replay"], gr.update(maximum=max(2, v["n_steps"]), value=step),
                             v["picture"], v["raw"], v["steps"], v["timeline"], v["timings"], sid.strip(),
                             gr.update(choices=partners, value=partners[0] if partners else None))
 
-                def show_step(sid, step):
+                def show_step(sid, step, request: gr.Request):
                     try:
-                        v = I.session_view(studio.log, sid, int(step))
-                    except KeyError:
+                        v = I.session_view(studio.log, owned(sid, request), int(step))
+                    except (KeyError, TypeError, ValueError):
                         return gr.update(), gr.update(), gr.update()
                     return v["replay"], v["picture"], v["raw"]
 
                 def pick_row(evt: gr.SelectData):
                     return evt.row_value[0] if evt.row_value else gr.update()
 
-                def compare_two(a, b):
+                def compare_two(a, b, request: gr.Request):
                     try:
-                        return I.compare_markdown(studio.log, a or "", b or "")
+                        return I.compare_markdown(studio.log, owned(a, request), owned(b, request))
                     except KeyError as e:
                         return f"⚠️ {e}"
 
-                def refresh_charts(text, model_name, outcome, mn, mx, errs, annot, since, until, pg):
+                def refresh_charts(text, model_name, outcome, mn, mx, errs, annot, since, until, pg,
+                                   request: gr.Request):
                     from app import charts as C
                     try:
                         f = I.make_filter(text, model_name, outcome, mn, mx, errs, annot, since, until)
-                    except ValueError:
-                        f = None
+                    except (ValueError, TypeError, OverflowError):
+                        f = I.make_filter()
+                    f.owner = scope(request)
                     s = studio.log.stats(f)
                     return (C.ops_per_session(s["ops"]), C.latency_per_step(s["latency"]),
                             C.rapr_over_time(s["rapr_by_day"]), C.rapr_by_model(s["rapr_by_model"]))
@@ -190,11 +236,18 @@ def build_app(studio: Studio) -> gr.Blocks:
                 step_no.release(show_step, [session_id, step_no], [replay, picture, raw], **UI_ONLY)
                 cmp_btn.click(compare_two, [cmp_a, cmp_b], cmp_out, api_name="compare")
                 charts_btn.click(refresh_charts, filters, [c_ops, c_lat, c_time, c_model], api_name="charts")
-                import_btn.click(lambda p: I.import_files(studio.log, p), files, import_out, api_name="import")
+                if studio.admin:
+                    import_btn.click(lambda p: I.import_files(studio.log, p, studio.media_roots), files, import_out,
+                                     api_name="import")
 
             # ---- Annotate and Train (built by their own modules) ------------------------------------
             with gr.Tab("Annotate", id="annotate"):
-                annotate.build(studio, session_id=session_id, demo=demo)
+                if studio.admin:
+                    annotate.build(studio, session_id=session_id, demo=demo)
+                else:
+                    gr.Markdown("Annotation, export and import are off in public mode. The operator turns them "
+                                "on by requiring a login: `python app.py --public --auth user:password` "
+                                "(see docs/public.md).")
             with gr.Tab("Train", id="train"):
                 if studio.enable_training:
                     train_tab.build(studio, demo=demo)
@@ -202,24 +255,41 @@ def build_app(studio: Studio) -> gr.Blocks:
                     gr.Markdown("Training is off. Start the app with `python app.py --enable-training` to launch "
                                 "SFT, RL and evaluation jobs from here (they run as commands on this machine).")
 
-        def on_load(request: gr.Request):
-            """Deep link ?session=<id>: open the Inspect tab on that session; else show the newest page."""
-            rows, info = I.sessions_page(studio.log, I.make_filter())
+        visitor_token = gr.BrowserState("", storage_key="studio-visitor")
+
+        def on_load(token, request: gr.Request):
+            """Deep link ?session=<id>: open the Inspect tab on that session; else show the newest page.
+            The browser's visitor token (made here on a first visit) is tied to this tab's session."""
+            if not (isinstance(token, str) and is_token(token)):
+                token = secrets.token_hex(16)
+            with studio.lock:
+                studio.visitors[request.session_hash] = token
+            first = I.make_filter()
+            first.owner = scope(request)
+            rows, info = I.sessions_page(studio.log, first)
             sid = (request.query_params.get("session") or "").strip() if request else ""
             if sid:
-                return (gr.Tabs(selected="inspect"), rows, info, sid) + open_session(sid)
-            return (gr.update(), rows, info, gr.update()) + (gr.update(),) * len(session_outputs)
+                return (token, gr.Tabs(selected="inspect"), rows, info, sid) + open_session(sid, 1, request)
+            return (token, gr.update(), rows, info, gr.update()) + (gr.update(),) * len(session_outputs)
 
-        demo.load(on_load, None, [tabs, table, table_info, session_id] + session_outputs, **UI_ONLY)
+        demo.load(on_load, visitor_token, [visitor_token, tabs, table, table_info, session_id] + session_outputs,
+                  **UI_ONLY)
+
         def on_unload(request: gr.Request):
             """A closed tab stops its runs; their sessions end 'unfinished' with every finished step kept."""
             A.stop(studio, request.session_hash, reason="closed")
+            with studio.lock:
+                studio.visitors.pop(request.session_hash, None)
 
         demo.unload(on_unload)
     return demo
 
 
-def launch_kwargs() -> dict:
+def launch_kwargs(studio: Studio | None = None) -> dict:
+    """Styling for launch(); with the studio, also the paths Gradio must never serve."""
     from app.annotate import SHORTCUTS_JS
 
-    return {"css": CSS, "theme": gr.themes.Soft(), "head": SHORTCUTS_JS}
+    kw = {"css": CSS, "theme": gr.themes.Soft(), "head": SHORTCUTS_JS}
+    if studio is not None:
+        kw["blocked_paths"] = [str(p) for p in studio.private_paths()]
+    return kw

@@ -77,6 +77,17 @@ class Done:
 Event = StepStart | TextDelta | StepDone | Done
 
 
+def operation_error(e: Exception) -> str:
+    """The model-facing message for a failed call: the protocol's own text, or a short description
+    of what the operation refused (a legal but extreme crop, a frame the file cannot decode, ...)."""
+    if isinstance(e, P.ToolCallError):
+        return P.short_message(str(e))
+    if isinstance(e, RecursionError):
+        return "The operation failed: its arguments are nested too deeply."
+    detail = (str(e).splitlines() or [""])[0] or type(e).__name__
+    return P.short_message(f"The operation failed: {detail}")
+
+
 class Episode:
     """The state of one conversation: messages for the model, images for the operations."""
 
@@ -149,8 +160,9 @@ class Episode:
             call = P.parse_tool_call(gen.text)
             step.tool, step.arguments = P.CROP_TOOL if call.name in P.CROP_ALIASES else call.name, call.arguments
             images, observation = self._execute(call, step)
-        except P.ToolCallError as e:
-            step.error, images, observation = str(e), [], P.error_observation(str(e))
+        except Exception as e:  # noqa: BLE001 - model output is untrusted: any failure is fed back
+            message = operation_error(e)
+            step.error, images, observation = message, [], P.error_observation(message)
         step.tool_seconds = time.perf_counter() - t0
         step.observation = observation
         step.images = [self._ref(im) for im in images]
@@ -183,6 +195,8 @@ class Episode:
         k = int(target)
         source = video.frames([k])[0] if frame_mode else self.raw[k - 1]
         cropped, box = ops.crop(source, args["bbox_2d"], call.name)
+        px = self.config.pixels
+        view = ops.resize_for_model(cropped, px.crop_min, px.crop_max)  # may refuse: before any state changes
         origin = None if frame_mode else self.origin_boxes[k - 1]
         step.target_image, step.box_norm, step.box_px = k, list(box.norm), list(box.px)
         if origin is not None:
@@ -191,8 +205,6 @@ class Episode:
         self.raw.append(cropped)
         self.origin_boxes.append(tuple(step.source_box_px) if step.source_box_px else None)
         self.last_source = source
-        px = self.config.pixels
-        view = ops.resize_for_model(cropped, px.crop_min, px.crop_max)
         return [view], P.crop_observation(view.width, view.height)
 
     def _select_frames(self, call: P.ToolCall, step: Step) -> tuple[list[Image.Image], str]:
@@ -253,9 +265,13 @@ def run(backend: Backend, task: Task | None = None, config: LoopConfig | None = 
                 else:
                     generation = chunk
         except Exception as e:  # the model failed: keep the finished steps, say why
-            episode.fail(f"{type(e).__name__}: {e}")
+            episode.fail(P.short_message(f"{type(e).__name__}: {e}"))
             break
-        step = episode.advance(generation)
+        try:
+            step = episode.advance(generation)
+        except Exception as e:  # a bug or a malformed generation: this conversation ends, with its cause
+            episode.fail(P.short_message(f"{type(e).__name__}: {e}"))
+            break
         yield StepDone(step, episode.last_images, episode.last_source)
     yield Done(episode.trajectory)
 
@@ -281,16 +297,34 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
     if episodes is None:
         episodes = [Episode(t, config, store, backend.name, backend.model_id) for t in tasks]
     while active := [e for e in episodes if not e.done]:
-        try:
-            generations = backend.generate_batch([e.messages for e in active], params)
-        except Exception as e:
-            for ep in active:
-                ep.fail(f"{type(e).__name__}: {e}")
-                if on_done is not None:
-                    on_done(ep)
-            break
-        for episode, generation in zip(active, generations):
-            episode.advance(generation)
+        for episode, generation in zip(active, _generate_isolated(backend, active, params)):
+            if isinstance(generation, Exception):
+                episode.fail(P.short_message(f"{type(generation).__name__}: {generation}"))
+            else:
+                try:
+                    episode.advance(generation)
+                except Exception as e:  # one conversation's failure never aborts its batch-mates
+                    episode.fail(P.short_message(f"{type(e).__name__}: {e}"))
             if on_done is not None and episode.done:
                 on_done(episode)
     return [e.trajectory for e in episodes]
+
+
+def _generate_isolated(backend: Backend, active: list[Episode], params: GenerationParams) -> list:
+    """One generation per episode; when the batched call raises, each conversation is retried alone
+    so that only the one(s) that fail get the exception (returned in its place)."""
+    try:
+        generations = backend.generate_batch([e.messages for e in active], params)
+    except Exception as e:  # noqa: BLE001 - retried one by one below to find which conversation fails
+        if len(active) == 1:
+            return [e]
+    else:
+        if len(generations) == len(active):
+            return list(generations)
+    out: list = []
+    for ep in active:
+        try:
+            out.append(backend.generate_batch([ep.messages], params)[0])
+        except Exception as e:  # noqa: BLE001 - recorded as this episode's error
+            out.append(e)
+    return out

@@ -8,16 +8,23 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 from typing import Protocol, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+from core.paths import check_sha
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+"""Decoded pictures cost 3-4 bytes a pixel, more while converting: 40 MP is ~120 MB per upload.
+The app's --max-megapixels changes it."""
+MAX_ASPECT = 200  # Qwen2.5-VL's processor refuses longer/shorter ratios
 DEFAULT_OVERVIEW_FRAMES = 16
 
 
@@ -25,13 +32,52 @@ class MediaError(ValueError):
     """An input image or video that cannot be used, with a message for the user."""
 
 
-def load_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open an image file (path, bytes or file object) fully decoded as RGB.
+def _display_name(source) -> str:
+    """A file's own name (never its folder: messages must not show server paths)."""
+    return Path(source).name if isinstance(source, (str, Path)) else "the image"
 
-    The pixel count is checked from the header before decoding, so a decompression bomb is
-    refused without allocating it.
+
+def check_size(name: str, w: int, h: int, max_pixels: int) -> None:
+    """Refuse a picture by its header size: too many pixels, or too thin for the model."""
+    if w <= 0 or h <= 0:
+        raise MediaError(f"{name} has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise MediaError(f"{name} is {w}x{h} ({w * h / 1e6:.1f} megapixels); the limit is "
+                         f"{max_pixels / 1e6:.0f} megapixels. Downscale it first.")
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise MediaError(f"{name} is {w}x{h}: sides more than {MAX_ASPECT} times apart cannot be shown to "
+                         "the model. Crop it to a less extreme shape first.")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB pixels as a viewer shows them: 16/32-bit grey scaled (not clipped to white), alpha and
+    palette transparency over white, CMYK and others through PIL's conversion."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img.convert("I"), dtype=np.int64)
+        peak = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+        grey = np.clip(arr * 255 // max(peak, 1), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        top = arr.max(initial=0.0)
+        scale = 255.0 if top <= 1.0 else 255.0 / top
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image file (path, bytes or file object) fully decoded as upright RGB.
+
+    The pixel count and shape are checked from the header before decoding, so a decompression
+    bomb or a 1x60000 strip is refused without allocating it. EXIF orientation is applied.
     """
-    name = str(source) if isinstance(source, (str, Path)) else "image"
+    name = _display_name(source)
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
@@ -39,22 +85,27 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Imag
             # our own limit below replaces PIL's warning; PIL still raises above twice its limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(source)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise MediaError(
-                    f"{name} is {w}x{h} ({w * h / 1e6:.1f} megapixels); the limit is "
-                    f"{max_pixels / 1e6:.0f} megapixels. Downscale it first."
-                )
+            check_size(name, *img.size, max_pixels)
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright picture
+            return to_rgb(img)
     except MediaError:
         raise
-    except Image.DecompressionBombError as e:
-        raise MediaError(f"{name} is too large to decode safely: {e}") from None
+    except Image.DecompressionBombError:
+        raise MediaError(f"{name} is too large to decode safely") from None
     except FileNotFoundError:
         raise MediaError(f"{name}: no such file") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise MediaError(f"{name} is not a readable image (corrupt or truncated?): {e}") from None
-    return img.convert("RGB")
+    except MemoryError:
+        raise MediaError(f"{name} needs more memory to decode than this server has") from None
+    except (OSError, SyntaxError, ValueError, TypeError, struct_error, EOFError) as e:
+        raise MediaError(f"{name} is not a readable image (corrupt or truncated?): {_short(e)}") from None
+
+
+def _short(e: Exception, limit: int = 160) -> str:
+    """An exception's first line without file paths, for a user-facing message."""
+    text = (str(e).splitlines() or [type(e).__name__])[0]
+    text = re.sub(r"/(?:[^\s'\"/]*/)+", "", text)  # keep file names, drop folders
+    return text[:limit]
 
 
 # ---- video -----------------------------------------------------------------------------------
@@ -118,25 +169,30 @@ class Video:
     @classmethod
     def from_file(cls, path: str | Path, n: int = DEFAULT_OVERVIEW_FRAMES, max_pixels: int = 4096 * 2304) -> "Video":
         path = str(path)
+        name = _display_name(path)
         if not os.path.exists(path):
-            raise MediaError(f"{path}: no such file")
+            raise MediaError(f"{name}: no such file")
         import decord
 
         try:
             reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
             total = len(reader)
             if total == 0:
-                raise MediaError(f"{path} has no frames")
+                raise MediaError(f"{name} has no frames")
             h, w = reader[0].shape[:2]
             if w * h > max_pixels:
-                raise MediaError(f"{path} is {w}x{h}; videos above {max_pixels / 1e6:.1f} megapixels per frame are refused")
+                raise MediaError(f"{name} is {w}x{h}; videos above {max_pixels / 1e6:.1f} megapixels per frame "
+                                 "are refused")
+            check_size(name, w, h, max_pixels)
             idx = overview_indices(total, n)
             frames = [Image.fromarray(a) for a in reader.get_batch(idx).asnumpy()]
             fps = float(reader.get_avg_fps()) or 1.0
         except MediaError:
             raise
         except Exception as e:  # decord raises its own DECORDError and RuntimeError on bad files
-            raise MediaError(f"{path} is not a readable video (corrupt or truncated?): {e}") from None
+            # decord's message carries its C++ log and the server path: keep its first line, no folders
+            raise MediaError(f"{name} is not a readable video (corrupt or truncated?): "
+                             f"{_short(e).split(' File ')[0]}") from None
         return cls(overview=frames, times=[i / fps for i in idx], path=path, source_indices=idx,
                    fps=fps, n_source_frames=total, _reader=reader)
 
@@ -146,7 +202,9 @@ class Video:
 def image_sha(image: Image.Image) -> str:
     """sha256 of the decoded pixels (mode, size, bytes): equal pictures share one key."""
     h = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
-    h.update(image.tobytes())
+    rows = max(1, (8 << 20) // max(1, image.width * len(image.getbands())))  # ~8 MB bands, not one full copy
+    for y in range(0, image.height, rows):
+        h.update(image.crop((0, y, image.width, min(image.height, y + rows))).tobytes())
     return h.hexdigest()
 
 
@@ -178,6 +236,8 @@ class DiskImageStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha: str) -> Path:
+        """The file of a stored image; a name that is not a sha256 hex digest raises PathError."""
+        sha = check_sha(sha)
         return self.root / sha[:2] / f"{sha}.png"
 
     def put(self, image: Image.Image) -> str:
@@ -186,8 +246,12 @@ class DiskImageStore:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            image.save(tmp, format="PNG")
-            os.replace(tmp, path)
+            try:
+                image.save(tmp, format="PNG")
+                os.replace(tmp, path)
+            except BaseException:  # a full disk: leave no half-written file behind
+                tmp.unlink(missing_ok=True)
+                raise
         return sha
 
     def get(self, sha: str) -> Image.Image:

@@ -119,7 +119,13 @@ def system_prompt(tools: list[dict] | None) -> str:
 
 def clean_text(text: str) -> str:
     """Text safe to encode as UTF-8: lone surrogates (from non-UTF-8 input bytes) become U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(text, str) else str(text)
+    if not isinstance(text, str):
+        text = str(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # surrogatepass covers every lone surrogate, not only escaped bytes
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def question_text(question: str, choices: list[str] | None = None, guideline: str = "vcot") -> str:
@@ -197,31 +203,52 @@ def has_tool_call(text: str) -> bool:
     return text.rstrip().endswith(TOOL_CALL_END) and TOOL_CALL_START in text
 
 
+MAX_MESSAGE = 300
+"""Longest error text fed back to the model (and shown): a 10 MB tool name is not echoed whole."""
+
+
+def brief(value, limit: int = 60) -> str:
+    """A model-written value quoted for an error message, cut to `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_message(text: str, limit: int = MAX_MESSAGE) -> str:
+    """An error message on one screen: at most `limit` characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _loads(body: str, what: str):
+    """json.loads where every failure (bad syntax, 4,300-digit ints, deep nesting) is a ToolCallError."""
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as e:
+        raise ToolCallError(f"Invalid JSON in {what}: {e.msg} (line {e.lineno} column {e.colno}).") from None
+    except RecursionError:
+        raise ToolCallError(f"Invalid JSON in {what}: nested too deeply.") from None
+    except (ValueError, OverflowError, MemoryError) as e:  # e.g. "Exceeds the limit (4300 digits)"
+        raise ToolCallError(f"Invalid JSON in {what}: {brief(str(e), 120)}") from None
+
+
 def parse_tool_call(text: str) -> ToolCall:
-    """Parse the last <tool_call> block of a turn. Raises ToolCallError with a model-facing message."""
-    if TOOL_CALL_START not in text:
+    """Parse the last <tool_call> block of a turn. Raises ToolCallError with a model-facing message
+    (never anything else: model output is untrusted input)."""
+    if not isinstance(text, str) or TOOL_CALL_START not in text:
         raise ToolCallError("No <tool_call> block found.")
     body = text.rsplit(TOOL_CALL_START, 1)[1].split(TOOL_CALL_END, 1)[0].strip()
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise ToolCallError(f"Invalid JSON in tool call: {e}") from None
-    except RecursionError:
-        raise ToolCallError("Invalid JSON in tool call: nested too deeply") from None
+    obj = _loads(body, "tool call")
     if not isinstance(obj, dict):
         raise ToolCallError('A tool call must be a JSON object {"name": ..., "arguments": {...}}.')
     name, args = obj.get("name"), obj.get("arguments", {})
     if not isinstance(name, str):
         raise ToolCallError('A tool call needs a "name" string.')
     if isinstance(args, str):  # some models double-encode arguments
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError as e:
-            raise ToolCallError(f"Invalid JSON in tool call arguments: {e}") from None
+        args = _loads(args, "tool call arguments")
     if not isinstance(args, dict):
         raise ToolCallError('"arguments" must be a JSON object.')
     if name not in TOOL_NAMES:
-        raise ToolCallError(f"Unknown tool `{name}`. Available tools: {CROP_TOOL}, {FRAMES_TOOL}.")
+        raise ToolCallError(f"Unknown tool `{brief(name)}`. Available tools: {CROP_TOOL}, {FRAMES_TOOL}.")
     return ToolCall(name=name, arguments=args)
 
 
@@ -233,10 +260,15 @@ def format_tool_call(name: str, arguments: dict) -> str:
 def require_number(value: Any, what: str) -> float:
     """A finite real number (bools and strings rejected), else a model-facing error."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ToolCallError(f"`{what}` must be a number, got {json.dumps(value)[:60]}.")
-    if not math.isfinite(value):
-        raise ToolCallError(f"`{what}` must be a finite number, got {value}.")
-    return float(value)
+        raise ToolCallError(f"`{what}` must be a number, got {brief(value)}.")
+    try:
+        number = float(value)  # an int past 1e308 overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        shown = brief(str(value)) if isinstance(value, float) else "an integer too large for a float"
+        raise ToolCallError(f"`{what}` must be a finite number, got {shown}.")
+    return number
 
 
 # ---- observations ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Iterable
 
 from PIL import Image
 
+from core.paths import is_sha
 from core.sessionlog import SessionLog, _js
 from core.trajectory import ImageRef, Step, Trajectory
 
@@ -35,8 +36,10 @@ _STEP_SQL = (f"INSERT OR REPLACE INTO steps ({', '.join(_STEP_COLS)}) "
 
 
 def make_thumb(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
-    thumb = image.convert("RGB")
-    thumb.thumbnail((side, side))
+    scale = min(1.0, side / max(image.size))  # resized straight to the small size: no full-size copy
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    thumb = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    thumb = thumb if thumb.mode == "RGB" else thumb.convert("RGB")
     buf = io.BytesIO()
     thumb.save(buf, format="WEBP", quality=70)
     return buf.getvalue()
@@ -52,7 +55,7 @@ class Recorder:
         """Add images rows for refs whose files are in the store (inside the caller's transaction)."""
         db = self.log.db
         for ref in refs:
-            if ref is None:
+            if ref is None or not is_sha(ref.sha):
                 continue
             if db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
                 continue
@@ -65,8 +68,9 @@ class Recorder:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        [ref.sha, str(path), ref.width, ref.height, path.stat().st_size, thumb, time.time()])
 
-    def start(self, traj: Trajectory, compare_of: str | None = None) -> str:
-        """Insert the session row (status running) before the first step is generated."""
+    def start(self, traj: Trajectory, compare_of: str | None = None, owner: str | None = None) -> str:
+        """Insert the session row (status running) before the first step is generated; `owner` is
+        the visitor who asked (public mode shows visitors their own sessions only)."""
         m = traj.media
         media_ref = m.image or (m.overview[0] if m.overview else None)
         row = {
@@ -76,6 +80,7 @@ class Recorder:
             "status": "running", "ground_truth": traj.ground_truth, "tools_enabled": int(traj.tools_enabled),
             "guideline": traj.guideline, "config_json": json.dumps(traj.config), "meta_json": json.dumps(traj.meta),
             "compare_of": compare_of or traj.meta.get("compare_of"), "host": self.log.host, "pid": os.getpid(),
+            "owner": owner,
         }
         db = self.log.db
         with self.log._tx():

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from core.media import DiskImageStore
+from core.paths import is_sha
 from core.sessionquery import SessionQueries
 from core.sessionschema import MIGRATIONS
 from core.trajectory import ImageRef, Media, Step, Trajectory
@@ -46,6 +48,40 @@ def default_data_dir() -> Path:
         return Path("/data/studio")
     return Path(__file__).resolve().parents[1] / "data"
 
+
+
+class StorageError(RuntimeError):
+    """The session log cannot be opened or written; the message names the file and the cause."""
+
+
+def storage_problem(e: BaseException, path: str | Path | None = None) -> str:
+    """One line for a storage failure: which file (when given) and why, with what to do."""
+    text = str(e).lower()
+    errno_ = getattr(e, "errno", None)
+    if errno_ in (27, 28) or "disk is full" in text or "no space" in text or "too large" in text:
+        cause = "the disk is full (or the file hit its size limit); free some space"
+    elif "disk i/o error" in text:
+        cause = "a disk write failed (is the disk full?); free some space and try again"
+    elif errno_ in (1, 13, 30) or "readonly" in text or "read-only" in text or "permission" in text:
+        cause = "it is read-only here; give a writable --db path or fix the folder's permissions"
+    elif "unable to open" in text:
+        cause = "it cannot be opened (is its folder writable and the file a database?)"
+    elif "not a database" in text or "malformed" in text:
+        cause = "it is not a (healthy) SQLite database"
+    elif "locked" in text:
+        cause = "another process holds it locked; try again"
+    else:
+        cause = (str(e).splitlines() or [type(e).__name__])[0][:160]
+    return f"{path}: {cause}" if path else cause
+
+
+def open_log(path: str | Path, images_dir: str | Path | None = None, cls: type | None = None):
+    """`cls(path)` (SessionLog by default; the Studio passes StudioLog), with a StorageError naming
+    the file and the cause instead of sqlite's bare "unable to open database file"."""
+    try:
+        return (cls or SessionLog)(path, images_dir)
+    except (OSError, sqlite3.Error) as e:
+        raise StorageError(f"cannot use the session log {storage_problem(e, path)}") from None
 
 def pid_alive(pid: int | None) -> bool:
     """Whether a process runs (a zombie, exited but not yet reaped, does not)."""
@@ -184,6 +220,9 @@ class SessionLog(SessionQueries):
             meta=_unjs(row["meta_json"]) or {})
 
     def image_path(self, sha: str) -> Path | None:
+        """The stored file of an image, or None (also for a name that is not a content hash)."""
+        if not is_sha(sha):
+            return None
         path = self.images.path(sha)
         return path if path.exists() else None
 

@@ -3,6 +3,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
+def fts_query(text: str | None) -> str | None:
+    """Search text as an FTS5 query of quoted words (all must match); None when no word is left.
+
+    Quotes, NUL and other control characters and lone surrogates are dropped first: they are not
+    words, and FTS5 (or the driver) would refuse the query with a syntax error."""
+    if not text:
+        return None
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "ignore")
+    text = "".join(" " if ch == '"' or ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    words = text.split()[:64]
+    return " ".join(f'"{w}"' for w in words) or None
+
+
 @dataclass
 class SessionFilter:
     """What the Inspect table asks for; every field is optional and applied in SQL."""
@@ -20,6 +34,7 @@ class SessionFilter:
     client: str | None = None  # prefix match: "eval" matches "eval:run1"
     question: str | None = None  # exact question (side-by-side comparison)
     tool: str | None = None  # sessions with at least one step calling this operation
+    owner: str | None = None  # only this visitor's sessions (public mode)
     limit: int = 50
     offset: int = 0
 
@@ -60,11 +75,13 @@ class SessionQueries:
             clauses.append("(s.client = ? OR s.client LIKE ?)"), args.extend([f.client, f.client + ":%"])
         if f.question:
             clauses.append("s.question = ?"), args.append(f.question)
+        if f.owner is not None:
+            clauses.append("s.owner = ?"), args.append(f.owner)
         if f.tool:
             clauses.append("EXISTS (SELECT 1 FROM steps t WHERE t.session_id = s.id AND t.tool = ? "
                            "AND t.error IS NULL)"), args.append(f.tool)
-        if f.text and f.text.strip():
-            q = self.db.quote_fts(f.text.strip())
+        q = fts_query(f.text)
+        if q:
             clauses.append(
                 "(s.rowid IN (SELECT rowid FROM sessions_fts WHERE sessions_fts MATCH ?) OR s.id IN "
                 "(SELECT st.session_id FROM steps st WHERE st.rowid IN "

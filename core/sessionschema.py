@@ -102,3 +102,10 @@ def m001_sessions(db) -> None:
 def m002_scorer(db) -> None:
     """The name of the rule that judged `correct` (core.scoring.SCORERS), stored beside it."""
     db.execute("ALTER TABLE sessions ADD COLUMN scorer TEXT")
+
+
+@MIGRATIONS()
+def m003_owner(db) -> None:
+    """The visitor who asked: public mode lists a visitor's own sessions only."""
+    db.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_sessions_owner ON sessions(owner, created_at)")

@@ -82,8 +82,10 @@ def test_queue_open_save_and_export(server, tmp_path):
     md, preview = client.predict(str(tmp_path / "x"), api_name="/export_preview")
     assert "**1** would become SFT records" in md
     assert preview["data"][0][5] == "masked (labeled bad) → correction → corrected answer"
-    folder = tmp_path / "export"
-    md, _, next_folder = client.predict(str(folder), api_name="/export")
+    md, _, _ = client.predict(str(tmp_path / "export"), api_name="/export")  # outside data/exports/: refused
+    assert md.startswith("⚠️") and "data/exports/" in md and not (tmp_path / "export").exists()
+    folder = studio.data_dir / "exports" / "export"
+    md, _, next_folder = client.predict("export", api_name="/export")
     assert "Exported **1** SFT records (1 with corrections) and **2** labels" in md and next_folder != str(folder)
     rec = json.loads((folder / "train.jsonl").read_text())
     assert rec["train_turns"] == [False, True, True] and rec["meta"]["source_session"] == sid
