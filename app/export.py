@@ -54,6 +54,7 @@ BRIDGE = {
     "format error": "Let me call the operation again with valid arguments.",
 }
 DEFAULT_BRIDGE = "Let me look again more carefully."
+CORRECTIONS_CONFIG = "configs/sft_corrections.json"  # starts from the embedded model, writes under data/runs/
 
 
 @dataclass
@@ -325,7 +326,8 @@ class ExportReport:
         lines = [f"Exported **{self.records}** SFT records ({self.corrected} with corrections) and "
                  f"**{self.labels}** labels from {self.sessions} annotated sessions to `{self.out_dir}` "
                  f"in {self.seconds:.1f} s.",
-                 f"\nTrain on it: `python -m train sft --config configs/sft_tiny.json data={self.out_dir}`"]
+                 f"\nFine-tune on it (Train tab, or): `python -m train sft --config {CORRECTIONS_CONFIG} "
+                 f"data={self.out_dir} --out data/runs/corrections`"]
         if self.skipped:
             lines.append("\nNot exported as SFT (labels kept):\n" + "\n".join(
                 f"- `{s['session_id'][:12]}`: {s['reason']}" for s in self.skipped))

@@ -209,7 +209,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 import_btn.click(lambda p: I.import_files(studio.log, p), files, import_out, api_name="import")
 
             # ---- Annotate and Train (built by their own modules) ------------------------------------
-            shared = {"session_id": session_id, "tabs": tabs, "demo": demo}
+            shared = {"session_id": session_id, "tabs": tabs, "demo": demo, "ask_model": model}
             with gr.Tab("Annotate", id="annotate"):
                 _optional_tab("app.annotate", studio, shared)
             with gr.Tab("Train", id="train"):

@@ -1,0 +1,53 @@
+"""Nothing a job or a config does may write into assets/ (the shipped model and examples)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app import Studio
+from app import train_tab as T
+from core.sessionlog import SessionLog
+from train.sft import SFTRunConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("key", ["out", "final_dir"])
+def test_a_run_that_would_write_into_assets_is_refused_before_it_starts(key, tmp_path):
+    before = tree_snapshot(ASSETS)
+    cfg = SFTRunConfig(data=str(tmp_path), out=str(tmp_path / "run"), model="tiny")
+    setattr(cfg, key, "assets/pixel-reasoner-tiny")
+    with pytest.raises(SystemExit, match=f"{key}=assets/pixel-reasoner-tiny is inside assets/"):
+        train(cfg)
+    assert tree_snapshot(ASSETS) == before
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_config_writes_into_assets():
+    for path in sorted((ROOT / "configs").glob("*.json")):
+        cfg = json.loads(path.read_text())
+        for key in ("out", "final_dir"):
+            if cfg.get(key):
+                assert not (ROOT / cfg[key]).resolve().is_relative_to(ASSETS), f"{path.name}: {key}={cfg[key]}"
+
+
+def test_the_train_tabs_default_fine_tune_starts_from_the_embedded_model_and_stays_in_its_run_folder(tmp_path):
+    studio = Studio(log=SessionLog(tmp_path / "studio.db"), data_dir=tmp_path)
+    config = T.default_config("sft")
+    assert config == "configs/sft_corrections.json"
+    cfg = json.loads((ROOT / config).read_text())
+    assert cfg["model"] == "assets/pixel-reasoner-tiny"
+    out = tmp_path / "runs" / "job1"
+    cmd = T.build_command(studio, "sft", config, "data/exports/x", None, "", None, "", "", str(out))
+    overrides = dict(a.split("=", 1) for a in cmd if "=" in a)
+    assert overrides["out"] == str(out) and overrides["final_dir"] == f"{out}/final"
+    assert overrides["data"] == "data/exports/x"
+    run = SFTRunConfig.from_file(ROOT / config, [f"{k}={v}" for k, v in overrides.items()])
+    assert Path(run.final_dir).is_relative_to(out) and run.model == "assets/pixel-reasoner-tiny"
