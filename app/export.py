@@ -165,6 +165,9 @@ def plan_corrections(traj: Trajectory, annotations: list[dict]) -> Plan:
     whole = merged.get(None, {})
     step_answers = [m["corrected_answer"] for k, m in merged.items() if k is not None and m.get("corrected_answer")]
     answer = whole.get("corrected_answer") or (step_answers[-1] if step_answers else None)
+    final_text = (merged.get(len(traj.steps) - 1) or {}).get("corrected_text")
+    if not answer and final_text and not P.has_tool_call(final_text):
+        answer = last_boxed(final_text)  # a corrected final turn carries its own answer
     if answer:
         plan.answer = answer
     first_shifted, shift = 10 ** 9, 0  # original images numbered >= first_shifted move by shift
@@ -321,6 +324,7 @@ class ExportReport:
     labels: int = 0
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    exported_sessions: list[str] = field(default_factory=list)  # sessions written as SFT records
 
     def markdown(self) -> str:
         lines = [f"Exported **{self.records}** SFT records ({self.corrected} with corrections) and "
@@ -368,6 +372,7 @@ def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str
                                    "category": traj.meta.get("category") or "annotated", "media": original,
                                    "kind": "image" if traj.media.kind == "image" else "video"}
         records.append(rec)
+        report.exported_sessions.append(sid)
         report.corrected += int(plan.corrected)
     labels = label_rows(log, ids)
     _write_jsonl(out / "train.jsonl", records)
