@@ -1,8 +1,11 @@
 """The Ask tab's logic: run one question through the tool loop, streaming chat messages and logging.
 
 `ask_stream` is a generator Gradio calls; it yields the growing message lists. Each step becomes a
-parent "thought" (pending -> done, with duration) whose children show the parsed tool call, the
-crop beside its source with the box drawn, the frame strip, or the error. Every step is written to
+parent "thought" (pending -> done, with duration) whose children show the parsed tool call or the
+error; the picture an operation produced (the crop beside its source with the box drawn, or the
+frame strip) follows as a message of its own, so it is always in view. (A nested picture also
+stayed empty after a video question: the chatbot loads the image renderer only for top-level
+messages.) Every step is written to
 the session log as it finishes; a Stop (or a closed browser) reaches the model through a
 threading.Event passed to core.loop.run, and the session is closed as cancelled or unfinished.
 """
@@ -151,7 +154,8 @@ def load_examples(studio: Studio) -> list[dict]:
                     path = (index.parent / media) if not Path(media).is_absolute() else Path(media)
                     if path.exists():
                         out.append({"media": str(path), "question": it["question"],
-                                    "label": it.get("label") or it.get("id") or path.name})
+                                    "label": it.get("label") or it.get("id") or path.name,
+                                    "answer": it.get("answer")})
             if out:
                 return out
         except (OSError, ValueError, AttributeError) as e:
@@ -165,6 +169,28 @@ def load_examples(studio: Studio) -> list[dict]:
         write_video(_example_frames(), video, fps=8)
     return [{"media": str(image), "question": "What is written on the small sign?", "label": "street sign"},
             {"media": str(video), "question": "Where is the yellow ball at the end of the clip?", "label": "ball"}]
+
+
+def thumbnail(studio: Studio, media: str, side: int = 160) -> str:
+    """A small picture of an example (a video's first frame), stored with the app's views."""
+    path = Path(media)
+    image = Video.from_file(path, n=1).frames([1])[0] if path.suffix.lower() in VIDEO_SUFFIXES else load_image(path)
+    image = image.convert("RGB")
+    image.thumbnail((side, side))
+    store = DiskImageStore(studio.static_dir())
+    return str(store.path(store.put(image)))
+
+
+def expected_answer(examples: list[dict], media_path: str | None) -> str | None:
+    """The known answer when the media is one of the examples (same file name and size), else None."""
+    if not media_path or not Path(media_path).exists():
+        return None
+    p = Path(media_path)
+    for e in examples:
+        src = Path(e["media"])
+        if e.get("answer") is not None and src.name == p.name and src.stat().st_size == p.stat().st_size:
+            return str(e["answer"])
+    return None
 
 
 # ---- chat messages -------------------------------------------------------------------------------------
@@ -197,6 +223,7 @@ class ChatView:
         self.views = DiskImageStore(studio.static_dir())
         self.messages: list[dict] = []
         self.parent: dict | None = None
+        self.pictures: list[str] = []  # every crop-beside-source and frame strip, in step order
         self.raw = ""
         self.t0 = time.perf_counter()
 
@@ -232,31 +259,45 @@ class ChatView:
         foot = f"{step.tokens_in} → {step.tokens_out} tok · gen {step.gen_seconds:.2f} s"
         pid = meta["id"]
         n = step.index + 1
-        if step.error:
+        if step.finish_reason == "cancelled":
+            meta["title"] = f"{self.prefix}Step {n} · stopped"
+            meta["log"] = foot
+        elif step.error:
             meta["title"] = f"{self.prefix}Step {n} · ⚠️ error"
             meta["log"] = foot
-            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model is told so and may retry.")
+            call = step.text[step.text.find(P.TOOL_CALL_START):] if P.TOOL_CALL_START in step.text else ""
+            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model is told so and may retry."
+                        + (f"\n\nThe call as written:\n```\n{call.strip()}\n```" if call else ""))
         elif step.tool == P.FRAMES_TOOL and step.frames:
             times = self.traj.media.frame_times
             labels = [frame_label(k, times[k - 1] if k - 1 < len(times) else None) for k in step.frames]
             meta["title"] = f"{self.prefix}Step {n} · select_frames"
             meta["log"] = f"frames {', '.join(map(str, step.frames))} · {foot}"
             self._child(pid, call_markdown(step))
-            self._child(pid, {"path": self._image_path(frame_strip(event.images, labels))})
+            self._picture(frame_strip(event.images, labels))
         elif step.tool:
             w, h = (step.images[0].width, step.images[0].height) if step.images else (0, 0)
             meta["title"] = f"{self.prefix}Step {n} · {step.tool}"
             meta["log"] = f"{w}×{h} px · {foot} · op {step.tool_seconds * 1000:.0f} ms"
             self._child(pid, call_markdown(step))
             if event.source is not None and event.images and step.box_px:
-                self._child(pid, {"path": self._image_path(crop_beside_source(
-                    event.source, step.box_px, event.images[0], step_color=step.index))})
+                self._picture(crop_beside_source(event.source, step.box_px, event.images[0], step_color=step.index))
         else:
             meta["title"] = f"{self.prefix}Step {n} · answer"
             meta["log"] = foot
 
     def _child(self, parent_id: str, content) -> None:
         self.messages.append({"role": "assistant", "content": content, "metadata": {"parent_id": parent_id}})
+
+    def _picture(self, image: Image.Image) -> None:
+        self.pictures.append(self._image_path(image))
+        self.messages.append({"role": "assistant", "content": {"path": self.pictures[-1]}})
+
+    def drop_pending(self) -> None:
+        """Remove the open thought of a step that was stopped before it wrote anything."""
+        if self.parent is not None and self.parent in self.messages:
+            self.messages.remove(self.parent)
+        self.parent = None
 
     def finish(self, traj: Trajectory) -> None:
         if self.parent is not None and self.parent["metadata"].get("status") == "pending":
@@ -331,8 +372,12 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
             elif isinstance(event, TextDelta):
                 view.delta(event.text)
             elif isinstance(event, StepDone):
-                log.log_step(traj.id, event.step)
-                view.done(event)
+                if event.step.finish_reason == "cancelled" and not event.step.text.strip():
+                    traj.steps.remove(event.step)  # stopped before a word: no step, not an empty "answer"
+                    view.drop_pending()
+                else:
+                    log.log_step(traj.id, event.step)
+                    view.done(event)
             elif isinstance(event, Done):
                 if traj.status == "cancelled" and getattr(cancel, "reason", "stop") == "closed":
                     traj.status = "unfinished"
@@ -351,10 +396,12 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
 
 
 def ask_stream(studio: Studio, media_path: str | None, question: str, settings: AskSettings,
-               session_key: str) -> Iterator[tuple[list[dict], list[dict], str]]:
-    """The Ask button: (main chat, compare chat, status line) after every event."""
+               session_key: str, expected: str | None = None) -> Iterator[tuple[list[dict], list[dict], str]]:
+    """The Ask button: (main chat, compare chat, status line) after every event. With `expected` (an
+    example's known answer) the answer is marked ✅ or ❌."""
     try:
         task = load_task(studio, media_path, question)
+        task.answer = expected
         backend = get_backend(studio, settings)
     except (MediaError, BackendError) as e:
         yield [], [], f"⚠️ {e}"

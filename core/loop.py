@@ -77,6 +77,9 @@ class Done:
 Event = StepStart | TextDelta | StepDone | Done
 
 
+UNCLOSED_CALL = "The tool call is not complete (no closing </tool_call>), so it was not run; the turn ended the episode."
+
+
 class Episode:
     """The state of one conversation: messages for the model, images for the operations."""
 
@@ -141,6 +144,8 @@ class Episode:
         if gen.finish_reason == "cancelled":
             return self._finish("cancelled")
         if not (cfg.tools and P.has_tool_call(gen.text)):
+            if cfg.tools and P.TOOL_CALL_START in gen.text:  # a call that never closed: an error, never hidden
+                step.error = UNCLOSED_CALL
             return self._finish("max_tokens" if gen.finish_reason == "length" else "done")
         if traj.n_ops >= cfg.max_ops:
             return self._finish("max_ops")

@@ -91,8 +91,10 @@ def test_question_streams_steps_and_logs_rows(server, photo_path, replay_file):
     children = [m for m in chat if (m.get("metadata") or {}).get("parent_id") == "s0"]
     texts = " ".join(c["content"][0].get("text") or "" for c in children)
     assert "crop_image_normalized(bbox_2d=[0.12, 0.22, 0.28, 0.38]" in texts and "<tool_call>" not in texts
-    assert any(c["content"][0].get("file") for c in children)  # the crop beside its source, as an image
-    file = next(c["content"][0]["file"] for c in children if c["content"][0].get("file"))
+    # the crop beside its source follows its step as a top-level message, so it is always in view
+    first = chat.index(children[-1]) + 1
+    assert not (chat[first].get("metadata") or {}).get("parent_id") and chat[first]["content"][0].get("file")
+    file = chat[first]["content"][0]["file"]
     shown = Image.open(file if isinstance(file, str) else file["path"])  # downloaded by the client
     assert shown.width > shown.height  # source and crop side by side
     err = [m for m in chat if (m.get("metadata") or {}).get("parent_id") == "s1"]
