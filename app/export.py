@@ -325,9 +325,11 @@ class ExportReport:
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     exported_sessions: list[str] = field(default_factory=list)  # sessions written as SFT records
+    held_out: int = 0  # of the records, how many went to test.jsonl (not trained on)
 
     def markdown(self) -> str:
-        lines = [f"Exported **{self.records}** SFT records ({self.corrected} with corrections) and "
+        held = f" ({self.held_out} held out in test.jsonl)" if self.held_out else ""
+        lines = [f"Exported **{self.records}** SFT records{held} ({self.corrected} with corrections) and "
                  f"**{self.labels}** labels from {self.sessions} annotated sessions to `{self.out_dir}` "
                  f"in {self.seconds:.1f} s.",
                  f"\nFine-tune on it (Train tab, or): `python -m train sft --config {CORRECTIONS_CONFIG} "
@@ -338,8 +340,13 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str] | None = None) -> ExportReport:
-    """Write the SFT dataset (train.jsonl + images/) and labels.jsonl for the annotated sessions."""
+HOLD_OUT_EVERY = 5  # every 5th exported record goes to test.jsonl: the export's own held-out items
+
+
+def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str] | None = None,
+                     hold_out_every: int = HOLD_OUT_EVERY) -> ExportReport:
+    """Write the SFT dataset (train.jsonl + images/; every `hold_out_every`-th record in test.jsonl
+    instead, to evaluate a fine-tune on) and labels.jsonl for the annotated sessions."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,9 +382,15 @@ def export_annotated(log: SessionLog, out_dir: str | Path, session_ids: list[str
         report.exported_sessions.append(sid)
         report.corrected += int(plan.corrected)
     labels = label_rows(log, ids)
+    held = [r for i, r in enumerate(records, 1)
+            if hold_out_every and i % hold_out_every == 0 and "task" in r["meta"]]  # eval needs meta.task
+    report.held_out = len(held)
+    records = [r for r in records if not any(r is h for h in held)]
+    if held:
+        _write_jsonl(out / "test.jsonl", held)
     _write_jsonl(out / "train.jsonl", records)
     _write_jsonl(out / "labels.jsonl", labels)
-    report.records, report.labels = len(records), len(labels)
+    report.records, report.labels = len(records) + len(held), len(labels)
     report.seconds = time.perf_counter() - t0
     (out / "export.json").write_text(json.dumps({**asdict(report), "db": str(log.path),
                                                  "created_at": time.time()}, indent=2))

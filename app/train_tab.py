@@ -50,7 +50,9 @@ def _short(path: Path) -> str:
 
 
 DEFAULT_CONFIG = {"sft": "configs/sft_corrections.json", "rl": "configs/rl_tiny.json"}
-HELD_OUT = "data/tinyzoom"  # TinyZoom's test split, where the 'data' job writes it
+def held_out(studio: Studio) -> str:
+    """Where the 'data' job writes TinyZoom and where 'gain' finds its test split: <data>/tinyzoom."""
+    return _short(studio.data_dir / "tinyzoom")
 
 
 def default_config(kind: str) -> str | None:
@@ -73,12 +75,12 @@ def build_command(studio: Studio, kind: str, config: str | None, dataset: str | 
             raise ValueError("choose a benchmark")
         return J.eval_command(bench, out, dataset, model, int(limit) if limit else None, extra_args)
     if kind == "data":
-        return J.synth_command(out, dataset or HELD_OUT, extra_args)
+        return J.synth_command(out, dataset or held_out(studio), extra_args)
     if kind == "gain":
         if not model:
             raise ValueError("give the run to evaluate (data/runs/<job>) in the Model field, or select a finished "
                              "fine-tune job and press 'Evaluate against its start model'")
-        base, tuned, data = gain_inputs(model, dataset)
+        base, tuned, data = gain_inputs(model, dataset or held_out(studio))
         return J.gain_command(out, base, tuned, data, int(limit) if limit else None, extra_args)
     if kind == "custom":
         cmd = shlex.split(custom or "")
@@ -88,7 +90,7 @@ def build_command(studio: Studio, kind: str, config: str | None, dataset: str | 
     raise ValueError(f"unknown job kind {kind!r}")
 
 
-def gain_inputs(run: str, held_out: str | None) -> tuple[str, str, list[str]]:
+def gain_inputs(run: str, tinyzoom: str) -> tuple[str, str, list[str]]:
     """(start model, fine-tuned model, held-out folders) of a finished sft/rl run folder: the start is
     the `model` its config recorded; the held-out items are TinyZoom's test split and the export's
     own held-out test.jsonl (when the run trained on an export that has one)."""
@@ -100,7 +102,7 @@ def gain_inputs(run: str, held_out: str | None) -> tuple[str, str, list[str]]:
     tuned = cfg.get("final_dir") or str(folder / "final")
     if cfg.get("model") in (None, "tiny"):
         raise ValueError(f"{run} trained a model from scratch: there is no start model to compare with")
-    data = [held_out or HELD_OUT]
+    data = [tinyzoom]
     if cfg.get("data") and (Path(cfg["data"]) / "test.jsonl").exists() and cfg["data"] not in data:
         data.append(cfg["data"])
     return cfg["model"], tuned, data

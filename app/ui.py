@@ -72,12 +72,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                             ask_btn = gr.Button("Ask", variant="primary", elem_id="ask-btn")
                             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                         gallery = gr.Gallery([(A.thumbnail(studio, e["media"]), e["label"]) for e in examples],
-                                             label="Examples (click one; ✅/❌ compares with its known answer)",
-                                             columns=3, height="auto", allow_preview=False, elem_id="examples",
+                                             label="Examples (click one)",
+                                             columns=3, height=260, allow_preview=False, elem_id="examples",
                                              buttons=[])
-                        with gr.Accordion("Settings", open=False):
+                        with gr.Accordion("Settings", open=False, elem_id="ask-settings"):
                             backend = gr.Dropdown(list(BACKENDS), value=default_backend, label="Backend")
-                            model = gr.Textbox(value=default_model, label="Model",
+                            model = gr.Textbox(value=default_model, label="Model", elem_id="ask-model",
                                                placeholder="empty = embedded model; hub id, local path, "
                                                            "OpenAI URL, or (replay) a JSON file of turns")
                             tools = gr.Checkbox(True, label="Visual operations (tools) on")
@@ -135,12 +135,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                     f_min = gr.Number(0, label="Min ops", precision=0, minimum=0, scale=1)
                     f_max = gr.Number(99, label="Max ops", precision=0, minimum=0, scale=1)
                     f_since = gr.Textbox(label="Since (YYYY-MM-DD)", scale=1)
-                    f_until = gr.Textbox(label="Until (YYYY-MM-DD)", scale=1)
-                    page = gr.Number(1, label="Page", precision=0, minimum=1, scale=1)
-                    search_btn = gr.Button("Search", variant="primary", scale=1)
+                    f_until = gr.Textbox(label="Until (YYYY-MM-DD, inclusive)", scale=1, elem_id="f-until")
+                    page = gr.Number(1, label="Page", precision=0, minimum=1, scale=1, elem_id="page")
+                    search_btn = gr.Button("Search", variant="primary", scale=1, elem_id="search-btn")
                     refresh_btn = gr.Button("↻ Refresh", scale=1, elem_id="inspect-refresh")
                     live = gr.Checkbox(True, label="Live (new sessions every 5 s)", scale=1)
-                table_info = gr.Markdown()
+                table_info = gr.Markdown(elem_id="table-info")
                 table = gr.Dataframe(headers=I.TABLE_COLUMNS, interactive=False, wrap=True, max_height=360,
                                      elem_id="sessions", datatype=["str", "str", "str", "html"] + ["str"] * 6, column_widths=["14%", "11%", "27%", "12%", "7%", "9%",
                                                                         "6%", "5%", "5%", "4%"])
@@ -152,9 +152,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     replay = gr.Plot(label="Source image with every crop box (hover: original pixels)")
                     with gr.Column():
-                        step_no = gr.Slider(1, 2, value=1, step=1, label="Step")
+                        step_no = gr.Slider(1, 2, value=1, step=1, label="Step", elem_id="step-no")
                         picture = gr.Image(label="What this step did", type="pil", height=360)
-                raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8)
+                raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8, elem_id="step-raw")
                 steps = gr.Dataframe(headers=I.STEP_COLUMNS, interactive=False, label="Steps: tokens and timings")
                 with gr.Row():
                     timeline = gr.Plot()

@@ -169,6 +169,11 @@ def test_stop_cancels_generation_and_marks_the_session(server, photo_path, tmp_p
         studio.step_delay = 0.05
     row = studio.log.session(session_id_of(status))
     assert row["status"] == "cancelled" and 1 <= row["n_steps"] < 4
+    # the turn stopped before its first word is no step: not a fake empty "answer" in the chat or the log
+    titles = [m["metadata"]["title"] for m in chat if (m.get("metadata") or {}).get("title")]
+    assert titles and not any("answer" in t for t in titles), titles
+    steps = studio.log.steps(row["id"])
+    assert len(steps) == row["n_steps"] and all(s["text"].strip() for s in steps)
 
 
 def test_bad_media_gets_a_clear_message_and_logs_nothing(server, tmp_path, replay_file):
