@@ -264,7 +264,8 @@ class ChatView:
             meta["log"] = foot
         elif step.error:
             meta["title"] = f"{self.prefix}Step {n} · ⚠️ error"
-            meta["log"] = foot
+            short = step.error if len(step.error) <= 70 else step.error[:67] + "…"
+            meta["log"] = f"{short} · {foot}"  # in view even while the step is folded
             call = step.text[step.text.find(P.TOOL_CALL_START):] if P.TOOL_CALL_START in step.text else ""
             self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model is told so and may retry."
                         + (f"\n\nThe call as written:\n```\n{call.strip()}\n```" if call else ""))

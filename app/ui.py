@@ -202,10 +202,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                     except KeyError as e:
                         return (f"⚠️ {e}",) + (gr.update(),) * 9
                     partners = I.same_question(studio.log, sid.strip())
-                    n = max(1, v["n_steps"])
-                    return (v["header"], v["replay"], gr.update(minimum=1, maximum=n, value=min(step, n),
-                                                                interactive=n > 1,
-                                                                label=f"Step (1–{n})" if n > 1 else "Step (only one)"),
+                    n = v["n_steps"]  # a slider needs two stops: a one-step session has none
+                    return (v["header"], v["replay"], gr.update(minimum=1, maximum=max(2, n), value=min(step, max(n, 1)),
+                                                                visible=n > 1, label=f"Step (1–{n})"),
                             v["picture"], v["raw"], v["steps"], v["timeline"], v["timings"], sid.strip(),
                             gr.update(choices=partners, value=partners[0] if partners else None))
 
