@@ -111,7 +111,7 @@ def build(studio: Studio, session_id=None, demo=None) -> None:
                 with gr.Row():
                     bx = [gr.Number(label=n, minimum=0, maximum=1, step=0.01, elem_id=f"annot-{n}")
                           for n in ("x0", "y0", "x1", "y1")]
-                iou_md = gr.Markdown()
+                iou_md = gr.Markdown(elem_id="annot-iou")
                 frames = gr.Textbox(label="Corrected frames (video, e.g. 3, 7, 9)")
                 text = gr.Textbox(label="Corrected text of this step (the whole assistant turn)", lines=3)
                 annotator = gr.Textbox(label="Annotator", elem_id="annot-annotator")
@@ -131,7 +131,7 @@ def build(studio: Studio, session_id=None, demo=None) -> None:
                 out_dir = gr.Textbox(label="Export folder", value=lambda: default_export_dir(studio), scale=4)
                 prev_exp = gr.Button("Preview", scale=1)
                 exp_btn = gr.Button("Export", variant="primary", scale=1)
-            exp_md = gr.Markdown()
+            exp_md = gr.Markdown(elem_id="annot-exported")
             exp_table = gr.Dataframe(headers=["session", "question", "labels", "turns", "trained", "plan", "exported"],
                                      interactive=False, wrap=True)
         name_store = gr.BrowserState("", storage_key="studio-annotator")

@@ -188,17 +188,13 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     header = page.locator("#annot-header")
     queue = page.locator("#annot-queue")
     expect(queue).to_contain_text("unlabelled", timeout=20_000)
-    for _ in range(8):  # the queue is oldest first: walk to the second asked session
-        if session.input_value() == ids[1]:
-            break
-        page.locator("#annot-next").click()
-        page.wait_for_timeout(300)
+    queue.get_by_text(ids[1]).click()  # a row of the queue opens its session
     expect(header).to_contain_text(ids[1], timeout=10_000)
     target = page.locator("#annot-target")
     target.get_by_text("step 1 · crop_image_normalized").click()
     expect(page.locator("#annot-x0 input").first).to_be_visible(timeout=10_000)
     comment = page.locator("#annot-comment textarea").first
-    comment.fill("typed for step 1, then the target changed")
+    comment.press_sequentially("typed for step 1")  # typing (not fill) fires the input event
     expect(page.locator("#annot-dirty")).to_contain_text("unsaved changes", timeout=10_000)
     target.get_by_text("step 2 · answer").click()  # the form clears and shows the answer field, not the box
     expect(comment).to_have_value("", timeout=10_000)
@@ -218,7 +214,7 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     img = page.locator("#annot-image img").first
     box = img.bounding_box()
     page.mouse.click(box["x"] + 0.30 * box["width"], box["y"] + 0.40 * box["height"])
-    page.wait_for_timeout(600)
+    expect(page.locator("#annot-iou")).to_contain_text("second corner", timeout=10_000)
     page.mouse.click(box["x"] + 0.50 * box["width"], box["y"] + 0.60 * box["height"])
     expect(page.locator("#annot-x1 input").first).not_to_have_value("", timeout=10_000)
     page.locator("#annot-annotator textarea, #annot-annotator input").first.fill("browser-test")
@@ -246,7 +242,7 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     # 3. Export from the tab; both records checked turn by turn
     page.get_by_text("Export the annotated set").click()
     page.get_by_role("button", name="Export", exact=True).click()
-    export_md = page.locator("#annot-root").get_by_text("Exported")
+    export_md = page.locator("#annot-exported")
     expect(export_md).to_contain_text("Exported 2 SFT records", timeout=30_000)
     folder = Path(re.search(r"to (\S+annotations-\d+-\d+)", export_md.inner_text()).group(1))
     records = {r["meta"]["source_session"]: r for r in map(json.loads, (folder / "train.jsonl").read_text().splitlines())}
@@ -284,7 +280,8 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     # 5. One click evaluates it against the embedded model on the same held-out items
     expect(page.locator("#train-root")).to_contain_text("done", timeout=20_000)
     page.locator("#train-gain").click()
-    expect(page.locator("#train-launched")).to_contain_text("launched", timeout=10_000)
+    expect(page.locator("#train-launched")).to_contain_text("-gain-", timeout=10_000)
+    expect(job_id).not_to_have_value(sft["id"], timeout=10_000)
     gain = studio.jobs.wait(job_id.input_value(), 400)
     assert gain["kind"] == "gain" and gain["status"] == "done", Path(gain["log_path"]).read_text()[-3000:]
     result = page.locator("#train-gain-result")
