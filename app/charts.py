@@ -233,3 +233,19 @@ def job_curves(rows: Sequence[dict], keys: Sequence[str] | None = None, alpha: f
                       margin={"l": 40, "r": 20, "t": 60 if title else 40, "b": 30})
     fig.update_xaxes(title_text="step", title_standoff=2)
     return fig
+
+
+def gain_bars(result: dict, height: int = 320) -> go.Figure:
+    """Start model vs fine-tuned accuracy per held-out set (app/gain.py's gain.json), 95% intervals."""
+    sets = [*result["sets"].items(), ("all", result["all"])]
+    names = [short_name(name) for name, _ in sets]
+    fig = go.Figure()
+    for who, label in (("base", "start model"), ("tuned", "fine-tuned")):
+        acc = [c[who]["accuracy"] or 0 for _, c in sets]
+        lo = [a - (c[who]["ci95"][0] if c[who]["ci95"][0] is not None else a) for a, (_, c) in zip(acc, sets)]
+        hi = [(c[who]["ci95"][1] if c[who]["ci95"][1] is not None else a) - a for a, (_, c) in zip(acc, sets)]
+        fig.add_trace(go.Bar(x=names, y=acc, name=label,
+                             error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
+    fig.update_layout(barmode="group", height=height, title="accuracy on the same held-out items (95% intervals)",
+                      yaxis={"range": [0, 1.05], "title": "accuracy"}, margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    return fig

@@ -143,7 +143,7 @@ KIND_HELP = {
     "rl": "curiosity GRPO from the checkpoint in Model (default: the config's)",
     "eval": "a benchmark on one model (Model: empty = embedded)",
     "data": "generate TinyZoom (train + held-out test split) into the Dataset folder (default data/tinyzoom)",
-    "gain": "a run (Model: data/runs/<job>) against its start model on the same held-out items",
+    "gain": "a finished run (Model: `data/runs/<job>`) against its start model on the same held-out items",
     "custom": "any command (argv, no shell)",
 }
 
@@ -240,9 +240,13 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
             return table_rows, f"⚠️ {e}", "", gr.skip(), "", last, ""
         job, rows = v["job"], v["metrics"]
         key = (jid, len(rows), job["status"])
-        fig = gr.skip() if tuple(last) == key else C.job_curves(rows, alpha=a, title=f"{job['kind']} · {jid}")
         result = Path(job["out_dir"] or ".") / "gain.json"
-        gain = G.markdown(json.loads(result.read_text())) if result.exists() else ""
+        figures = json.loads(result.read_text()) if result.exists() else None
+        gain = G.markdown(figures) if figures else ""
+        if tuple(last) == key:
+            fig = gr.skip()
+        else:
+            fig = C.gain_bars(figures) if figures else C.job_curves(rows, alpha=a, title=f"{job['kind']} · {jid}")
         return (table_rows, job_markdown(job, len(rows)), progress_html(v["progress"], job["status"]), fig,
                 v["log"], key, gain)
 
@@ -271,11 +275,11 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
         try:
             job = finished_run(jid)
         except ValueError as e:
-            return (f"⚠️ {e}",) + (gr.update(),) * 4
-        k, m = "gain", job["out_dir"]
+            return (f"⚠️ {e}",) + (gr.update(),) * 5
+        k, m, lim = "gain", job["out_dir"], int(lim or 16)
         plan = runner.new_out_dir(k)[0]
-        msg, rows, new_id, _ = launch(k, None, None, None, m, lim or 16, "", "", plan, allow_parallel)
-        return msg, rows, new_id, gr.update(value=k), gr.update(value=m)
+        msg, rows, new_id, _ = launch(k, None, None, None, m, lim, "", "", plan, allow_parallel)
+        return msg, rows, new_id, gr.update(value=k), gr.update(value=m), gr.update(value=lim)  # what ran
 
     def use_model(jid):
         try:
@@ -296,7 +300,7 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
     launch_btn.click(launch, inputs + [planned, parallel], [launch_md, table, job_id, planned],
                      api_name="train_launch").then(preview, inputs + [planned], [command, planned], **UI_ONLY)
     cancel_btn.click(cancel, job_id, [launch_md, table], api_name="train_cancel")
-    gain_btn.click(evaluate_run, [job_id, limit, parallel], [launch_md, table, job_id, kind, model],
+    gain_btn.click(evaluate_run, [job_id, limit, parallel], [launch_md, table, job_id, kind, model, limit],
                    api_name="train_gain")
     if ask_model is not None:
         use_btn.click(use_model, job_id, [launch_md, ask_model], **UI_ONLY)

@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 CSS = """
 #answer-status {font-size: 0.95em}
-#sessions th, #jobs th, #annot-queue th {word-break: keep-all; overflow-wrap: normal; hyphens: none}
+#sessions th, #sessions th *, #jobs th, #jobs th *, #annot-queue th, #annot-queue th * {
+  word-break: normal !important; overflow-wrap: normal !important; white-space: nowrap !important}
 .gradio-container {max-width: 1500px !important}
 """
 
@@ -142,8 +143,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     live = gr.Checkbox(True, label="Live (new sessions every 5 s)", scale=1)
                 table_info = gr.Markdown(elem_id="table-info")
                 table = gr.Dataframe(headers=I.TABLE_COLUMNS, interactive=False, wrap=True, max_height=360,
-                                     elem_id="sessions", datatype=["str", "str", "str", "html"] + ["str"] * 6, column_widths=["14%", "11%", "27%", "12%", "7%", "9%",
-                                                                        "6%", "5%", "5%", "4%"])
+                                     elem_id="sessions", datatype=["str", "str", "str", "html"] + ["str"] * 6, column_widths=["14%", "11%", "25%", "10%", "7%", "8%",
+                                                                        "7%", "5%", "7%", "6%"])
                 with gr.Row():
                     session_id = gr.Textbox(label="Session id (click a row, or paste; ?session=<id> links here)",
                                             scale=4, elem_id="session-id")
