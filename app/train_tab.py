@@ -220,7 +220,8 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
         if running and not allow_parallel:
             return (f"⚠️ job `{running[0]['id']}` is running; cancel it or tick 'Allow beside'", gr.update(),
                     gr.update(), plan)
-        job = plan if plan and plan.split("-")[2] == k and studio.log.get_job(plan) is None else runner.new_out_dir(k)[0]
+        fresh = plan and plan.split("-")[2] == k and studio.log.get_job(plan) is None
+        job = plan if fresh else runner.new_out_dir(k)[0]
         out = runner.runs_dir / job
         try:
             cmd = build_command(studio, k, cfg, ds, b, m, lim, ex, cu, str(out))

@@ -143,8 +143,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     live = gr.Checkbox(True, label="Live (new sessions every 5 s)", scale=1)
                 table_info = gr.Markdown(elem_id="table-info")
                 table = gr.Dataframe(headers=I.TABLE_COLUMNS, interactive=False, wrap=True, max_height=360,
-                                     elem_id="sessions", datatype=["str", "str", "str", "html"] + ["str"] * 6, column_widths=["14%", "11%", "25%", "10%", "7%", "8%",
-                                                                        "7%", "5%", "7%", "6%"])
+                                     elem_id="sessions", datatype=["str", "str", "str", "html"] + ["str"] * 6,
+                                     column_widths=["14%", "11%", "25%", "10%", "7%", "8%", "7%", "5%", "7%", "6%"])
                 with gr.Row():
                     session_id = gr.Textbox(label="Session id (click a row, or paste; ?session=<id> links here)",
                                             scale=4, elem_id="session-id")
@@ -204,8 +204,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                         return (f"⚠️ {e}",) + (gr.update(),) * 9
                     partners = I.same_question(studio.log, sid.strip())
                     n = v["n_steps"]  # a slider needs two stops: a one-step session has none
-                    return (v["header"], v["replay"], gr.update(minimum=1, maximum=max(2, n), value=min(step, max(n, 1)),
-                                                                visible=n > 1, label=f"Step (1–{n})"),
+                    slider = gr.update(minimum=1, maximum=max(2, n), value=min(step, max(n, 1)), visible=n > 1,
+                                       label=f"Step (1–{n})")
+                    return (v["header"], v["replay"], slider,
                             v["picture"], v["raw"], v["steps"], v["timeline"], v["timings"], sid.strip(),
                             gr.update(choices=partners, value=partners[0] if partners else None))
 

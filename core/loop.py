@@ -77,7 +77,8 @@ class Done:
 Event = StepStart | TextDelta | StepDone | Done
 
 
-UNCLOSED_CALL = "The tool call is not complete (no closing </tool_call>), so it was not run; the turn ended the episode."
+UNCLOSED_CALL = ("The tool call is not complete (no closing </tool_call>), so it was not run; "
+                 "the turn ended the episode.")
 
 
 class Episode:

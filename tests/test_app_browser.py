@@ -247,7 +247,8 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     export_md = page.locator("#annot-exported")
     expect(export_md).to_contain_text("Exported 2 SFT records", timeout=30_000)
     folder = Path(re.search(r"to (\S+annotations-\d+-\d+)", export_md.inner_text()).group(1))
-    records = {r["meta"]["source_session"]: r for r in map(json.loads, (folder / "train.jsonl").read_text().splitlines())}
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    records = {r["meta"]["source_session"]: r for r in map(json.loads, lines)}
     texts = {sid: [m["content"] if isinstance(m["content"], str) else
                    "".join(c.get("text", "") for c in m["content"] if isinstance(c, dict))
                    for m in r["messages"] if m["role"] == "assistant"] for sid, r in records.items()}

@@ -51,3 +51,26 @@ def test_the_train_tabs_default_fine_tune_starts_from_the_embedded_model_and_sta
     assert overrides["data"] == "data/exports/x"
     run = SFTRunConfig.from_file(ROOT / config, [f"{k}={v}" for k, v in overrides.items()])
     assert Path(run.final_dir).is_relative_to(out) and run.model == "assets/pixel-reasoner-tiny"
+
+
+def test_the_data_job_writes_tinyzoom_into_the_data_folder(tmp_path):
+    studio = Studio(log=SessionLog(tmp_path / "studio.db"), data_dir=tmp_path)
+    out = tmp_path / "runs" / "job"
+    cmd = T.build_command(studio, "data", None, "", None, "", None, "--train 0 --test 2", "", str(out))
+    assert cmd[1:5] == ["-m", "train", "synth", "--out"] and Path(cmd[5]) == tmp_path / "tinyzoom"
+    job = studio.jobs.launch("data", cmd, out)
+    assert studio.jobs.wait(job, 120)["status"] == "done", (out / "job.log").read_text()[-2000:]
+    assert len((tmp_path / "tinyzoom" / "test.jsonl").read_text().splitlines()) == 2
+
+
+def test_gain_compares_the_same_items_with_a_paired_interval():
+    from app.gain import compare, markdown
+
+    base = {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0}
+    tuned = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0, "only-tuned": 0.0}
+    c = compare(base, tuned)
+    assert c["n"] == 4 and (c["base"]["accuracy"], c["tuned"]["accuracy"], c["gain"]["mean"]) == (0.5, 1.0, 0.5)
+    lo, hi = c["gain"]["ci95"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    text = markdown({"base_model": "m0", "tuned_model": "m1", "sets": {"d": c}, "all": c})
+    assert "| `all` | 4 | 50.0%" in text and "+50.0 pts" in text and "--model m1" in text
