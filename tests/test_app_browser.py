@@ -69,7 +69,7 @@ def app_url(tmp_path_factory):
     data = tmp_path_factory.mktemp("browser")
     for name, turns in (("turns", TURNS), ("video", VIDEO_TURNS), ("unclosed", UNCLOSED)):
         (data / f"{name}.json").write_text(json.dumps(turns))
-    build(BuildConfig(out=str(data / "tinyzoom"), train=0, validation=0, test=3, workers=1))  # held-out items
+    build(BuildConfig(out=str(data / "tinyzoom"), train=0, validation=0, test=2, workers=1))  # held-out items
     studio = Studio(log=SessionLog(data / "studio.db"), data_dir=data, backend="replay",
                     replay=str(data / "turns.json"), step_delay=0.05, enable_training=True)
     task = Task(question="Which step is this?", image=load_image(EXAMPLES / "zoom_needed_101.png"),
