@@ -11,7 +11,6 @@ threading.Event passed to core.loop.run, and the session is closed as cancelled 
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -19,22 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from app import ROOT, Studio
+from app import Studio
+from app.examples import (VIDEO_SUFFIXES, _example_picture, expected_answer, load_examples,  # noqa: F401
+                          thumbnail)
 from app.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
 from core.backends.base import Generation
 from core.backends.replay import ReplayBackend
 from core.loop import Done, Episode, LoopConfig, StepDone, StepStart, Task, TextDelta, run
-from core.media import DiskImageStore, MediaError, Video, load_image, write_video
+from core.media import DiskImageStore, MediaError, Video, load_image
 from core.operations import PixelLimits
 from core.trajectory import Step, Trajectory
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 STATUS_TEXT = {"done": "done", "max_ops": "stopped: operation cap reached", "max_images": "stopped: image cap",
                "max_tokens": "stopped: context full", "cancelled": "cancelled", "error": "error",
                "unfinished": "unfinished"}
@@ -112,85 +112,6 @@ def load_task(studio: Studio, media_path: str | None, question: str) -> Task:
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return Task(question=question.strip(), video=Video.from_file(path), media_path=str(path))
     return Task(question=question.strip(), image=load_image(path, studio.max_image_pixels), media_path=str(path))
-
-
-def _example_picture(width: int = 800, height: int = 600) -> Image.Image:
-    """A street-like picture with a small sign, for the built-in examples when assets/ has none."""
-    img = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(img)
-    for y in range(height):
-        t = y / height
-        draw.line([(0, y), (width, y)], fill=(int(110 - 40 * t), int(160 - 40 * t), int(230 - 170 * t)))
-    for i in range(12):
-        x, y = 40 + i * 63, 330 + (i * 37) % 160
-        draw.rectangle([x, y, x + 50, y + 70], fill=((i * 70) % 255, (i * 40) % 255, (i * 90) % 255))
-    draw.rectangle([96, 132, 224, 228], fill=(240, 230, 200))
-    draw.text((110, 170), "WOOLSHOPS", fill=(20, 20, 20))
-    return img
-
-
-def _example_frames(n: int = 24, width: int = 320, height: int = 240):
-    for i in range(n):
-        img = Image.new("RGB", (width, height), (i * 9 % 255, 80, 160))
-        d = ImageDraw.Draw(img)
-        d.ellipse([10 + i * 11, 100, 50 + i * 11, 140], fill=(255, 220, 0))
-        d.text((width // 2, 20), f"frame {i}", fill=(255, 255, 255))
-        yield img
-
-
-def load_examples(studio: Studio) -> list[dict]:
-    """Examples from assets/examples/examples.json, else two generated ones in the data folder.
-
-    Each is {"media": absolute path, "question": str, "label": str}.
-    """
-    index = ROOT / "assets" / "examples" / "examples.json"
-    if index.exists():
-        try:
-            items = json.loads(index.read_text(encoding="utf-8"))
-            out = []
-            for it in items if isinstance(items, list) else items.get("examples", []):
-                media = it.get("media") or it.get("image") or it.get("video")
-                if media and it.get("question"):
-                    path = (index.parent / media) if not Path(media).is_absolute() else Path(media)
-                    if path.exists():
-                        out.append({"media": str(path), "question": it["question"],
-                                    "label": it.get("label") or it.get("id") or path.name,
-                                    "answer": it.get("answer")})
-            if out:
-                return out
-        except (OSError, ValueError, AttributeError) as e:
-            logger.warning("cannot read %s: %s; using generated examples", index, e)
-    folder = studio.data_dir / "examples"
-    folder.mkdir(parents=True, exist_ok=True)
-    image, video = folder / "street.png", folder / "ball.mp4"
-    if not image.exists():
-        _example_picture().save(image)
-    if not video.exists():
-        write_video(_example_frames(), video, fps=8)
-    return [{"media": str(image), "question": "What is written on the small sign?", "label": "street sign"},
-            {"media": str(video), "question": "Where is the yellow ball at the end of the clip?", "label": "ball"}]
-
-
-def thumbnail(studio: Studio, media: str, side: int = 160) -> str:
-    """A small picture of an example (a video's first frame), stored with the app's views."""
-    path = Path(media)
-    image = Video.from_file(path, n=1).frames([1])[0] if path.suffix.lower() in VIDEO_SUFFIXES else load_image(path)
-    image = image.convert("RGB")
-    image.thumbnail((side, side))
-    store = DiskImageStore(studio.static_dir())
-    return str(store.path(store.put(image)))
-
-
-def expected_answer(examples: list[dict], media_path: str | None) -> str | None:
-    """The known answer when the media is one of the examples (same file name and size), else None."""
-    if not media_path or not Path(media_path).exists():
-        return None
-    p = Path(media_path)
-    for e in examples:
-        src = Path(e["media"])
-        if e.get("answer") is not None and src.name == p.name and src.stat().st_size == p.stat().st_size:
-            return str(e["answer"])
-    return None
 
 
 # ---- chat messages -------------------------------------------------------------------------------------
