@@ -1,14 +1,16 @@
 """The Ask tab's logic: run one question through the tool loop, streaming chat messages and logging.
 
 `ask_stream` is a generator Gradio calls; it yields the growing message lists. Each step becomes a
-parent "thought" (pending -> done, with duration) whose children show the parsed tool call, the
-crop beside its source with the box drawn, the frame strip, or the error. Every step is written to
+parent "thought" (pending -> done, with duration) whose children show the parsed tool call or the
+error; the picture an operation produced (the crop beside its source with the box drawn, or the
+frame strip) follows as a message of its own, so it is always in view. (A nested picture also
+stayed empty after a video question: the chatbot loads the image renderer only for top-level
+messages.) Every step is written to
 the session log as it finishes; a Stop (or a closed browser) reaches the model through a
 threading.Event passed to core.loop.run, and the session is closed as cancelled or unfinished.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -17,16 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from app import ROOT, Studio
+from app import Studio
+from app.examples import (VIDEO_SUFFIXES, _example_picture, expected_answer, load_examples,  # noqa: F401
+                          thumbnail)
 from app.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
 from core.backends.base import Generation
 from core.backends.replay import ReplayBackend
 from core.loop import Done, Episode, LoopConfig, StepDone, StepStart, Task, TextDelta, run
-from core.media import DiskImageStore, MediaError, Video, load_image, write_video
+from core.media import DiskImageStore, MediaError, Video, load_image
 from core.operations import PixelLimits, resolve_pixel_preset
 from core.recorder import Recorder
 from core.scoring import judge_trajectory
@@ -35,7 +39,6 @@ from core.trajectory import Step, Trajectory
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 STATUS_TEXT = {"done": "done", "max_ops": "stopped: operation cap reached", "max_images": "stopped: image cap",
                "max_tokens": "stopped: context full", "cancelled": "cancelled", "error": "error",
                "unfinished": "unfinished"}
@@ -116,62 +119,6 @@ def load_task(studio: Studio, media_path: str | None, question: str) -> Task:
     return Task(question=question.strip(), image=load_image(path, studio.max_image_pixels), media_path=str(path))
 
 
-def _example_picture(width: int = 800, height: int = 600) -> Image.Image:
-    """A street-like picture with a small sign, for the built-in examples when assets/ has none."""
-    img = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(img)
-    for y in range(height):
-        t = y / height
-        draw.line([(0, y), (width, y)], fill=(int(110 - 40 * t), int(160 - 40 * t), int(230 - 170 * t)))
-    for i in range(12):
-        x, y = 40 + i * 63, 330 + (i * 37) % 160
-        draw.rectangle([x, y, x + 50, y + 70], fill=((i * 70) % 255, (i * 40) % 255, (i * 90) % 255))
-    draw.rectangle([96, 132, 224, 228], fill=(240, 230, 200))
-    draw.text((110, 170), "WOOLSHOPS", fill=(20, 20, 20))
-    return img
-
-
-def _example_frames(n: int = 24, width: int = 320, height: int = 240):
-    for i in range(n):
-        img = Image.new("RGB", (width, height), (i * 9 % 255, 80, 160))
-        d = ImageDraw.Draw(img)
-        d.ellipse([10 + i * 11, 100, 50 + i * 11, 140], fill=(255, 220, 0))
-        d.text((width // 2, 20), f"frame {i}", fill=(255, 255, 255))
-        yield img
-
-
-def load_examples(studio: Studio) -> list[dict]:
-    """Examples from assets/examples/examples.json, else two generated ones in the data folder.
-
-    Each is {"media": absolute path, "question": str, "label": str}.
-    """
-    index = ROOT / "assets" / "examples" / "examples.json"
-    if index.exists():
-        try:
-            items = json.loads(index.read_text(encoding="utf-8"))
-            out = []
-            for it in items if isinstance(items, list) else items.get("examples", []):
-                media = it.get("media") or it.get("image") or it.get("video")
-                if media and it.get("question"):
-                    path = (index.parent / media) if not Path(media).is_absolute() else Path(media)
-                    if path.exists():
-                        out.append({"media": str(path), "question": it["question"],
-                                    "label": it.get("label") or it.get("id") or path.name})
-            if out:
-                return out
-        except (OSError, ValueError, AttributeError) as e:
-            logger.warning("cannot read %s: %s; using generated examples", index, e)
-    folder = studio.data_dir / "examples"
-    folder.mkdir(parents=True, exist_ok=True)
-    image, video = folder / "street.png", folder / "ball.mp4"
-    if not image.exists():
-        _example_picture().save(image)
-    if not video.exists():
-        write_video(_example_frames(), video, fps=8)
-    return [{"media": str(image), "question": "What is written on the small sign?", "label": "street sign"},
-            {"media": str(video), "question": "Where is the yellow ball at the end of the clip?", "label": "ball"}]
-
-
 # ---- chat messages -------------------------------------------------------------------------------------
 
 def call_markdown(step: Step) -> str:
@@ -202,6 +149,7 @@ class ChatView:
         self.views = DiskImageStore(studio.static_dir())
         self.messages: list[dict] = []
         self.parent: dict | None = None
+        self.pictures: list[str] = []  # every crop-beside-source and frame strip, in step order
         self.raw = ""
         self.t0 = time.perf_counter()
 
@@ -237,31 +185,46 @@ class ChatView:
         foot = f"{step.tokens_in} → {step.tokens_out} tok · gen {step.gen_seconds:.2f} s"
         pid = meta["id"]
         n = step.index + 1
-        if step.error:
-            meta["title"] = f"{self.prefix}Step {n} · ⚠️ error"
+        if step.finish_reason == "cancelled":
+            meta["title"] = f"{self.prefix}Step {n} · stopped"
             meta["log"] = foot
-            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model is told so and may retry.")
+        elif step.error:
+            meta["title"] = f"{self.prefix}Step {n} · ⚠️ error"
+            short = step.error if len(step.error) <= 70 else step.error[:67] + "…"
+            meta["log"] = f"{short} · {foot}"  # in view even while the step is folded
+            call = step.text[step.text.find(P.TOOL_CALL_START):] if P.TOOL_CALL_START in step.text else ""
+            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model is told so and may retry."
+                        + (f"\n\nThe call as written:\n```\n{call.strip()}\n```" if call else ""))
         elif step.tool == P.FRAMES_TOOL and step.frames:
             times = self.traj.media.frame_times
             labels = [frame_label(k, times[k - 1] if k - 1 < len(times) else None) for k in step.frames]
             meta["title"] = f"{self.prefix}Step {n} · select_frames"
             meta["log"] = f"frames {', '.join(map(str, step.frames))} · {foot}"
             self._child(pid, call_markdown(step))
-            self._child(pid, {"path": self._image_path(frame_strip(event.images, labels))})
+            self._picture(frame_strip(event.images, labels))
         elif step.tool:
             w, h = (step.images[0].width, step.images[0].height) if step.images else (0, 0)
             meta["title"] = f"{self.prefix}Step {n} · {step.tool}"
             meta["log"] = f"{w}×{h} px · {foot} · op {step.tool_seconds * 1000:.0f} ms"
             self._child(pid, call_markdown(step))
             if event.source is not None and event.images and step.box_px:
-                self._child(pid, {"path": self._image_path(crop_beside_source(
-                    event.source, step.box_px, event.images[0], step_color=step.index))})
+                self._picture(crop_beside_source(event.source, step.box_px, event.images[0], step_color=step.index))
         else:
             meta["title"] = f"{self.prefix}Step {n} · answer"
             meta["log"] = foot
 
     def _child(self, parent_id: str, content) -> None:
         self.messages.append({"role": "assistant", "content": content, "metadata": {"parent_id": parent_id}})
+
+    def _picture(self, image: Image.Image) -> None:
+        self.pictures.append(self._image_path(image))
+        self.messages.append({"role": "assistant", "content": {"path": self.pictures[-1]}})
+
+    def drop_pending(self) -> None:
+        """Remove the open thought of a step that was stopped before it wrote anything."""
+        if self.parent is not None and self.parent in self.messages:
+            self.messages.remove(self.parent)
+        self.parent = None
 
     def finish(self, traj: Trajectory) -> None:
         if self.parent is not None and self.parent["metadata"].get("status") == "pending":
@@ -336,8 +299,12 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
             elif isinstance(event, TextDelta):
                 view.delta(event.text)
             elif isinstance(event, StepDone):
-                recorder.step(traj.id, event.step)
-                view.done(event)
+                if event.step.finish_reason == "cancelled" and not event.step.text.strip():
+                    traj.steps.remove(event.step)  # stopped before a word: no step, not an empty "answer"
+                    view.drop_pending()
+                else:
+                    recorder.step(traj.id, event.step)
+                    view.done(event)
             elif isinstance(event, Done):
                 if traj.status == "cancelled" and getattr(cancel, "reason", "stop") == "closed":
                     traj.status = "unfinished"
@@ -362,10 +329,13 @@ def running_status(backend: Backend, session_id: str) -> str:
 
 
 def ask_stream(studio: Studio, media_path: str | None, question: str, settings: AskSettings,
-               session_key: str, owner: str | None = None) -> Iterator[tuple[list[dict], list[dict], str]]:
-    """The Ask button: (main chat, compare chat, status line) after every event."""
+               session_key: str, expected: str | None = None, owner: str | None = None
+               ) -> Iterator[tuple[list[dict], list[dict], str]]:
+    """The Ask button: (main chat, compare chat, status line) after every event. With `expected` (an
+    example's known answer) the answer is marked ✅ or ❌."""
     try:
         task = load_task(studio, media_path, question)
+        task.answer = expected
         backend = get_backend(studio, settings)
     except (MediaError, BackendError) as e:
         yield [], [], f"⚠️ {e}"

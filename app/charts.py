@@ -17,6 +17,12 @@ from core.trajectory import Step
 MAX_SIDE = 900
 
 
+def short_name(model: str | None) -> str:
+    """The last part of a model path (two for .../<run>/final), for legends and axes."""
+    parts = (model or "").rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) > 1 and parts[-1] in ("final", "model") else parts[-1]
+
+
 def _rgb(i: int) -> str:
     r, g, b = BOX_COLORS[i % len(BOX_COLORS)]
     return f"rgb({r},{g},{b})"
@@ -96,7 +102,9 @@ def step_timings(steps: Sequence[Step], height: int = 280) -> go.Figure:
                hovertemplate="%{y:.3f} s · %{customdata[0]} → %{customdata[1]} tokens<extra></extra>"),
         go.Bar(x=x, y=[s.tool_seconds for s in steps], name="operation (s)"),
     ])
-    fig.update_layout(barmode="stack", height=height, title="time per step", margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    fig.update_layout(barmode="stack", height=height, title="time per step", xaxis_title="step",
+                      yaxis={"title": "seconds", "rangemode": "tozero"}, legend={"orientation": "h", "y": -0.3},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig
 
 
@@ -104,8 +112,8 @@ def ops_per_session(rows: Sequence[dict], height: int = 280) -> go.Figure:
     if not rows:
         return _empty("operations per session", height)
     fig = go.Figure(go.Bar(x=[r["n_ops"] for r in rows], y=[r["sessions"] for r in rows]))
-    fig.update_layout(height=height, title="operations per session", xaxis_title="operations",
-                      yaxis_title="sessions", margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    fig.update_layout(height=height, title="operations per session", xaxis={"title": "operations", "dtick": 1},
+                      yaxis={"title": "sessions", "rangemode": "tozero"}, margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig
 
 
@@ -117,9 +125,10 @@ def rapr_over_time(rows: Sequence[dict], height: int = 280) -> go.Figure:
     for model in sorted({r["model"] or "" for r in rows}):
         pts = [r for r in rows if (r["model"] or "") == model]
         fig.add_trace(go.Scatter(x=[r["day"] for r in pts], y=[r["rapr"] for r in pts], mode="lines+markers",
-                                 name=model[-40:] or "?", customdata=[r["sessions"] for r in pts],
+                                 name=short_name(model) or "?", customdata=[r["sessions"] for r in pts],
                                  hovertemplate="%{x}: RaPR %{y:.2f} over %{customdata} sessions<extra></extra>"))
-    fig.update_layout(height=height, title="RaPR over time", yaxis={"range": [0, 1.05]},
+    fig.update_layout(height=height, title="RaPR over time", yaxis={"range": [0, 1.05], "title": "RaPR"},
+                      xaxis_title="day",
                       margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig
 
@@ -127,10 +136,10 @@ def rapr_over_time(rows: Sequence[dict], height: int = 280) -> go.Figure:
 def rapr_by_model(rows: Sequence[dict], height: int = 280) -> go.Figure:
     if not rows:
         return _empty("RaPR and accuracy by model", height)
-    names = [(r["model"] or "?")[-40:] for r in rows]
+    names = [short_name(r["model"]) or "?" for r in rows]
     fig = go.Figure([go.Bar(x=names, y=[r["rapr"] for r in rows], name="RaPR"),
                      go.Bar(x=names, y=[r["accuracy"] for r in rows], name="accuracy (scored)")])
-    fig.update_layout(height=height, title="RaPR and accuracy by model", yaxis={"range": [0, 1.05]},
+    fig.update_layout(height=height, title="RaPR and accuracy by model", yaxis={"range": [0, 1.05], "title": "share"},
                       margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig
 
@@ -146,7 +155,8 @@ def latency_per_step(rows: Sequence[dict], height: int = 280) -> go.Figure:
         kinds.setdefault(kind, []).append((r["gen_seconds"] or 0) + (r["tool_seconds"] or 0))
     for kind, values in sorted(kinds.items()):
         fig.add_trace(go.Box(y=values, name=kind, boxpoints="outliers"))
-    fig.update_layout(height=height, title="latency per step (s)", margin={"l": 10, "r": 10, "t": 40, "b": 40})
+    fig.update_layout(height=height, title="latency per step", yaxis={"title": "seconds", "rangemode": "tozero"},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig
 
 
@@ -213,4 +223,20 @@ def job_curves(rows: Sequence[dict], keys: Sequence[str] | None = None, alpha: f
     fig.update_layout(height=max(300, nrows * height_per_row + 60), title=title or None, uirevision="job",
                       margin={"l": 40, "r": 20, "t": 60 if title else 40, "b": 30})
     fig.update_xaxes(title_text="step", title_standoff=2)
+    return fig
+
+
+def gain_bars(result: dict, height: int = 320) -> go.Figure:
+    """Start model vs fine-tuned accuracy per held-out set (app/gain.py's gain.json), 95% intervals."""
+    sets = [*result["sets"].items(), ("all", result["all"])]
+    names = [short_name(name) for name, _ in sets]
+    fig = go.Figure()
+    for who, label in (("base", "start model"), ("tuned", "fine-tuned")):
+        acc = [c[who]["accuracy"] or 0 for _, c in sets]
+        lo = [a - (c[who]["ci95"][0] if c[who]["ci95"][0] is not None else a) for a, (_, c) in zip(acc, sets)]
+        hi = [(c[who]["ci95"][1] if c[who]["ci95"][1] is not None else a) - a for a, (_, c) in zip(acc, sets)]
+        fig.add_trace(go.Bar(x=names, y=acc, name=label,
+                             error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
+    fig.update_layout(barmode="group", height=height, title="accuracy on the same held-out items (95% intervals)",
+                      yaxis={"range": [0, 1.05], "title": "accuracy"}, margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig

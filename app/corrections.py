@@ -148,6 +148,9 @@ def plan_corrections(traj: Trajectory, annotations: list[dict]) -> Plan:
     whole = merged.get(None, {})
     step_answers = [m["corrected_answer"] for k, m in merged.items() if k is not None and m.get("corrected_answer")]
     answer = whole.get("corrected_answer") or (step_answers[-1] if step_answers else None)
+    final_text = (merged.get(len(traj.steps) - 1) or {}).get("corrected_text")
+    if not answer and final_text and not P.has_tool_call(final_text):
+        answer = last_boxed(final_text)  # a corrected final turn carries its own answer
     if answer:
         plan.answer = answer
     first_shifted, shift = 10 ** 9, 0  # original images numbered >= first_shifted move by shift

@@ -35,6 +35,7 @@ from core.records import TaskRecord, trajectory_to_sft_record, write_dataset_car
 
 logger = logging.getLogger(__name__)
 
+CORRECTIONS_CONFIG = "configs/sft_corrections.json"  # starts from the embedded model, writes under data/runs/
 
 # ---- 2. re-execution through the real operations ----------------------------------------------------
 
@@ -127,22 +128,30 @@ class ExportReport:
     labels: int = 0
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    exported_sessions: list[str] = field(default_factory=list)  # sessions written as SFT records
+    held_out: int = 0  # of the records, how many went to test.jsonl (not trained on)
 
     def markdown(self) -> str:
-        lines = [f"Exported **{self.records}** SFT records ({self.corrected} with corrections) and "
+        held = f" ({self.held_out} held out in test.jsonl)" if self.held_out else ""
+        lines = [f"Exported **{self.records}** SFT records{held} ({self.corrected} with corrections) and "
                  f"**{self.labels}** labels from {self.sessions} annotated sessions to `{self.out_dir}` "
                  f"in {self.seconds:.1f} s.",
-                 f"\nTrain on it: `python -m train sft --config configs/sft_tiny.json data={self.out_dir}`"]
+                 f"\nFine-tune on it (Train tab, or): `python -m train sft --config {CORRECTIONS_CONFIG} "
+                 f"data={self.out_dir} --out data/runs/corrections`"]
         if self.skipped:
             lines.append("\nNot exported as SFT (labels kept):\n" + "\n".join(
                 f"- `{s['session_id'][:12]}`: {s['reason']}" for s in self.skipped))
         return "\n".join(lines)
 
 
+HOLD_OUT_EVERY = 5  # every 5th exported record goes to test.jsonl: the export's own held-out items
+
+
 def export_annotated(log: StudioLog, out_dir: str | Path, session_ids: list[str] | None = None,
-                     progress: bool = True) -> ExportReport:
-    """Write the SFT dataset (train.jsonl + images/), labels.jsonl and a dataset card (README.md,
-    so `datasets.load_dataset(out_dir)` reads it) for the annotated sessions."""
+                     hold_out_every: int = HOLD_OUT_EVERY, progress: bool = True) -> ExportReport:
+    """Write the SFT dataset (train.jsonl + images/; every `hold_out_every`-th record in test.jsonl
+    instead, to evaluate a fine-tune on), labels.jsonl and a dataset card (README.md, so
+    `datasets.load_dataset(out_dir)` reads it) for the annotated sessions."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,15 +190,23 @@ def export_annotated(log: StudioLog, out_dir: str | Path, session_ids: list[str]
                                              original, kind="image" if traj.media.kind == "image" else "video",
                                              choices=traj.choices).to_dict()
         records.append(rec)
+        report.exported_sessions.append(sid)
         report.corrected += int(plan.corrected)
     labels = label_rows(log, ids)
+    held = [r for i, r in enumerate(records, 1)
+            if hold_out_every and i % hold_out_every == 0 and "task" in r["meta"]]  # eval needs meta.task
+    report.held_out = len(held)
+    records = [r for r in records if not any(r is h for h in held)]
+    if held:
+        _write_jsonl(out / "test.jsonl", held)
     _write_jsonl(out / "train.jsonl", records)
     _write_jsonl(out / "labels.jsonl", labels)
-    report.records, report.labels = len(records), len(labels)
-    write_dataset_card(out, {"train": "train.jsonl"}, "Annotated Pixel Reasoner sessions",
-                       f"{len(records)} corrected trajectories exported from the Studio's session log (`train.jsonl`, "
-                       "for `python -m train sft`) and their labels (`labels.jsonl`, the config `labels`).",
-                       {"labels": "labels.jsonl"})
+    report.records, report.labels = len(records) + len(held), len(labels)
+    splits = {"train": "train.jsonl", **({"test": "test.jsonl"} if held else {})}
+    write_dataset_card(out, splits, "Annotated Pixel Reasoner sessions",
+                       f"{report.records} corrected trajectories exported from the Studio's session log (`train.jsonl`, "
+                       "for `python -m train sft`; `test.jsonl`, held out to evaluate the fine-tune) and their "
+                       "labels (`labels.jsonl`, the config `labels`).", {"labels": "labels.jsonl"})
     report.seconds = time.perf_counter() - t0
     (out / "export.json").write_text(json.dumps({**asdict(report), "db": str(log.path),
                                                  "created_at": time.time()}, indent=2))

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import html
 import json
-import sqlite3
 import logging
+import sqlite3
 import time
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from PIL import Image
@@ -31,14 +33,15 @@ PAGE_SIZE = 25
 ANY = "any"
 
 
-def parse_date(text: str | None) -> float | None:
-    """'2025-01-31' or '2025-01-31 14:00' to epoch seconds; a clear error otherwise."""
+def parse_date(text: str | None, end: bool = False) -> float | None:
+    """'2025-01-31' or '2025-01-31 14:00' to epoch seconds; a clear error otherwise. With `end`, the
+    end of that day or minute, so "until 2025-01-31" includes the 31st."""
     text = (text or "").strip()
     if not text:
         return None
-    for fmt in ("%Y-%m-%d", "%Y-%m-%d %H:%M"):
+    for fmt, span in (("%Y-%m-%d", timedelta(days=1)), ("%Y-%m-%d %H:%M", timedelta(minutes=1))):
         try:
-            return datetime.strptime(text, fmt).timestamp()
+            return (datetime.strptime(text, fmt) + (span if end else timedelta(0))).timestamp()
         except ValueError:
             continue
     raise ValueError(f"dates look like 2025-01-31 or 2025-01-31 14:00, not {text!r}")
@@ -58,26 +61,49 @@ def make_filter(text: str = "", model: str = ANY, outcome: str = ANY, min_ops=No
         outcome=None if outcome in (None, "", ANY) else outcome,
         min_ops=min_ops, max_ops=max_ops,
         has_errors=yes_no.get(has_errors), annotated=yes_no.get(annotated), since=parse_date(since),
-        until=parse_date(until), limit=page_size, offset=max(0, int(page or 1) - 1) * page_size)
+        until=parse_date(until, end=True), limit=page_size, offset=max(0, int(page or 1) - 1) * page_size)
 
 
-def table_rows(rows: list[dict]) -> list[list]:
+def short_model(model: str | None) -> str:
+    """A model column cell: the last path part (two for .../<run>/final), the full path on hover."""
+    full = (model or "").rstrip("/")
+    short = charts.short_name(full)
+    return f'<span title="{html.escape(full)}">{html.escape(short)}</span>'
+
+
+SELECTED = "▶ "  # marks the open session's id in the table
+
+
+def row_id(cell: str) -> str:
+    return (cell or "").removeprefix(SELECTED).strip()
+
+
+def table_rows(rows: list[dict], selected: str | None = None) -> list[list]:
+    """Table cells; the open session's id is marked, a compare run (tools off) says so."""
     out = []
     for r in rows:
         correct = {1: "✅", 0: "❌"}.get(r["correct"], "")
-        out.append([r["id"], datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S"),
-                    r["question"][:120], (r["model"] or "")[-40:], r["status"], (r["answer"] or "")[:40], correct,
+        question = (f"[compare of {r['compare_of'][:8]}, tools off] " if r.get("compare_of") else "") + r["question"]
+        out.append([(SELECTED if selected and r["id"] == selected else "") + r["id"],
+                    datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S"),
+                    question[:120], short_model(r["model"]), r["status"], (r["answer"] or "")[:40], correct,
                     r["n_ops"], r["n_errors"], r["n_annotations"]])
     return out
 
 
-def sessions_page(log: SessionLog, f: SessionFilter) -> tuple[list[list], str]:
+def sessions_page(log: SessionLog, f: SessionFilter, selected: str | None = None) -> tuple[list[list], str]:
+    """One page of the table; a page past the last shows the last page (and says so)."""
     t0 = time.perf_counter()
     rows, total = log.list_sessions(f)
     pages = max(1, -(-total // f.limit))
-    info = (f"{total} sessions · page {f.offset // f.limit + 1} of {pages} · "
-            f"{(time.perf_counter() - t0) * 1000:.0f} ms")
-    return table_rows(rows), info
+    asked = f.offset // f.limit + 1
+    if asked > pages:
+        f = replace(f, offset=(pages - 1) * f.limit)
+        rows, total = log.list_sessions(f)
+    page = f.offset // f.limit + 1
+    info = (f"{total} sessions · page {page} of {pages}" + (f" (there is no page {asked})" if asked > pages else "")
+            + f" · {(time.perf_counter() - t0) * 1000:.0f} ms")
+    return table_rows(rows, selected), info
 
 
 # ---- one session ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from core.sessionlog import pid_alive
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("sft", "rl", "eval", "custom")
+KINDS = ("sft", "rl", "eval", "data", "gain", "custom")
 WRAPPER = '"$@"; code=$?; echo "$code" > "$0.tmp" && mv "$0.tmp" "$0"; exit "$code"'
 ORPHANED = "the process ended while no app watched it and left no exit status (the app stopped while it ran?)"
 
@@ -45,14 +45,26 @@ def python() -> str:
     return sys.executable
 
 
-def sft_command(config: str, out: str, dataset: str | None = None, extra: list[str] = ()) -> list[str]:
-    cmd = [python(), "-m", "train", "sft", "--config", config, f"out={out}"]
-    return cmd + ([f"data={dataset}"] if dataset else []) + list(extra)
+def train_command(kind: str, config: str, out: str, dataset: str | None = None, model: str | None = None,
+                  extra: list[str] = ()) -> list[str]:
+    """`python -m train sft|rl`: everything it writes, the final model included, lands in `out`."""
+    cmd = [python(), "-m", "train", kind, "--config", config, f"out={out}", f"final_dir={out}/final"]
+    return cmd + ([f"data={dataset}"] if dataset else []) + ([f"model={model}"] if model else []) + list(extra)
 
 
-def rl_command(config: str, out: str, dataset: str | None = None, extra: list[str] = ()) -> list[str]:
-    cmd = [python(), "-m", "train", "rl", "--config", config, f"out={out}"]
-    return cmd + ([f"data={dataset}"] if dataset else []) + list(extra)
+def synth_command(out: str, data_dir: str, extra: list[str] = ()) -> list[str]:
+    """Generate TinyZoom (train and held-out test split) into `data_dir`; the job's log stays in `out`."""
+    return [python(), "-m", "train", "synth", "--out", data_dir, "--train", "200", "--validation", "0",
+            "--test", "64", "--workers", "2", *extra]
+
+
+def gain_command(out: str, base: str, tuned: str, data: list[str], limit: int | None = None,
+                 extra: list[str] = ()) -> list[str]:
+    """`python -m app.gain`: the run's model against its start model on the same held-out items."""
+    cmd = [python(), "-m", "app.gain", "--base", base, "--tuned", tuned, "--out", out]
+    for d in data:
+        cmd += ["--data", d]
+    return cmd + (["--limit", str(int(limit))] if limit else []) + list(extra)
 
 
 def eval_command(bench: str, out: str, data: str | None = None, model: str | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from pathlib import Path
 
 import gradio as gr
 
@@ -21,10 +22,15 @@ logger = logging.getLogger(__name__)
 
 CSS = """
 #answer-status {font-size: 0.95em}
+#sessions th, #sessions th *, #jobs th, #jobs th *, #annot-queue th, #annot-queue th * {
+  word-break: normal !important; overflow-wrap: normal !important; white-space: nowrap !important}
 .gradio-container {max-width: 1500px !important}
 """
 
 OUTCOMES = [I.ANY, "correct", "incorrect", "unknown"]
+EMBEDDED_NOTE = ("*The embedded model (9M parameters) learned only from synthetic TinyZoom pictures: small "
+                 "number tags, coloured shapes, and signs that show in a few frames of a short video. Try the "
+                 "examples or pictures like them; for real photos choose a real model in Settings.*")
 YES_NO = [I.ANY, "yes", "no"]
 
 
@@ -55,16 +61,22 @@ def build_app(studio: Studio) -> gr.Blocks:
                     with gr.Column(scale=1, min_width=320):
                         media = gr.File(label="Image or video", file_types=["image", "video"], type="filepath",
                                         elem_id="media")
+                        preview_img = gr.Image(label="Preview", type="filepath", interactive=False, height=220,
+                                               visible=False, elem_id="media-preview", buttons=[])
+                        preview_vid = gr.Video(label="Preview", interactive=False, height=220, visible=False,
+                                               elem_id="media-preview-video")
                         question = gr.Textbox(label="Question", lines=2, elem_id="question",
                                               placeholder="What is written on the small sign?")
                         with gr.Row():
                             ask_btn = gr.Button("Ask", variant="primary", elem_id="ask-btn")
                             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                        gr.Examples([[e["media"], e["question"]] for e in examples], inputs=[media, question],
-                                    example_labels=[e["label"] for e in examples], label="Examples")
-                        with gr.Accordion("Settings", open=False):
+                        gallery = gr.Gallery([(A.thumbnail(studio, e["media"]), e["label"]) for e in examples],
+                                             label="Examples (click one)",
+                                             columns=3, height=260, allow_preview=False, elem_id="examples",
+                                             buttons=[])
+                        with gr.Accordion("Settings", open=False, elem_id="ask-settings"):
                             backend = gr.Dropdown(list(BACKENDS), value=default_backend, label="Backend")
-                            model = gr.Textbox(value=default_model, label="Model",
+                            model = gr.Textbox(value=default_model, label="Model", elem_id="ask-model",
                                                placeholder="empty = embedded model; hub id, local path, "
                                                            "OpenAI URL, or (replay) a JSON file of turns")
                             tools = gr.Checkbox(True, label="Visual operations (tools) on")
@@ -74,11 +86,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                             max_new = gr.Slider(16, 2048, value=512, step=16, label="Max new tokens per turn")
                             guideline = gr.Radio(["vcot", "default"], value="vcot", label="Guideline variant")
                     with gr.Column(scale=3):
+                        gr.Markdown(EMBEDDED_NOTE, elem_id="model-note")
                         status = gr.Markdown("", elem_id="answer-status")
                         chat = gr.Chatbot(label="Reasoning", height=640, elem_id="chat", feedback_options=None,
                                           buttons=["copy_all"], group_consecutive_messages=False)
                         chat_off = gr.Chatbot(label="Compare: tools off", height=300, elem_id="chat-off",
-                                              feedback_options=None)
+                                              feedback_options=None, visible=False)
 
                 def ask(media_path, q, backend_name, model_name, tools_on, temp, ops, new_tokens, guide, cmp,
                         request: gr.Request):
@@ -94,7 +107,16 @@ def build_app(studio: Studio) -> gr.Blocks:
                         yield [], [], "⚠️ the settings must be numbers within the sliders' ranges"
                         return
                     yield from A.ask_stream(studio, media_path, q, settings, request.session_hash,
-                                            visitor(studio, request))
+                                            A.expected_answer(examples, media_path), visitor(studio, request))
+
+                def pick_example(evt: gr.SelectData):
+                    e = examples[evt.index]
+                    return e["media"], e["question"]
+
+                def show_preview(path):
+                    video = bool(path) and Path(path).suffix.lower() in A.VIDEO_SUFFIXES
+                    return (gr.update(value=path if path and not video else None, visible=bool(path) and not video),
+                            gr.update(value=path if video else None, visible=video))
 
                 def stop(request: gr.Request):
                     n = A.stop(studio, request.session_hash)
@@ -104,6 +126,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                                     compare], [chat, chat_off, status], api_name="ask",
                               concurrency_limit=studio.max_concurrent_runs)
                 stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None)
+                gallery.select(pick_example, None, [media, question], **UI_ONLY)
+                media.change(show_preview, media, [preview_img, preview_vid], **UI_ONLY)
+                compare.change(lambda c: gr.update(visible=c), compare, chat_off, **UI_ONLY)
 
             # ---- Inspect --------------------------------------------------------------------------
             with gr.Tab("Inspect", id="inspect"):
@@ -118,13 +143,15 @@ def build_app(studio: Studio) -> gr.Blocks:
                     f_min = gr.Number(0, label="Min ops", precision=0, minimum=0, scale=1)
                     f_max = gr.Number(99, label="Max ops", precision=0, minimum=0, scale=1)
                     f_since = gr.Textbox(label="Since (YYYY-MM-DD)", scale=1)
-                    f_until = gr.Textbox(label="Until (YYYY-MM-DD)", scale=1)
-                    page = gr.Number(1, label="Page", precision=0, minimum=1, scale=1)
-                    search_btn = gr.Button("Search", variant="primary", scale=1)
-                table_info = gr.Markdown()
+                    f_until = gr.Textbox(label="Until (YYYY-MM-DD, inclusive)", scale=1, elem_id="f-until")
+                    page = gr.Number(1, label="Page", precision=0, minimum=1, scale=1, elem_id="page")
+                    search_btn = gr.Button("Search", variant="primary", scale=1, elem_id="search-btn")
+                    refresh_btn = gr.Button("↻ Refresh", scale=1, elem_id="inspect-refresh")
+                    live = gr.Checkbox(True, label="Live (new sessions every 5 s)", scale=1)
+                table_info = gr.Markdown(elem_id="table-info")
                 table = gr.Dataframe(headers=I.TABLE_COLUMNS, interactive=False, wrap=True, max_height=360,
-                                     elem_id="sessions", column_widths=["14%", "11%", "27%", "12%", "7%", "9%",
-                                                                        "6%", "5%", "5%", "4%"])
+                                     elem_id="sessions", datatype=["str", "str", "str", "html"] + ["str"] * 6,
+                                     column_widths=["14%", "11%", "25%", "10%", "7%", "8%", "7%", "5%", "7%", "6%"])
                 with gr.Row():
                     session_id = gr.Textbox(label="Session id (click a row, or paste; ?session=<id> links here)",
                                             scale=4, elem_id="session-id")
@@ -133,9 +160,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     replay = gr.Plot(label="Source image with every crop box (hover: original pixels)")
                     with gr.Column():
-                        step_no = gr.Slider(1, 2, value=1, step=1, label="Step")
+                        step_no = gr.Slider(1, 2, value=1, step=1, label="Step", elem_id="step-no")
                         picture = gr.Image(label="What this step did", type="pil", height=360)
-                raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8)
+                raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8, elem_id="step-raw")
                 steps = gr.Dataframe(headers=I.STEP_COLUMNS, interactive=False, label="Steps: tokens and timings")
                 with gr.Row():
                     timeline = gr.Plot()
@@ -176,15 +203,26 @@ def build_app(studio: Studio) -> gr.Blocks:
                             raise KeyError(f"no session {sid[:80]!r}")
                     return sid
 
-                def list_sessions(text, model_name, outcome, mn, mx, errs, annot, since, until, pg,
-                                  request: gr.Request):
+                def list_sessions(text, model_name, outcome, mn, mx, errs, annot, since, until, pg, sid=None,
+                                  request: gr.Request = None):
                     try:
                         f = I.make_filter(text, model_name, outcome, mn, mx, errs, annot, since, until, pg or 1)
                     except (ValueError, TypeError, OverflowError) as e:
                         return gr.update(), f"⚠️ {e}", gr.update()
                     f.owner = scope(request)
-                    rows, info = I.sessions_page(studio.log, f)
+                    rows, info = I.sessions_page(studio.log, f, (sid or "").strip() or None)
                     return rows, info, gr.update(choices=[I.ANY] + studio.log.models())
+
+                def poll_sessions(on, shown, text, model_name, outcome, mn, mx, errs, annot, since, until, pg, sid,
+                                  request: gr.Request = None):
+                    """The timer: redraw the table only when its rows changed (new or finished sessions)."""
+                    if not on:
+                        return gr.skip(), gr.skip(), gr.skip(), shown
+                    rows, info, models = list_sessions(text, model_name, outcome, mn, mx, errs, annot, since, until,
+                                                       pg, sid, request)
+                    if not isinstance(rows, list) or rows == shown:
+                        return gr.skip(), gr.skip(), gr.skip(), shown
+                    return rows, info, models, rows
 
                 def open_session(sid, step=1, request: gr.Request = None):
                     try:
@@ -194,7 +232,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                         return (f"⚠️ {e}",) + (gr.update(),) * 9
                     partners = [p for p in I.same_question(studio.log, sid) if scope(request) is None
                                 or (studio.log.session(p) or {}).get("owner") == scope(request)]
-                    return (v["header"], v["replay"], gr.update(maximum=max(2, v["n_steps"]), value=step),
+                    n = v["n_steps"]  # a slider needs two stops: a one-step session has none
+                    slider = gr.update(minimum=1, maximum=max(2, n), value=min(step, max(n, 1)), visible=n > 1,
+                                       label=f"Step (1–{n})")
+                    return (v["header"], v["replay"], slider,
                             v["picture"], v["raw"], v["steps"], v["timeline"], v["timings"], sid.strip(),
                             gr.update(choices=partners, value=partners[0] if partners else None))
 
@@ -206,7 +247,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     return v["replay"], v["picture"], v["raw"]
 
                 def pick_row(evt: gr.SelectData):
-                    return evt.row_value[0] if evt.row_value else gr.update()
+                    return I.row_id(evt.row_value[0]) if evt.row_value else gr.update()
 
                 def compare_two(a, b, request: gr.Request):
                     try:
@@ -227,13 +268,20 @@ def build_app(studio: Studio) -> gr.Blocks:
                             C.rapr_over_time(s["rapr_by_day"]), C.rapr_by_model(s["rapr_by_model"]))
 
                 session_outputs = [header, replay, step_no, picture, raw, steps, timeline, timings, cmp_a, cmp_b]
-                search_btn.click(list_sessions, filters, [table, table_info, f_model], api_name="sessions")
-                search.submit(list_sessions, filters, [table, table_info, f_model], **UI_ONLY)
+                listed = [table, table_info, f_model]
+                search_btn.click(list_sessions, filters, listed, api_name="sessions")
+                search.submit(list_sessions, filters + [session_id], listed, **UI_ONLY)
+                refresh_btn.click(list_sessions, filters + [session_id], listed, **UI_ONLY)
+                shown_rows = gr.State(None)
+                gr.Timer(5).tick(poll_sessions, [live, shown_rows] + filters + [session_id], listed + [shown_rows],
+                                 show_progress="hidden", **UI_ONLY)
                 table.select(pick_row, None, session_id, **UI_ONLY) \
-                    .then(open_session, session_id, session_outputs, **UI_ONLY)
+                    .then(open_session, session_id, session_outputs, **UI_ONLY) \
+                    .then(list_sessions, filters + [session_id], listed, **UI_ONLY)
                 open_btn.click(open_session, session_id, session_outputs, api_name="open_session")
                 session_id.submit(open_session, session_id, session_outputs, **UI_ONLY)
-                step_no.release(show_step, [session_id, step_no], [replay, picture, raw], **UI_ONLY)
+                step_no.input(show_step, [session_id, step_no], [replay, picture, raw], trigger_mode="always_last",
+                              **UI_ONLY)
                 cmp_btn.click(compare_two, [cmp_a, cmp_b], cmp_out, api_name="compare")
                 charts_btn.click(refresh_charts, filters, [c_ops, c_lat, c_time, c_model], api_name="charts")
                 if studio.admin:
@@ -250,7 +298,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                                 "(see docs/public.md).")
             with gr.Tab("Train", id="train"):
                 if studio.enable_training:
-                    train_tab.build(studio, demo=demo)
+                    train_tab.build(studio, demo=demo, ask_model=model)
                 else:
                     gr.Markdown("Training is off. Start the app with `python app.py --enable-training` to launch "
                                 "SFT, RL and evaluation jobs from here (they run as commands on this machine).")

@@ -88,6 +88,10 @@ def operation_error(e: Exception) -> str:
     return P.short_message(f"The operation failed: {detail}")
 
 
+UNCLOSED_CALL = ("The tool call is not complete (no closing </tool_call>), so it was not run; "
+                 "the turn ended the episode.")
+
+
 class Episode:
     """The state of one conversation: messages for the model, images for the operations."""
 
@@ -152,6 +156,8 @@ class Episode:
         if gen.finish_reason == "cancelled":
             return self._finish("cancelled")
         if not (cfg.tools and P.has_tool_call(gen.text)):
+            if cfg.tools and P.TOOL_CALL_START in gen.text:  # a call that never closed: an error, never hidden
+                step.error = UNCLOSED_CALL
             return self._finish("max_tokens" if gen.finish_reason == "length" else "done")
         if traj.n_ops >= cfg.max_ops:
             return self._finish("max_ops")

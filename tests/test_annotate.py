@@ -39,8 +39,10 @@ def server(tmp_path_factory):
 def test_queue_open_save_and_export(server, tmp_path):
     client, studio, (sid, other) = server
     log = studio.log
-    queued_sid, info = client.predict("unannotated", "any", "", api_name="/annotate_queue")
+    queued_sid, info, queue = client.predict("unannotated", "any", "", api_name="/annotate_queue")
     assert queued_sid == sid and "1 of 2" in info  # oldest first
+    assert [r[1:] for r in queue["data"]] == [[sid, "What is written on the blue tag?", "unlabelled"],
+                                              [other, "Tag?", "unlabelled"]]
     out = client.predict(sid, api_name="/annotate_open")
     header, image, target, step_text = out[0], out[1], out[2], out[4]
     assert "What is written on the blue tag?" in header and "❌" in header
@@ -76,8 +78,8 @@ def test_queue_open_save_and_export(server, tmp_path):
     table = client.predict(other, aid, api_name="/annotate_delete")
     assert table["data"] in ([], [["", "", "", "", "", "", ""]]) or not any(r[0] == aid for r in table["data"])
     assert log.list_annotations(other) == []
-    queued_sid, info = client.predict("annotated", "any", "", api_name="/annotate_queue")
-    assert queued_sid == sid and "1 of 1" in info
+    queued_sid, info, queue = client.predict("annotated", "any", "", api_name="/annotate_queue")
+    assert queued_sid == sid and "1 of 1" in info and queue["data"][0][3] == "labelled"
 
     md, preview = client.predict(str(tmp_path / "x"), api_name="/export_preview")
     assert "**1** would become SFT records" in md
@@ -91,6 +93,54 @@ def test_queue_open_save_and_export(server, tmp_path):
     assert rec["train_turns"] == [False, True, True] and rec["meta"]["source_session"] == sid
     md, _, _ = client.predict(str(folder), api_name="/export")
     assert "not empty" in md
+    _, _, queue = client.predict("all", "any", "", api_name="/annotate_queue")
+    assert {r[1]: r[3] for r in queue["data"]} == {sid: "exported", other: "unlabelled"}
+
+
+def test_a_correction_that_does_not_fit_its_target_is_refused_and_the_export_stays_clean(tmp_path):
+    """Bug: values typed for step 1 (box, answer) were saved on step 2 (the answer) too, and the export
+    trained a turn `The tag reads 7. \\boxed{7} <tool_call>{crop…}</tool_call>`."""
+    from app import Studio
+    from app import export as E
+    from app.ui import build_app, launch_kwargs
+
+    log = StudioLog(tmp_path / "studio.db")
+    sid = logged(log, [WRONG, ANSWER_7])
+    demo = build_app(Studio(log=log, data_dir=tmp_path, backend="replay"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs())
+    try:
+        client = Client(demo.local_url, verbose=False)
+        client.predict(sid, api_name="/annotate_open")  # the target choices are the open session's steps
+        step1, step2 = "step 1 · crop_image_normalized", "step 2 · answer"
+        for target, answer, box, expected in [(step1, "7", GOOD_BOX, "a corrected answer does not fit step 1"),
+                                              (step2, "", GOOD_BOX, "a corrected box does not fit step 2"),
+                                              (A.WHOLE, "", GOOD_BOX, "a corrected box does not fit whole")]:
+            msg, _ = client.predict(sid, target, "wrong box", "c", answer, *box, "", "", "ann",
+                                    api_name="/annotate_save")
+            assert msg.startswith("⚠️") and expected in msg, msg
+        assert log.list_annotations(sid) == []
+        msg, _ = client.predict(sid, step1, "wrong box", "the tag is lower", "", *GOOD_BOX, "", "", "ann",
+                                api_name="/annotate_save")
+        assert msg.startswith("saved"), msg
+        msg, _ = client.predict(sid, step2, "format error", "", "", None, None, None, None, "",
+                                "The tag reads 3. \\boxed{3}", "ann", api_name="/annotate_save")
+        assert msg.startswith("saved"), msg
+    finally:
+        demo.close()
+    second = log.list_annotations(sid)[-1]
+    assert (second["comment"], second["corrected_answer"], second["corrected_box"]) == (None, None, None)
+    assert E.export_annotated(log, tmp_path / "export").records == 1
+    rec = json.loads((tmp_path / "export" / "train.jsonl").read_text())
+    turns = [m for m in rec["messages"] if m["role"] == "assistant"]
+    texts = [t["content"] if isinstance(t["content"], str) else " ".join(c.get("text", "") for c in t["content"])
+             for t in turns]
+    assert rec["train_turns"] == [False, True, True]
+    assert texts[0].startswith("The tag must be at the top") and "[0.7, 0.05, 0.85, 0.2]" in texts[0]
+    assert "<tool_call>" in texts[1] and "\\boxed" not in texts[1] and "0.44" in texts[1]
+    assert texts[2] == "The tag reads 3. \\boxed{3}"
 
 
 def test_overlay_draws_the_corrected_box_and_iou_compares_padded_boxes(server):

@@ -91,8 +91,10 @@ def test_question_streams_steps_and_logs_rows(server, photo_path, replay_file):
     children = [m for m in chat if (m.get("metadata") or {}).get("parent_id") == "s0"]
     texts = " ".join(c["content"][0].get("text") or "" for c in children)
     assert "crop_image_normalized(bbox_2d=[0.12, 0.22, 0.28, 0.38]" in texts and "<tool_call>" not in texts
-    assert any(c["content"][0].get("file") for c in children)  # the crop beside its source, as an image
-    file = next(c["content"][0]["file"] for c in children if c["content"][0].get("file"))
+    # the crop beside its source follows its step as a top-level message, so it is always in view
+    first = chat.index(children[-1]) + 1
+    assert not (chat[first].get("metadata") or {}).get("parent_id") and chat[first]["content"][0].get("file")
+    file = chat[first]["content"][0]["file"]
     shown = Image.open(file if isinstance(file, str) else file["path"])  # downloaded by the client
     assert shown.width > shown.height  # source and crop side by side
     err = [m for m in chat if (m.get("metadata") or {}).get("parent_id") == "s1"]
@@ -167,6 +169,11 @@ def test_stop_cancels_generation_and_marks_the_session(server, photo_path, tmp_p
         studio.step_delay = 0.05
     row = studio.log.session(session_id_of(status))
     assert row["status"] == "cancelled" and 1 <= row["n_steps"] < 4
+    # the turn stopped before its first word is no step: not a fake empty "answer" in the chat or the log
+    titles = [m["metadata"]["title"] for m in chat if (m.get("metadata") or {}).get("title")]
+    assert titles and not any("answer" in t for t in titles), titles
+    steps = studio.log.steps(row["id"])
+    assert len(steps) == row["n_steps"] and all(s["text"].strip() for s in steps)
 
 
 def test_bad_media_gets_a_clear_message_and_logs_nothing(server, tmp_path, replay_file):

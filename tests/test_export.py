@@ -109,7 +109,7 @@ def test_export_reexecutes_corrections_and_writes_records_and_labels(log, tmp_pa
     out = tmp_path / "export"
     report = E.export_annotated(log, out)
     assert (report.sessions, report.records, report.corrected, report.labels) == (3, 2, 1, 4)
-    assert report.skipped[0]["session_id"] == skipped and "train on it" in report.markdown().lower()
+    assert report.skipped[0]["session_id"] == skipped and "configs/sft_corrections.json" in report.markdown()
 
     records = load_sft_records(out)
     by_source = {r.meta["source_session"]: r for r in records}

@@ -16,7 +16,9 @@ from core.media import load_image
 from core.protocol import format_tool_call
 from app.studio_log import StudioLog
 from core.recorder import Recorder
-from tests.test_app_browser import CHROMIUM, EXAMPLE, pytestmark  # noqa: F401 - the same skip condition
+from tests.test_app_browser import CHROMIUM, EXAMPLES, pytestmark  # noqa: F401 - the same skip condition
+
+EXAMPLE = EXAMPLES / "zoom_needed_101.png"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 

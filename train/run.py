@@ -170,9 +170,23 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "assets"
+
+
+def refuse_shipped(cfg) -> None:
+    """No run may write into assets/ (the embedded model and examples): a run that did replaced the
+    shipped model with whatever it trained. Promoting a run is an explicit copy, never a side effect."""
+    for key in ("out", "final_dir"):
+        value = getattr(cfg, key, None)
+        if value and Path(value).resolve().is_relative_to(SHIPPED):
+            raise SystemExit(f"error: {key}={value} is inside assets/ (the shipped model and examples); write runs "
+                             "under runs/ or data/runs/ and pass --model <run>/final to use the result")
+
+
 def start_run(cfg, name: str) -> Path:
     """Shared start of `train sft|rl|vision`: torch threads, the run folder, and the config as run
     (`<out>/<name>_config.json`, written by the main process), so every run folder says how it was made."""
+    refuse_shipped(cfg)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.out)

@@ -1,0 +1,202 @@
+"""What an annotation may hold and the Annotate queue: pure logic over the session log, apart from
+the tab's layout (app/annotate.py).
+
+An annotation targets the whole trajectory or one step, and holds only what fits its target: a
+corrected box on a crop step of an image, corrected frames on a select_frames step of a video (or a
+failed call on that media), a corrected answer on the final step or the whole trajectory, corrected
+text on a step. The tab shows just those fields and `save` refuses the rest, so a value left over
+from another target never reaches the export.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from app import corrections as C
+from app import inspect as I
+from app.render import draw_boxes
+from core import protocol as P
+from core.operations import crop_box
+from app.studio_log import StudioLog
+
+WHOLE = "whole trajectory"
+CORRECTED_COLOR = (0, 200, 0)
+MAX_SIDE = 1000
+STATUSES = ("unlabelled", "labelled", "exported")
+
+
+def queue_ids(log: StudioLog, kind: str = "unannotated", outcome: str = I.ANY, text: str = "",
+              limit: int = 500) -> list[str]:
+    """Session ids to annotate, oldest first, so the queue is stable while it is worked through."""
+    f = I.make_filter(text, I.ANY, outcome, annotated={"unannotated": "no", "annotated": "yes"}.get(kind, I.ANY),
+                      page_size=limit)
+    rows, _ = log.list_sessions(f)
+    return [r["id"] for r in reversed(rows)]
+
+
+def target_choices(traj) -> list[str]:
+    out = [WHOLE]
+    for s in traj.steps:
+        what = "⚠️ error" if s.error else (s.tool or "answer")
+        out.append(f"step {s.index + 1} · {what}")
+    return out
+
+
+def step_of(target: str | None) -> int | None:
+    """'step 3 · crop…' -> 2; the whole trajectory -> None."""
+    if not target or target == WHOLE:
+        return None
+    return int(target.split("·")[0].split()[1]) - 1
+
+
+def parse_frames(text: str | None) -> list[int] | None:
+    text = (text or "").replace(",", " ").split()
+    if not text:
+        return None
+    try:
+        return [int(t) for t in text]
+    except ValueError:
+        raise ValueError(f"frames are whole numbers like '3, 7, 9', not {' '.join(text)!r}") from None
+
+
+def parse_box(x0, y0, x1, y1) -> list[float] | None:
+    vals = [x0, y0, x1, y1]
+    if all(v in (None, "") for v in vals):
+        return None
+    if any(v in (None, "") for v in vals):
+        raise ValueError("a corrected box needs all four numbers x0, y0, x1, y1")
+    box = [float(v) for v in vals]
+    if not all(0 <= v <= 1 for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"a corrected box is [x0, y0, x1, y1] in [0, 1] with x0 < x1 and y0 < y1, got {box}")
+    return [round(v, 4) for v in box]
+
+
+def box_iou(traj, step_idx: int | None, box: list[float] | None, size: tuple[int, int] | None) -> str:
+    """The corrected box (padded as the crop would pad it) against the model's box of that step."""
+    if not box or size is None or step_idx is None or not 0 <= step_idx < len(traj.steps):
+        return ""
+    model_box = traj.steps[step_idx].source_box_px
+    if not model_box:
+        return "the model's step has no box on the original image"
+    try:
+        padded = list(crop_box([min(v, 0.999) for v in box], *size).px)
+    except ValueError as e:
+        return f"⚠️ {e}"
+    return f"IoU with the model's box (both padded): **{I.iou(padded, model_box):.2f}** · corrected crop {padded} px"
+
+
+def overlay(original: Image.Image | None, traj, step_idx: int | None, box: list[float] | None,
+            corner: list[float] | None = None) -> Image.Image | None:
+    """The original with the model's boxes (the chosen step's thick) and the corrected box in green."""
+    if original is None:
+        return None
+    scale = min(1.0, MAX_SIDE / max(original.size))
+    shown = original.convert("RGB").resize((round(original.width * scale), round(original.height * scale)))
+    steps = [s for s in traj.steps if s.source_box_px and not s.error]
+    out = draw_boxes(shown, [[v * scale for v in s.source_box_px] for s in steps],
+                     [f"step {s.index + 1}" for s in steps]) if steps else shown
+    draw = ImageDraw.Draw(out)
+    for s in steps:
+        if s.index == step_idx:
+            x0, y0, x1, y1 = (v * scale for v in s.source_box_px)
+            draw.rectangle([x0 - 3, y0 - 3, x1 + 3, y1 + 3], outline=(255, 255, 255), width=2)
+    w, h = out.size
+    if box:
+        draw.rectangle([box[0] * w, box[1] * h, box[2] * w, box[3] * h], outline=CORRECTED_COLOR, width=4)
+        draw.text((box[0] * w + 4, box[3] * h + 3), "corrected", fill=CORRECTED_COLOR)
+    if corner:
+        x, y = corner[0] * w, corner[1] * h
+        draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=CORRECTED_COLOR, width=3)
+    return out
+
+
+def annotations_table(log: StudioLog, session_id: str) -> list[list]:
+    rows = []
+    for a in log.list_annotations(session_id):
+        fixes = [k.replace("corrected_", "") for k in C.CORRECTION_FIELDS if a.get(k) not in (None, "", [])]
+        rows.append([a["id"], WHOLE if a["step_idx"] is None else f"step {a['step_idx'] + 1}", a["label"] or "",
+                     (a["comment"] or "")[:80], ", ".join(fixes), a["annotator"] or "",
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(a["created_at"]))])
+    return rows
+
+
+def open_view(log: StudioLog, session_id: str) -> dict:
+    """Everything the tab shows for one session; KeyError for an unknown id."""
+    v = I.session_view(log, session_id, 1)
+    traj = v["trajectory"]
+    original = I.source_image(log, traj)
+    if original is None and traj.media.overview:
+        original = I._image(log, traj.media.overview[0].sha)
+    return {"traj": traj, "header": v["header"], "original": original, "choices": target_choices(traj),
+            "table": annotations_table(log, traj.id)}
+
+
+def target_fields(traj, idx: int | None) -> dict[str, bool]:
+    """Which corrections fit a target: box (a crop step of an image), frames (a select_frames step of
+    a video), answer (the final step, or the whole trajectory), text (any step)."""
+    if idx is None:
+        return {"box": False, "frames": False, "answer": True, "text": False}
+    step = traj.steps[idx]
+    video = traj.media.kind != "image"
+    call = step.tool is not None or step.error is not None or P.has_tool_call(step.text)
+    return {"box": call and not video and step.tool != P.FRAMES_TOOL,
+            "frames": call and video and step.tool not in P.CROP_ALIASES,
+            "answer": idx == len(traj.steps) - 1, "text": True}
+
+
+def save(log: StudioLog, session_id: str, target: str, label: str | None, comment: str, answer: str,
+         box: list[float] | None, frames: list[int] | None, text: str, annotator: str) -> int:
+    """One annotation row; ValueError names a value that does not fit the target (nothing written)."""
+    session_id = (session_id or "").strip()
+    if log.session(session_id) is None:
+        raise KeyError(f"no session {session_id!r}: open one first")
+    if label is not None and label not in C.LABELS:
+        raise ValueError(f"label must be one of: {', '.join(C.LABELS)}")
+    answer, text = (answer or "").strip(), (text or "").strip()
+    if not (label or comment or answer or box or frames or text):
+        raise ValueError("nothing to save: pick a label or give a comment or a correction")
+    step = step_of(target)
+    traj = log.get_trajectory(session_id)
+    if step is not None and not 0 <= step < len(traj.steps):
+        raise ValueError(f"the session has {len(traj.steps)} steps")
+    fits = target_fields(traj, step)
+    given = {"box": box, "frames": frames, "answer": answer, "text": text}
+    wrong = [k for k, v in given.items() if v and not fits[k]]
+    if wrong:
+        raise ValueError(f"a corrected {' and '.join(wrong)} does not fit {target}; it fits: "
+                         f"{', '.join(k for k, ok in fits.items() if ok)}")
+    return log.add_annotation(session_id, step, label or None, comment or None, answer or None,
+                              box, frames, text or None, (annotator or "").strip() or None)
+
+
+def record_export(index: Path, folder: str, session_ids: list[str]) -> None:
+    """Append one export (its folder and the sessions written as SFT records) to the index file."""
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with index.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"folder": folder, "sessions": session_ids, "at": time.time()}) + "\n")
+
+
+def exported_sessions(index: Path) -> set[str]:
+    """Session ids any export recorded in `index` wrote as SFT records."""
+    done: set[str] = set()
+    for line in index.read_text(encoding="utf-8").splitlines() if index.exists() else []:
+        try:
+            done.update(json.loads(line).get("sessions") or [])
+        except ValueError:
+            continue
+    return done
+
+
+def queue_rows(log: StudioLog, ids: list[str], index: Path) -> list[list]:
+    """The queue as a table: position, session, question, status (unlabelled / labelled / exported)."""
+    exported = exported_sessions(index)
+    labelled = {a["session_id"] for a in log.list_annotations()}
+    rows = []
+    for n, sid in enumerate(ids, 1):
+        s = log.session(sid) or {"question": ""}
+        status = "exported" if sid in exported else "labelled" if sid in labelled else "unlabelled"
+        rows.append([n, sid, (s["question"] or "")[:70], status])
+    return rows
