@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from app import corrections as C
-from app import inspect as I
+from app import inspector as I
 from app.render import draw_boxes
 from core import protocol as P
 from core.operations import crop_box

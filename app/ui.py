@@ -1,6 +1,6 @@
 """The Studio layout: gr.Blocks with Tabs (Ask, Inspect, Annotate, Train) wired to the tab modules.
 
-Only layout and event wiring live here; what the events do is in app/ask.py, app/inspect.py and
+Only layout and event wiring live here; what the events do is in app/ask.py, app/inspector.py and
 the Annotate/Train modules (app/annotate.py, app/train_tab.py), each built with `build(studio, ...)`.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import gradio as gr
 from app import ROOT, UI_ONLY, Studio
 from app import annotate, train_tab
 from app import ask as A
-from app import inspect as I
+from app import inspector as I
 from core.backends import BACKENDS
 from core.paths import is_token
 
