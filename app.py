@@ -57,6 +57,9 @@ def make_studio(args):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from core.runtime import configure_threads
+
+    configure_threads()  # before anything imports torch
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from app.ui import build_app, launch_kwargs
