@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,7 +26,7 @@ from typing import Any, Iterable
 import sqlite_utils
 from PIL import Image
 
-from core.media import DiskImageStore
+from core.media import DiskImageStore, load_image
 from core.trajectory import ImageRef, Media, Step, Trajectory
 
 THUMB_SIDE = 128
@@ -176,6 +177,34 @@ def make_thumb(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
     return buf.getvalue()
 
 
+class ThumbnailingStore(DiskImageStore):
+    """The log's image folder: each new picture's thumbnail is made while it is still in memory,
+    so logging its step needs no PNG decode and no image work inside the transaction."""
+
+    def __init__(self, root: str | Path, keep: int = 1024) -> None:
+        super().__init__(root)
+        self._thumbs: OrderedDict[str, bytes] = OrderedDict()
+        self._keep, self._lock = keep, threading.Lock()
+
+    def put(self, image: Image.Image) -> str:
+        sha = super().put(image)
+        with self._lock:
+            if sha in self._thumbs:
+                return sha
+        thumb = make_thumb(image)
+        with self._lock:
+            self._thumbs[sha] = thumb
+            while len(self._thumbs) > self._keep:
+                self._thumbs.popitem(last=False)
+        return sha
+
+    def thumb(self, sha: str) -> bytes:
+        """The thumbnail of a stored picture: from memory when this process stored it, else decoded."""
+        with self._lock:
+            thumb = self._thumbs.get(sha)
+        return thumb if thumb is not None else make_thumb(load_image(self.path(sha)))
+
+
 @dataclass
 class SessionFilter:
     """What the Inspect table asks for; every field is optional and applied in SQL."""
@@ -203,7 +232,7 @@ class SessionLog:
     def __init__(self, db_path: str | Path, images_dir: str | Path | None = None) -> None:
         self.path = Path(db_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.images = DiskImageStore(images_dir or self.path.parent / "images")
+        self.images = ThumbnailingStore(images_dir or self.path.parent / "images")
         self._local = threading.local()
         self._host = socket.gethostname()
         self._create()
@@ -256,6 +285,24 @@ class SessionLog:
                 db.table("sessions").enable_fts(["question", "answer"], create_triggers=True, tokenize="porter")
             if "steps_fts" not in db.table_names():
                 db.table("steps").enable_fts(["text"], create_triggers=True, tokenize="porter")
+            self._narrow_fts_triggers()
+
+    def _narrow_fts_triggers(self) -> None:
+        """Re-index a row's text only when that text changes: sqlite-utils' update triggers fire on
+        any column, so each step's counter update re-tokenized its session's question and answer."""
+        db = self.db
+        for table, cols in (("sessions", ("question", "answer")), ("steps", ("text",))):
+            name = f"{table}_au"
+            row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", [name]).fetchone()
+            if row is None or " UPDATE OF " in row[0]:
+                continue
+            quoted = ", ".join(f'"{c}"' for c in cols)
+            old = ", ".join(f'old."{c}"' for c in cols)
+            new = ", ".join(f'new."{c}"' for c in cols)
+            db.execute(f'DROP TRIGGER "{name}"')
+            db.execute(f'CREATE TRIGGER "{name}" AFTER UPDATE OF {quoted} ON "{table}" BEGIN\n'
+                       f'  INSERT INTO "{table}_fts" ("{table}_fts", rowid, {quoted}) VALUES(\'delete\', old.rowid, {old});\n'
+                       f'  INSERT INTO "{table}_fts" (rowid, {quoted}) VALUES (new.rowid, {new});\nEND')
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -265,28 +312,33 @@ class SessionLog:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def _register_images(self, refs: Iterable[ImageRef | None]) -> None:
-        """Add images rows for refs whose files are in the store (inside the caller's transaction)."""
-        db = self.db
+    def _image_rows(self, refs: Iterable[ImageRef | None]) -> list[list]:
+        """images rows for refs whose files are in the store and not yet registered, made before
+        the transaction that inserts them (a step commits only once its image files exist)."""
+        rows, seen = [], set()
         for ref in refs:
-            if ref is None:
+            if ref is None or ref.sha in seen:
                 continue
-            if db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
+            seen.add(ref.sha)
+            if self.db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
                 continue
             path = self.images.path(ref.sha)
             if not path.exists():
                 continue  # made with a memory store elsewhere: the step keeps the sha only
-            with Image.open(path) as im:
-                thumb = make_thumb(im)
-            db.execute("INSERT OR IGNORE INTO images (sha, path, width, height, bytes, thumb, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [ref.sha, str(path), ref.width, ref.height, path.stat().st_size, thumb, time.time()])
+            rows.append([ref.sha, str(path), ref.width, ref.height, path.stat().st_size,
+                         self.images.thumb(ref.sha), time.time()])
+        return rows
+
+    def _insert_images(self, rows: list[list]) -> None:
+        self.db.conn.executemany("INSERT OR IGNORE INTO images (sha, path, width, height, bytes, thumb, created_at) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def put_images(self, images: Iterable[Image.Image]) -> list[ImageRef]:
         """Store pictures made outside the loop (imports, corrections) and register them."""
         refs = [ImageRef(self.images.put(im), im.width, im.height) for im in images]
+        rows = self._image_rows(refs)
         with self._tx():
-            self._register_images(refs)
+            self._insert_images(rows)
         return refs
 
     def start_session(self, traj: Trajectory, client: str = "app", compare_of: str | None = None) -> str:
@@ -302,14 +354,14 @@ class SessionLog:
             "compare_of": compare_of or traj.meta.get("compare_of"), "host": self._host, "pid": os.getpid(),
         }
         db = self.db
+        rows = self._image_rows([m.image, m.model_view, *m.overview])
         with self._tx():
-            self._register_images([m.image, m.model_view, *m.overview])
+            self._insert_images(rows)
             db.execute(f"INSERT INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                        list(row.values()))
         return traj.id
 
     def _insert_step(self, session_id: str, step: Step) -> None:
-        self._register_images(step.images)
         self.db.execute(_STEP_SQL, [
             session_id, step.index, step.text, step.tool, _js(step.arguments), step.error, step.observation,
             step.target_image, _js(step.box_norm), _js(step.box_px), _js(step.source_box_px), _js(step.frames),
@@ -319,7 +371,9 @@ class SessionLog:
     def log_step(self, session_id: str, step: Step) -> None:
         """One transaction: the step row, its image rows, and the session's running counters."""
         db = self.db
+        rows = self._image_rows(step.images)
         with self._tx():
+            self._insert_images(rows)
             self._insert_step(session_id, step)
             db.execute(
                 "UPDATE sessions SET n_steps = n_steps + 1, n_ops = n_ops + ?, n_errors = n_errors + ?, "
@@ -330,7 +384,9 @@ class SessionLog:
     def finish_session(self, traj: Trajectory) -> None:
         """Close the session with its status and answer; steps not yet logged are added first."""
         db = self.db
+        rows = self._image_rows([ref for step in traj.steps for ref in step.images])
         with self._tx():
+            self._insert_images(rows)
             logged = {r[0] for r in db.execute("SELECT idx FROM steps WHERE session_id = ?", [traj.id])}
             for step in traj.steps:
                 if step.index not in logged:
