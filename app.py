@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     from app.ui import build_app, launch_kwargs
 
     studio = make_studio(args)
+    from app.ask import preload_backend
+
+    preload_backend(studio)  # the model loads while the page builds
     demo = build_app(studio)
     host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else None)
     demo.queue(default_concurrency_limit=studio.max_concurrent_runs).launch(
