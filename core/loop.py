@@ -304,4 +304,5 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
             episode.advance(generation)
             if on_done is not None and episode.done:
                 on_done(episode)
+    backend.forget()
     return [e.trajectory for e in episodes]

@@ -82,6 +82,19 @@ def in_worker_thread(fn):
     return result["out"]
 
 
+def turn_engine_supports(config) -> bool:
+    """Whether greedy/sampled decoding under this generation config is what hf_turns implements
+    (temperature, top-k, top-p): no repetition penalty, n-gram ban, bad words or forced tokens."""
+    return (getattr(config, "repetition_penalty", None) in (None, 1.0)
+            and not getattr(config, "no_repeat_ngram_size", None)
+            and not getattr(config, "bad_words_ids", None)
+            and not getattr(config, "suppress_tokens", None)
+            and not getattr(config, "begin_suppress_tokens", None)
+            and not getattr(config, "forced_bos_token_id", None)
+            and getattr(config, "min_new_tokens", None) in (None, 0)
+            and getattr(config, "min_length", None) in (None, 0))
+
+
 def resolve_device(device: str | None) -> str:
     if device:
         return device
@@ -120,7 +133,8 @@ def looks_like_path(model: str) -> bool:
 class TransformersBackend(Backend):
     name = "transformers"
 
-    def __init__(self, model: str, device: str | None = None, dtype: str | torch.dtype | None = None) -> None:
+    def __init__(self, model: str, device: str | None = None, dtype: str | torch.dtype | None = None,
+                 cache_turns: bool = True) -> None:
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         self.model_id = str(model)
@@ -145,6 +159,10 @@ class TransformersBackend(Backend):
         ids = self.tokenizer.convert_tokens_to_ids
         self.stop_ids = {ids("<|im_end|>"), ids("<|endoftext|>")}
         self._lock = threading.Lock()  # one generate at a time on one model
+        # generate_batch through core.backends.hf_turns (caches kept between turns), where the
+        # checkpoint's generation config asks for no logits processing the engine lacks
+        self.cache_turns = cache_turns and turn_engine_supports(self.model.generation_config)
+        self._turns = None
 
     # ---- generation ---------------------------------------------------------------------------
 
@@ -249,6 +267,8 @@ class TransformersBackend(Backend):
         """Left-padded batched generate; each row stops on its own stop string."""
         if not batch:
             return []
+        if getattr(self, "cache_turns", False):
+            return in_worker_thread(lambda: self._turn_engine_generate(batch, params))
         t0 = time.perf_counter()
         inputs = self._inputs(batch)
         prompt_len = inputs["input_ids"].shape[1]
@@ -258,3 +278,16 @@ class TransformersBackend(Backend):
         lengths = inputs["attention_mask"].sum(-1).tolist()
         return [self._finish(out, row, prompt_len, lengths[row], criteria, params, seconds)
                 for row in range(len(batch))]
+
+    def _turn_engine_generate(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
+        from core.backends.hf_turns import TurnEngine
+
+        with self._lock:
+            if self._turns is None:
+                self._turns = TurnEngine(self)
+            return self._turns.generate(batch, params)
+
+    def forget(self) -> None:
+        """Drop the conversations' caches kept between turns."""
+        if getattr(self, "_turns", None) is not None:
+            self._turns.forget()
