@@ -91,7 +91,7 @@ def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Im
     return resample(image, (w, h))
 
 
-STRIP_MIN_PIXELS = 400_000  # outputs at least this big are resampled in strips, in parallel
+STRIP_MIN_PIXELS = 400_000  # source box + output pixels from which resampling runs in parallel strips
 _STRIP_THREADS = max(1, min(4, os.cpu_count() or 1))
 _strip_pool: ThreadPoolExecutor | None = None
 
@@ -100,7 +100,7 @@ def resample(image: Image.Image, size: tuple[int, int], box: tuple[float, float,
              threads: int | None = None) -> Image.Image:
     """Bicubic resize of `box` (default: the whole image) to `size`: PIL's own result, pixel for pixel.
 
-    Large outputs run PIL's two passes by hand, each cut into strips resized in parallel (PIL
+    Large resizes run PIL's two passes by hand, each cut into strips resized in parallel (PIL
     releases the GIL): the horizontal pass by source rows, the vertical one by output columns
     (an identity horizontally). Every strip reads its whole filter support, so nothing changes.
     """
@@ -108,7 +108,7 @@ def resample(image: Image.Image, size: tuple[int, int], box: tuple[float, float,
     w, h = size
     x0, y0, x1, y1 = box if box is not None else (0, 0, image.width, image.height)
     n = min(threads or _STRIP_THREADS, w, h)
-    if n < 2 or w * h < STRIP_MIN_PIXELS:
+    if n < 2 or w * h + (x1 - x0) * (y1 - y0) < STRIP_MIN_PIXELS:
         return image.resize(size, Image.Resampling.BICUBIC, box=(x0, y0, x1, y1))
     if _strip_pool is None:
         _strip_pool = ThreadPoolExecutor(max_workers=_STRIP_THREADS, thread_name_prefix="resample")
