@@ -12,13 +12,11 @@ thread pool and a sqlite3 connection may not cross threads).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import socket
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,10 +24,9 @@ from typing import Any, Iterable
 import sqlite_utils
 from PIL import Image
 
-from core.media import DiskImageStore, load_image
+from core.thumbnails import THUMB_SIDE, ThumbnailingStore, make_thumb  # noqa: F401 (re-exported)
 from core.trajectory import ImageRef, Media, Step, Trajectory
 
-THUMB_SIDE = 128
 STATUSES = ("running", "done", "unfinished", "cancelled", "error", "max_ops", "max_images", "max_tokens")
 
 SCHEMA = """
@@ -167,42 +164,6 @@ def pid_alive(pid: int | None) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-
-
-def make_thumb(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
-    thumb = image.convert("RGB")
-    thumb.thumbnail((side, side))
-    buf = io.BytesIO()
-    thumb.save(buf, format="WEBP", quality=70)
-    return buf.getvalue()
-
-
-class ThumbnailingStore(DiskImageStore):
-    """The log's image folder: each new picture's thumbnail is made while it is still in memory,
-    so logging its step needs no PNG decode and no image work inside the transaction."""
-
-    def __init__(self, root: str | Path, keep: int = 1024) -> None:
-        super().__init__(root)
-        self._thumbs: OrderedDict[str, bytes] = OrderedDict()
-        self._keep, self._lock = keep, threading.Lock()
-
-    def put(self, image: Image.Image) -> str:
-        sha = super().put(image)
-        with self._lock:
-            if sha in self._thumbs:
-                return sha
-        thumb = make_thumb(image)
-        with self._lock:
-            self._thumbs[sha] = thumb
-            while len(self._thumbs) > self._keep:
-                self._thumbs.popitem(last=False)
-        return sha
-
-    def thumb(self, sha: str) -> bytes:
-        """The thumbnail of a stored picture: from memory when this process stored it, else decoded."""
-        with self._lock:
-            thumb = self._thumbs.get(sha)
-        return thumb if thumb is not None else make_thumb(load_image(self.path(sha)))
 
 
 @dataclass

@@ -243,28 +243,21 @@ class TurnEngine:
 
     def _new_vision(self, rows: list[Row]) -> dict[str, torch.Tensor]:
         """Pixel inputs of the vision runs each row feeds this turn (those after its cut)."""
+        kinds = {self.encoder.image_token_id: ("pixel_values", "image_grid_thw"),
+                 self.encoder.video_token_id: ("pixel_values_videos", "video_grid_thw")}
         parts: dict[str, list[torch.Tensor]] = {}
         for r in rows:
-            runs = vision_runs(r.enc.input_ids, self.pad_ids)
-            kinds = [self.encoder.image_token_id if r.enc.input_ids[s] == self.encoder.image_token_id else None
-                     for s, _ in runs]
-            img_i = vid_i = 0
-            img_off = vid_off = 0
-            for (start, _), kind in zip(runs, kinds):
-                if kind is not None:
-                    grid = r.enc.image_grid_thw[img_i]
-                    n = int(grid.prod())
-                    if start >= r.cut:
-                        parts.setdefault("pixel_values", []).append(r.enc.pixel_values[img_off:img_off + n])
-                        parts.setdefault("image_grid_thw", []).append(grid.view(1, 3))
-                    img_i, img_off = img_i + 1, img_off + n
-                else:
-                    grid = r.enc.video_grid_thw[vid_i]
-                    n = int(grid.prod())
-                    if start >= r.cut:
-                        parts.setdefault("pixel_values_videos", []).append(r.enc.pixel_values_videos[vid_off:vid_off + n])
-                        parts.setdefault("video_grid_thw", []).append(grid.view(1, 3))
-                    vid_i, vid_off = vid_i + 1, vid_off + n
+            seen = {token: [0, 0] for token in kinds}  # per kind: runs passed, patch rows passed
+            for start, _ in vision_runs(r.enc.input_ids, self.pad_ids):
+                token = r.enc.input_ids[start]
+                pixels_key, grid_key = kinds[token]
+                i, offset = seen[token]
+                grid = getattr(r.enc, grid_key)[i]
+                n = int(grid.prod())
+                if start >= r.cut:
+                    parts.setdefault(pixels_key, []).append(getattr(r.enc, pixels_key)[offset:offset + n])
+                    parts.setdefault(grid_key, []).append(grid.view(1, 3))
+                seen[token] = [i + 1, offset + n]
         out = {}
         for key, values in parts.items():
             value = torch.cat(values).to(self.backend.device)
