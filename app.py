@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     configure_threads()  # before anything imports torch
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from app.ui import build_app, launch_kwargs
-
     studio = make_studio(args)
     from app.ask import preload_backend
 
-    preload_backend(studio)  # the model loads while the page builds
+    preload_backend(studio)  # the model loads while gradio imports and the page builds
+    from app.ui import build_app, launch_kwargs
+
     demo = build_app(studio)
     host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else None)
     demo.queue(default_concurrency_limit=studio.max_concurrent_runs).launch(

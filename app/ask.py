@@ -100,8 +100,10 @@ def preload_backend(studio: Studio) -> threading.Thread | None:
         return None
 
     def work() -> None:
+        t0 = time.perf_counter()
         try:
             get_backend(studio, AskSettings(backend=studio.backend, model=studio.model or ""))
+            logger.info("%s model loaded in the background in %.1f s", studio.backend, time.perf_counter() - t0)
         except Exception as e:  # the first Ask retries and shows the error to the user
             logger.warning("loading the %s model in the background failed: %s", studio.backend, e)
 
