@@ -116,15 +116,21 @@ def resample(image: Image.Image, size: tuple[int, int], box: tuple[float, float,
     r0, r1 = max(0, math.floor(y0 - support) - 1), min(image.height, math.ceil(y1 + support) + 1)
     rows = [r0 + round((r1 - r0) * i / n) for i in range(n + 1)]
     cols = [round(w * i / n) for i in range(n + 1)]
-    across = Image.new(image.mode, (w, r1 - r0))
-    for i, part in enumerate(_strip_pool.map(
-            lambda i: image.resize((w, rows[i + 1] - rows[i]), Image.Resampling.BICUBIC,
-                                   box=(x0, rows[i], x1, rows[i + 1])), range(n))):
-        across.paste(part, (0, rows[i] - r0))
+    # each strip is cut out first so that PIL runs only the one pass asked of it (a box that starts
+    # inside the image would add an identity pass along the other axis)
+    def across(i: int) -> Image.Image:
+        band = image.crop((0, rows[i], image.width, rows[i + 1]))
+        return band.resize((w, band.height), Image.Resampling.BICUBIC, box=(x0, 0, x1, band.height))
+
+    def down(i: int) -> Image.Image:
+        band = middle.crop((cols[i], 0, cols[i + 1], middle.height))
+        return band.resize((band.width, h), Image.Resampling.BICUBIC, box=(0, y0 - r0, band.width, y1 - r0))
+
+    middle = Image.new(image.mode, (w, r1 - r0))
+    for i, part in enumerate(_strip_pool.map(across, range(n))):
+        middle.paste(part, (0, rows[i] - r0))
     out = Image.new(image.mode, size)
-    for i, part in enumerate(_strip_pool.map(
-            lambda i: across.resize((cols[i + 1] - cols[i], h), Image.Resampling.BICUBIC,
-                                    box=(cols[i], y0 - r0, cols[i + 1], y1 - r0)), range(n))):
+    for i, part in enumerate(_strip_pool.map(down, range(n))):
         out.paste(part, (cols[i], 0))
     return out
 
