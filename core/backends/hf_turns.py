@@ -34,6 +34,7 @@ class TurnCache:
     keys: list[torch.Tensor]  # per layer, (1, heads, len(ids), head_dim)
     values: list[torch.Tensor]
     media: list[tuple] = field(default_factory=list)  # fingerprints of the vision runs, in order
+    pictures: list = field(default_factory=list)  # the pictures themselves, so their ids stay theirs
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Row:
     key: int
     enc: Encoded
     media: list[tuple]
+    pictures: list
     positions: torch.Tensor  # (3, len) M-RoPE positions of the whole conversation
     next_pos: int  # position of the first generated token (all three axes)
     cut: int  # tokens reused from `base`
@@ -52,18 +54,21 @@ class Row:
     stopped_at: int | None = None
 
 
-def media_fingerprints(messages: list[dict]) -> list[tuple]:
-    """One entry per vision run, in the order their pads appear: ('image'|'video', ids of the PIL objects)."""
-    out = []
+def media_fingerprints(messages: list[dict]) -> tuple[list[tuple], list]:
+    """One entry per vision run, in the order their pads appear: ('image'|'video', ids of the PIL
+    objects); and the objects, which a cache holds so that no other picture can take their ids."""
+    out, pictures = [], []
     for m in messages:
         if isinstance(m["content"], str):
             continue
         for part in m["content"]:
             if part["type"] == "image":
                 out.append(("image", id(part["image"])))
+                pictures.append(part["image"])
             elif part["type"] == "video":
                 out.append(("video", tuple(id(f) for f in part["video"])))
-    return out
+                pictures.extend(part["video"])
+    return out, pictures
 
 
 def vision_runs(ids: list[int], pad_ids: set[int]) -> list[tuple[int, int]]:
@@ -131,7 +136,7 @@ class TurnEngine:
         return [self._generation(r, params, seconds) for r in rows]
 
     def _row(self, key: int, messages: list[dict], enc: Encoded) -> Row:
-        media = media_fingerprints(messages)
+        media, pictures = media_fingerprints(messages)
         runs = vision_runs(enc.input_ids, self.pad_ids)
         candidates = [c for c in (self.caches.get(key), self.prefix) if c is not None]
         cut, base = 0, None
@@ -140,7 +145,8 @@ class TurnEngine:
             if n > cut:
                 cut, base = n, c
         positions, next_pos = self._positions(enc)
-        return Row(key=key, enc=enc, media=media, positions=positions, next_pos=next_pos, cut=cut, base=base)
+        return Row(key=key, enc=enc, media=media, pictures=pictures, positions=positions, next_pos=next_pos,
+                   cut=cut, base=base)
 
     def _positions(self, enc: Encoded) -> tuple[torch.Tensor, int]:
         ids = torch.tensor([enc.input_ids], dtype=torch.long)
@@ -165,10 +171,9 @@ class TurnEngine:
         if runs:
             n = min(n, runs[0][0])
         n = min(n, min(len(e) for e in encoded) - 1)
-        if n < MIN_SHARED_PREFIX or (self.prefix is not None and self.prefix.ids == first[:n]):
-            return
-        if self.prefix is not None and len(self.prefix.ids) <= n and first[:len(self.prefix.ids)] == self.prefix.ids:
-            return
+        held = self.prefix.ids if self.prefix is not None else None
+        if n < MIN_SHARED_PREFIX or (held is not None and len(held) <= n and first[:len(held)] == held):
+            return  # too short to pay, or already held
         ids = torch.tensor([first[:n]], device=self.backend.device)
         from transformers import DynamicCache
 
@@ -211,12 +216,10 @@ class TurnEngine:
         out = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                          past_key_values=cache, use_cache=True, logits_to_keep=1, **vision)
         alive = list(range(b))  # batch row -> index in rows
-        steps = 0  # decoding steps, for the row-step count
         while True:
             logits = out.logits[:, -1].float()
             tokens = self._pick(logits, params)
             keep = []
-            steps += 1
             for j, i in enumerate(alive):
                 r, tok = rows[i], int(tokens[j])
                 r.new.append(tok)
@@ -287,7 +290,7 @@ class TurnEngine:
         values = [layer.values[j:j + 1, :, cols[:layer.values.shape[2]]] for layer in cache.layers]
         ids = r.enc.input_ids + r.new[:-1]
         assert keys[0].shape[2] == n_fed == len(ids), (keys[0].shape, n_fed, len(ids))
-        self.caches[r.key] = TurnCache(ids=ids, keys=keys, values=values, media=r.media)
+        self.caches[r.key] = TurnCache(ids=ids, keys=keys, values=values, media=r.media, pictures=r.pictures)
 
     def _generation(self, r: Row, params: GenerationParams, seconds: float) -> Generation:
         tok = self.backend.tokenizer
