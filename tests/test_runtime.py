@@ -31,3 +31,15 @@ def test_entry_points_configure_before_importing_torch():
             "try:\n    runpy.run_module('core', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "import os; print(os.environ.get('OMP_WAIT_POLICY'))")
     assert _python(code).splitlines()[-1] == "PASSIVE"
+
+
+def test_generation_worker_thread_hands_back_results_and_errors():
+    import threading
+
+    import pytest
+
+    from core.backends.hf import in_worker_thread
+
+    assert in_worker_thread(lambda: threading.current_thread().name) == "hf-generate"
+    with pytest.raises(ZeroDivisionError):
+        in_worker_thread(lambda: 1 / 0)
