@@ -136,6 +136,9 @@ def make_studio(args):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from core.runtime import configure_threads
+
+    configure_threads()  # before anything imports torch
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -145,14 +148,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown backend {args.backend!r} (STUDIO_BACKEND); choose one of {', '.join(BACKENDS)}")
     pairs = auth_pairs(args)
     check_flags(args, is_public(args), pairs)
-    from app.ui import build_app, launch_kwargs
-
     from core.sessionlog import StorageError
 
     try:
         studio = make_studio(args)
     except StorageError as e:  # one line naming the DB and why, not sqlite's bare message
         raise SystemExit(str(e)) from None
+    from app.ask import preload_backend
+
+    preload_backend(studio)  # the model loads while gradio imports and the page builds (--preload: already)
+    from app.ui import build_app, launch_kwargs
+
     demo = build_app(studio)
     host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else None)
     demo.queue(default_concurrency_limit=studio.max_concurrent_runs).launch(

@@ -100,6 +100,26 @@ def get_backend(studio: Studio, settings: AskSettings) -> Backend:
         return _BACKENDS[key]
 
 
+def preload_backend(studio: Studio) -> threading.Thread | None:
+    """Load the default model in a background thread at start (importing torch and transformers
+    takes seconds), so the first Ask is as fast as later ones; an Ask made meanwhile waits for it.
+    A failure is logged here and reported again by the first Ask."""
+    if studio.backend == "replay":
+        return None
+
+    def work() -> None:
+        t0 = time.perf_counter()
+        try:
+            get_backend(studio, AskSettings(backend=studio.backend, model=studio.model or ""))
+            logger.info("%s model loaded in the background in %.1f s", studio.backend, time.perf_counter() - t0)
+        except Exception as e:  # the first Ask retries and shows the error to the user
+            logger.warning("loading the %s model in the background failed: %s", studio.backend, e)
+
+    thread = threading.Thread(target=work, name="preload-model", daemon=True)
+    thread.start()
+    return thread
+
+
 # ---- media and examples ------------------------------------------------------------------------------
 
 def load_task(studio: Studio, media_path: str | None, question: str) -> Task:

@@ -1,4 +1,4 @@
-"""Figures for public hosting (run: python bench/safety_bench.py [--uploads 16] [--accepted-mp 24]).
+"""Figures for public hosting (run: python -m bench.safety_bench [--uploads 16] [--accepted-mp 24]).
 
 1. answer extraction: ms for last_boxed / extract_answer over 1 MB of "\\boxed{" text     target < 100
 2. the app's peak memory (VmHWM of the `python app.py` process) while N visitors upload at once:

@@ -13,6 +13,8 @@ count padded to a multiple of temporal_patch_size by repeating the last frame.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from core.operations import smart_resize
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+PIXEL_CACHE = 64  # pictures whose patches an encoder keeps
 DEFAULT_VIDEO_FPS = 2.0  # qwen-vl-utils' default sampling rate: one temporal patch = 1 second
 
 
@@ -60,6 +63,9 @@ class VisionTextEncoder:
         mean = np.asarray(image_processor.image_mean, dtype=np.float32)
         std = np.asarray(image_processor.image_std, dtype=np.float32)
         self._scale, self._mean, self._std = scale, mean, std
+        # id(picture) -> (the picture, its patches, its grid); the picture is held so its id stays its own
+        self._pixel_cache: OrderedDict[int, tuple] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "VisionTextEncoder":
@@ -145,10 +151,24 @@ class VisionTextEncoder:
 
     def encode_images(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """pixel_values (sum of patches, C*T*14*14) and image_grid_thw, through the HF processor
-        with resizing off."""
-        images = [self._model_size(im) for im in images]
-        out = self.image_processor(images=images, do_resize=False, return_tensors="pt")
-        return out["pixel_values"], out["image_grid_thw"].long()
+        with resizing off. Each picture is processed once: a conversation re-encoded turn after
+        turn reuses its earlier pictures' patches (kept for the last PIXEL_CACHE pictures)."""
+        with self._cache_lock:
+            found = {id(im): self._pixel_cache.get(id(im)) for im in images}
+        found = {k: v for k, v in found.items() if v is not None and v[0] is not None}
+        missing = list({id(im): im for im in images if id(im) not in found}.values())
+        if missing:
+            out = self.image_processor(images=[self._model_size(im) for im in missing], do_resize=False,
+                                       return_tensors="pt")
+            grids = out["image_grid_thw"].long()
+            chunks = out["pixel_values"].split(grids.prod(-1).tolist())
+            with self._cache_lock:
+                for im, pixels, grid in zip(missing, chunks, grids):
+                    found[id(im)] = self._pixel_cache[id(im)] = (im, pixels, grid)
+                while len(self._pixel_cache) > PIXEL_CACHE:
+                    self._pixel_cache.popitem(last=False)
+        parts = [found[id(im)] for im in images]
+        return torch.cat([p[1] for p in parts]), torch.stack([p[2] for p in parts])
 
     def encode_videos(self, videos: list[list[Image.Image]]) -> tuple[torch.Tensor, torch.Tensor]:
         patches, grids = [], []

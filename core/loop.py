@@ -92,6 +92,14 @@ UNCLOSED_CALL = ("The tool call is not complete (no closing </tool_call>), so it
                  "the turn ended the episode.")
 
 
+@dataclass
+class RawCrop:
+    """A crop not cut out yet: its source image and box in the source's pixels."""
+
+    source: Image.Image
+    box: tuple[int, int, int, int]
+
+
 class Episode:
     """The state of one conversation: messages for the model, images for the operations."""
 
@@ -111,7 +119,7 @@ class Episode:
             media.overview = [self._ref(f) for f in view]
             media.frame_times, media.fps = list(task.video.times), task.video.fps
             first: dict = {"type": "video", "video": view}
-            self.raw: list[Image.Image] = []  # images added by operations, full resolution
+            self.raw: list[Image.Image | RawCrop] = []  # images added by operations, full resolution
         else:
             view_img = ops.resize_for_model(task.image, px.first_min, px.first_max)
             media.image, media.model_view = self._ref(task.image), self._ref(view_img)
@@ -199,19 +207,26 @@ class Episode:
         if target != int(target) or not 1 <= target <= n:
             raise ops.target_index_error(call.name, n)
         k = int(target)
-        source = video.frames([k])[0] if frame_mode else self.raw[k - 1]
-        cropped, box = ops.crop(source, args["bbox_2d"], call.name)
+        source = video.frames([k])[0] if frame_mode else self._raw_image(k - 1)
+        box = ops.crop_box(args["bbox_2d"], source.width, source.height, call.name)
         px = self.config.pixels
-        view = ops.resize_for_model(cropped, px.crop_min, px.crop_max)  # may refuse: before any state changes
+        view = ops.crop_view(source, box, px.crop_min, px.crop_max)  # may refuse: before any state changes
         origin = None if frame_mode else self.origin_boxes[k - 1]
         step.target_image, step.box_norm, step.box_px = k, list(box.norm), list(box.px)
         if origin is not None:
             ox, oy = origin[0], origin[1]
             step.source_box_px = [ox + box.px[0], oy + box.px[1], ox + box.px[2], oy + box.px[3]]
-        self.raw.append(cropped)
+        self.raw.append(RawCrop(source, box.px))  # cut out only if a later call targets it
         self.origin_boxes.append(tuple(step.source_box_px) if step.source_box_px else None)
         self.last_source = source
         return [view], P.crop_observation(view.width, view.height)
+
+    def _raw_image(self, i: int) -> Image.Image:
+        """Full-resolution image i (0-based) of those the operations can target."""
+        raw = self.raw[i]
+        if isinstance(raw, RawCrop):
+            raw = self.raw[i] = raw.source.crop(raw.box)
+        return raw
 
     def _select_frames(self, call: P.ToolCall, step: Step) -> tuple[list[Image.Image], str]:
         video = self.task.video
@@ -313,6 +328,7 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
                     episode.fail(P.short_message(f"{type(e).__name__}: {e}"))
             if on_done is not None and episode.done:
                 on_done(episode)
+    backend.forget()
     return [e.trajectory for e in episodes]
 
 

@@ -14,6 +14,8 @@ zero-area, negative, or wholly outside an absolute-pixel image are errors fed ba
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image
@@ -91,11 +93,55 @@ def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, fact
 
 def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
     """The image as the model sees it (RGB, smart-resized with bicubic like the processor)."""
-    image = image.convert("RGB")
+    image = image if image.mode == "RGB" else image.convert("RGB")
     h, w = smart_resize(image.height, image.width, min_pixels, max_pixels)
     if (w, h) == image.size:
         return image
-    return image.resize((w, h), Image.Resampling.BICUBIC)
+    return resample(image, (w, h))
+
+
+STRIP_MIN_PIXELS = 400_000  # source box + output pixels from which resampling runs in parallel strips
+_STRIP_THREADS = max(1, min(4, os.cpu_count() or 1))
+_strip_pool: ThreadPoolExecutor | None = None
+
+
+def resample(image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None,
+             threads: int | None = None) -> Image.Image:
+    """Bicubic resize of `box` (default: the whole image) to `size`: PIL's own result, pixel for pixel.
+
+    Large resizes run PIL's two passes by hand, each cut into strips resized in parallel (PIL
+    releases the GIL): the horizontal pass by source rows, the vertical one by output columns
+    (an identity horizontally). Every strip reads its whole filter support, so nothing changes.
+    """
+    global _strip_pool
+    w, h = size
+    x0, y0, x1, y1 = box if box is not None else (0, 0, image.width, image.height)
+    n = min(threads or _STRIP_THREADS, w, h)
+    if n < 2 or w * h + (x1 - x0) * (y1 - y0) < STRIP_MIN_PIXELS:
+        return image.resize(size, Image.Resampling.BICUBIC, box=(x0, y0, x1, y1))
+    if _strip_pool is None:
+        _strip_pool = ThreadPoolExecutor(max_workers=_STRIP_THREADS, thread_name_prefix="resample")
+    support = 2.0 * max((y1 - y0) / h, 1.0)  # bicubic reaches 2 source rows, widened when shrinking
+    r0, r1 = max(0, math.floor(y0 - support) - 1), min(image.height, math.ceil(y1 + support) + 1)
+    rows = [r0 + round((r1 - r0) * i / n) for i in range(n + 1)]
+    cols = [round(w * i / n) for i in range(n + 1)]
+    # each strip is cut out first so that PIL runs only the one pass asked of it (a box that starts
+    # inside the image would add an identity pass along the other axis)
+    def across(i: int) -> Image.Image:
+        band = image.crop((0, rows[i], image.width, rows[i + 1]))
+        return band.resize((w, band.height), Image.Resampling.BICUBIC, box=(x0, 0, x1, band.height))
+
+    def down(i: int) -> Image.Image:
+        band = middle.crop((cols[i], 0, cols[i + 1], middle.height))
+        return band.resize((band.width, h), Image.Resampling.BICUBIC, box=(0, y0 - r0, band.width, y1 - r0))
+
+    middle = Image.new(image.mode, (w, r1 - r0))
+    for i, part in enumerate(_strip_pool.map(across, range(n))):
+        middle.paste(part, (0, rows[i] - r0))
+    out = Image.new(image.mode, size)
+    for i, part in enumerate(_strip_pool.map(down, range(n))):
+        out.paste(part, (cols[i], 0))
+    return out
 
 
 # ---- crop ------------------------------------------------------------------------------------
@@ -151,6 +197,18 @@ def crop(image: Image.Image, bbox, tool_name: str = "crop_image_normalized") -> 
     """Crop at the image's own (original) resolution; returns the crop and its box."""
     box = crop_box(bbox, image.width, image.height, tool_name)
     return image.crop(box.px), box
+
+
+def crop_view(image: Image.Image, box: CropBox, min_pixels: int, max_pixels: int) -> Image.Image:
+    """What the model sees of a crop, resampled straight from the source box (no intermediate
+    full-resolution copy): equal to resize_for_model(image.crop(box.px)) except that edge pixels
+    also weigh the source just outside the box (a difference of at most a few levels)."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    x0, y0, x1, y1 = box.px
+    h, w = smart_resize(y1 - y0, x1 - x0, min_pixels, max_pixels)
+    if (w, h) == (x1 - x0, y1 - y0):
+        return image.crop(box.px)
+    return resample(image, (w, h), box.px)
 
 
 # ---- select_frames ---------------------------------------------------------------------------

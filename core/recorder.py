@@ -13,20 +13,15 @@ sessions later. Images are registered (row + WebP thumbnail) when a step or sess
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
 from dataclasses import asdict
 from typing import Iterable
 
-from PIL import Image
-
 from core.paths import is_sha
 from core.sessionlog import SessionLog, _js
 from core.trajectory import ImageRef, Step, Trajectory
-
-THUMB_SIDE = 128
 
 _STEP_COLS = ("session_id", "idx", "text", "tool", "arguments", "error", "observation", "target_image", "box_norm",
               "box_px", "source_box_px", "frames", "image_shas", "tokens_in", "tokens_out", "gen_seconds",
@@ -35,38 +30,32 @@ _STEP_SQL = (f"INSERT OR REPLACE INTO steps ({', '.join(_STEP_COLS)}) "
              f"VALUES ({', '.join('?' * len(_STEP_COLS))})")
 
 
-def make_thumb(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
-    scale = min(1.0, side / max(image.size))  # resized straight to the small size: no full-size copy
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    thumb = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    thumb = thumb if thumb.mode == "RGB" else thumb.convert("RGB")
-    buf = io.BytesIO()
-    thumb.save(buf, format="WEBP", quality=70)
-    return buf.getvalue()
-
-
 class Recorder:
     """Writes sessions of one client (app, eval[:run], rl, import, ...) into a SessionLog."""
 
     def __init__(self, log: SessionLog, client: str = "app") -> None:
         self.log, self.client = log, client
 
-    def _register_images(self, refs: Iterable[ImageRef | None]) -> None:
-        """Add images rows for refs whose files are in the store (inside the caller's transaction)."""
-        db = self.log.db
+    def _image_rows(self, refs: Iterable[ImageRef | None]) -> list[list]:
+        """images rows for refs whose files are in the store and not yet registered, made before the
+        transaction that inserts them (no image work inside it; a step commits only once its files exist)."""
+        rows, seen = [], set()
         for ref in refs:
-            if ref is None or not is_sha(ref.sha):
+            if ref is None or ref.sha in seen or not is_sha(ref.sha):
                 continue
-            if db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
+            seen.add(ref.sha)
+            if self.log.db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
                 continue
             path = self.log.images.path(ref.sha)
             if not path.exists():
                 continue  # made with a memory store elsewhere: the step keeps the sha only
-            with Image.open(path) as im:
-                thumb = make_thumb(im)
-            db.execute("INSERT OR IGNORE INTO images (sha, path, width, height, bytes, thumb, created_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [ref.sha, str(path), ref.width, ref.height, path.stat().st_size, thumb, time.time()])
+            rows.append([ref.sha, str(path), ref.width, ref.height, path.stat().st_size,
+                         self.log.images.thumb(ref.sha), time.time()])
+        return rows
+
+    def _insert_images(self, rows: list[list]) -> None:
+        self.log.db.conn.executemany("INSERT OR IGNORE INTO images (sha, path, width, height, bytes, thumb, "
+                                     "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def start(self, traj: Trajectory, compare_of: str | None = None, owner: str | None = None) -> str:
         """Insert the session row (status running) before the first step is generated; `owner` is
@@ -83,14 +72,14 @@ class Recorder:
             "owner": owner,
         }
         db = self.log.db
+        rows = self._image_rows([m.image, m.model_view, *m.overview])
         with self.log._tx():
-            self._register_images([m.image, m.model_view, *m.overview])
+            self._insert_images(rows)
             db.execute(f"INSERT INTO sessions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                        list(row.values()))
         return traj.id
 
     def _insert_step(self, session_id: str, step: Step) -> None:
-        self._register_images(step.images)
         self.log.db.execute(_STEP_SQL, [
             session_id, step.index, step.text, step.tool, _js(step.arguments), step.error, step.observation,
             step.target_image, _js(step.box_norm), _js(step.box_px), _js(step.source_box_px), _js(step.frames),
@@ -100,7 +89,9 @@ class Recorder:
     def step(self, session_id: str, step: Step) -> None:
         """One transaction: the step row, its image rows, and the session's running counters."""
         db = self.log.db
+        rows = self._image_rows(step.images)
         with self.log._tx():
+            self._insert_images(rows)
             self._insert_step(session_id, step)
             db.execute(
                 "UPDATE sessions SET n_steps = n_steps + 1, n_ops = n_ops + ?, n_errors = n_errors + ?, "
@@ -111,7 +102,9 @@ class Recorder:
     def finish(self, traj: Trajectory) -> None:
         """Close the session with its status and answer; steps not yet logged are added first."""
         db = self.log.db
+        rows = self._image_rows([ref for step in traj.steps for ref in step.images])
         with self.log._tx():
+            self._insert_images(rows)
             logged = {r[0] for r in db.execute("SELECT idx FROM steps WHERE session_id = ?", [traj.id])}
             for step in traj.steps:
                 if step.index not in logged:

@@ -25,10 +25,10 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-from core.media import DiskImageStore
 from core.paths import is_sha
 from core.sessionquery import SessionQueries
 from core.sessionschema import MIGRATIONS
+from core.thumbnails import ThumbnailingStore
 from core.trajectory import ImageRef, Media, Step, Trajectory
 
 STATUSES = ("running", "done", "unfinished", "cancelled", "error", "max_ops", "max_images", "max_tokens")
@@ -106,7 +106,7 @@ class SessionLog(SessionQueries):
     def __init__(self, db_path: str | Path, images_dir: str | Path | None = None) -> None:
         self.path = Path(db_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.images = DiskImageStore(images_dir or self.path.parent / "images")
+        self.images = ThumbnailingStore(images_dir or self.path.parent / "images")
         self._local = threading.local()
         self.host = socket.gethostname()
         self._create()

@@ -109,3 +109,18 @@ def m003_owner(db) -> None:
     """The visitor who asked: public mode lists a visitor's own sessions only."""
     db.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
     db.execute("CREATE INDEX IF NOT EXISTS idx_sessions_owner ON sessions(owner, created_at)")
+
+
+@MIGRATIONS()
+def m004_narrow_fts_triggers(db) -> None:
+    """Re-index a row's text only when that text changes: sqlite-utils' update triggers fire on any
+    column, so each step's counter update re-tokenized its session's question and answer."""
+    for table, cols in (("sessions", ("question", "answer")), ("steps", ("text",))):
+        name = f"{table}_au"
+        quoted = ", ".join(f'"{c}"' for c in cols)
+        old = ", ".join(f'old."{c}"' for c in cols)
+        new = ", ".join(f'new."{c}"' for c in cols)
+        db.execute(f'DROP TRIGGER IF EXISTS "{name}"')
+        db.execute(f'CREATE TRIGGER "{name}" AFTER UPDATE OF {quoted} ON "{table}" BEGIN\n'
+                   f'  INSERT INTO "{table}_fts" ("{table}_fts", rowid, {quoted}) VALUES(\'delete\', old.rowid, {old});\n'
+                   f'  INSERT INTO "{table}_fts" (rowid, {quoted}) VALUES (new.rowid, {new});\nEND')

@@ -234,3 +234,19 @@ def test_tiny_config_overrides_keep_the_model_consistent():
     model = Qwen2_5_VLForConditionalGeneration(config)
     ids = torch.tensor([tok("zoom in", add_special_tokens=False)["input_ids"]])
     assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+def test_each_picture_is_processed_once_and_patches_match_the_processor(encoder):
+    a = resize_for_model(photo_like(), 4 * PX, 16 * PX)
+    b = resize_for_model(photo_like(seed=3), 4 * PX, 8 * PX)
+    direct = encoder.image_processor(images=[a, b, a], do_resize=False, return_tensors="pt")
+    pixels, grid = encoder.encode_images([a, b, a])
+    assert torch.equal(pixels, direct["pixel_values"]) and torch.equal(grid, direct["image_grid_thw"])
+    calls = []
+    processor = encoder.image_processor
+    encoder.image_processor = lambda **kw: calls.append(kw) or processor(**kw)
+    try:
+        again, _ = encoder.encode_images([b, a])
+    finally:
+        encoder.image_processor = processor
+    assert not calls and torch.equal(again, torch.cat(pixels.split(grid.prod(-1).tolist())[:2][::-1]))

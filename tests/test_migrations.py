@@ -38,11 +38,14 @@ def test_an_old_file_opens_with_its_rows_and_gains_the_new_columns(old_db):
     log = StudioLog(old_db)
     assert "scorer" in log.db.table("sessions").columns_dict
     assert "owner" in log.db.table("sessions").columns_dict
+    triggers = {r[0]: r[1] for r in log.db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")}
+    assert 'UPDATE OF "question", "answer"' in triggers["sessions_au"] and 'UPDATE OF "text"' in triggers["steps_au"]
     assert "note" in log.db.table("jobs").columns_dict
     assert log.get_trajectory("s1").answer == "7" and log.get_trajectory("s1").correct is True
     assert log.get_job("j1")["status"] == "done"
     applied = {r["name"] for r in log.db.table("_sqlite_migrations").rows}
-    assert applied == {"m001_sessions", "m002_scorer", "m003_owner", "m001_studio_tables", "m002_jobs_note"}
+    assert applied == {"m001_sessions", "m002_scorer", "m003_owner", "m004_narrow_fts_triggers",
+                       "m001_studio_tables", "m002_jobs_note"}
 
 
 def test_opening_again_applies_nothing(old_db):

@@ -1,8 +1,9 @@
 """Visual operations: the release's crop rule per tool name, resize policy, and every bad box."""
 import math
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from core import operations as ops
 from core.protocol import ToolCallError
@@ -130,3 +131,21 @@ def test_the_pixel_preset_is_the_one_asked_for_else_the_models_else_the_default(
     assert ops.resolve_pixel_preset(None, None, default="eval") == "eval"
     with pytest.raises(ValueError, match="unknown pixel preset 'huge'; choose one of eval, tiny, train"):
         ops.resolve_pixel_preset("huge")
+
+
+def test_resample_in_strips_equals_one_resize():
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8))
+    box = (101, 37, 1003, 811)
+    whole = img.resize((812, 700), Image.Resampling.BICUBIC, box=box)
+    assert ops.resample(img, (812, 700), box, threads=3).tobytes() == whole.tobytes()
+
+
+def test_crop_view_is_the_crop_resized_up_to_its_edges():
+    rng = np.random.default_rng(2)
+    img = Image.fromarray(rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)).filter(ImageFilter.SMOOTH_MORE)
+    box = ops.crop_box([0.2, 0.2, 0.5, 0.6], 800, 600)
+    view = ops.crop_view(img, box, 4 * 784, 64 * 784)
+    expected = ops.resize_for_model(img.crop(box.px), 4 * 784, 64 * 784)
+    diff = np.abs(np.asarray(view, np.int16) - np.asarray(expected, np.int16))
+    assert view.size == expected.size and not diff[4:-4, 4:-4].any() and diff.max() <= 8

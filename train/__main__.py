@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from core.runtime import configure_threads
+
 COMMANDS = {
     "synth": "train.synth.build",  # write the synthetic TinyZoom dataset
     "sft": "train.sft",  # supervised fine-tuning on multi-turn, multi-image traces
@@ -17,6 +19,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_threads()  # before a command imports torch
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         names = ", ".join(COMMANDS)

@@ -76,3 +76,6 @@ class Backend:
 
     def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
         return [self.generate(messages, params) for messages in batch]
+
+    def forget(self) -> None:
+        """Drop any per-conversation state kept between turns (run_batch calls it when done)."""

@@ -17,47 +17,48 @@ from typing import Iterator
 import torch
 
 from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop
+from core.backends.stopping import StopCriteria
 from core.encoding import VisionTextEncoder
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-STOP_WINDOW = 24  # tokens decoded from the end of each row when looking for a stop string
 
 
-class StopCriteria:
-    """Per-row stop on protocol stop strings or stop token ids; every row on `cancel`.
+def in_worker_thread(fn):
+    """fn() run in a fresh thread, its result or exception handed back.
 
-    Records, for each row, how many new tokens it had when it stopped (`lengths`), so batched
-    output can be cut without guessing where padding starts.
+    OpenMP workers of a non-main thread do not spin-wait between parallel regions: on a shared
+    CPU a batched generate in the main thread ran several times slower (docs/performance.md).
     """
+    result: dict = {}
 
-    def __init__(self, tokenizer, stops: tuple[str, ...], stop_ids: set[int], prompt_len: int,
-                 batch_size: int, cancel: threading.Event | None = None) -> None:
-        self.tokenizer, self.stops, self.stop_ids = tokenizer, tuple(stops), set(stop_ids)
-        self.prompt_len, self.cancel = prompt_len, cancel
-        self.abandoned = threading.Event()  # set when the caller stops reading a stream
-        self.lengths: list[int | None] = [None] * batch_size
-        self.cancelled = False
+    def work() -> None:
+        try:
+            result["out"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
 
-    def row_done(self, new_tokens: list[int]) -> bool:
-        if new_tokens and new_tokens[-1] in self.stop_ids:
-            return True
-        tail = self.tokenizer.decode(new_tokens[-STOP_WINDOW:], skip_special_tokens=False)
-        return any(s in tail for s in self.stops)
+    thread = threading.Thread(target=work, name="hf-generate", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["out"]
 
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        n_new = input_ids.shape[1] - self.prompt_len
-        if self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set()):
-            self.cancelled = True
-            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        done = []
-        for row, ids in enumerate(input_ids.tolist()):
-            if self.lengths[row] is None and self.row_done(ids[self.prompt_len:]):
-                self.lengths[row] = n_new
-            done.append(self.lengths[row] is not None)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+def turn_engine_supports(config) -> bool:
+    """Whether greedy/sampled decoding under this generation config is what hf_turns implements
+    (temperature, top-k, top-p): no repetition penalty, n-gram ban, bad words or forced tokens."""
+    return (getattr(config, "repetition_penalty", None) in (None, 1.0)
+            and not getattr(config, "no_repeat_ngram_size", None)
+            and not getattr(config, "bad_words_ids", None)
+            and not getattr(config, "suppress_tokens", None)
+            and not getattr(config, "begin_suppress_tokens", None)
+            and not getattr(config, "forced_bos_token_id", None)
+            and getattr(config, "min_new_tokens", None) in (None, 0)
+            and getattr(config, "min_length", None) in (None, 0))
 
 
 def resolve_device(device: str | None) -> str:
@@ -111,10 +112,11 @@ class TransformersBackend(Backend):
 
     def __init__(self, model: str, device: str | None = None, dtype: str | torch.dtype | None = None,
                  device_map: str | None = None, attn_implementation: str | None = None,
-                 max_memory_gb: float | None = None) -> None:
+                 max_memory_gb: float | None = None, cache_turns: bool = True) -> None:
         """`device_map` ('auto') spreads a large model over the GPUs; `attn_implementation`: sdpa,
         flash_attention_2 or eager (default: flash-attention when installed on a GPU, else sdpa);
-        `max_memory_gb`: the memory the weights may use (default: what the device has)."""
+        `max_memory_gb`: the memory the weights may use (default: what the device has);
+        `cache_turns`: batched turns through the turn engine (KV caches kept between turns)."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         from core.backends.sizing import check_fits
@@ -150,6 +152,10 @@ class TransformersBackend(Backend):
         ids = self.tokenizer.convert_tokens_to_ids
         self.stop_ids = {ids("<|im_end|>"), ids("<|endoftext|>")}
         self._lock = threading.Lock()  # one generate at a time on one model
+        # generate_batch through core.backends.hf_turns (caches kept between turns), where the
+        # checkpoint's generation config asks for no logits processing the engine lacks
+        self.cache_turns = cache_turns and turn_engine_supports(self.model.generation_config)
+        self._turns = None
 
     # ---- generation ---------------------------------------------------------------------------
 
@@ -254,12 +260,27 @@ class TransformersBackend(Backend):
         """Left-padded batched generate; each row stops on its own stop string."""
         if not batch:
             return []
+        if getattr(self, "cache_turns", False):
+            return in_worker_thread(lambda: self._turn_engine_generate(batch, params))
         t0 = time.perf_counter()
         inputs = self._inputs(batch)
         prompt_len = inputs["input_ids"].shape[1]
         criteria = StopCriteria(self.tokenizer, params.stop, self.stop_ids, prompt_len, len(batch))
-        out = self._run_generate(inputs, params, criteria)
+        out = in_worker_thread(lambda: self._run_generate(inputs, params, criteria))
         seconds = time.perf_counter() - t0
         lengths = inputs["attention_mask"].sum(-1).tolist()
         return [self._finish(out, row, prompt_len, lengths[row], criteria, params, seconds)
                 for row in range(len(batch))]
+
+    def _turn_engine_generate(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
+        from core.backends.hf_turns import TurnEngine
+
+        with self._lock:
+            if self._turns is None:
+                self._turns = TurnEngine(self)
+            return self._turns.generate(batch, params)
+
+    def forget(self) -> None:
+        """Drop the conversations' caches kept between turns."""
+        if getattr(self, "_turns", None) is not None:
+            self._turns.forget()

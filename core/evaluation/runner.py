@@ -51,6 +51,9 @@ class _TimedBackend(Backend):
             self.seconds[id(messages)] = self.seconds.get(id(messages), 0.0) + share
         return out
 
+    def forget(self) -> None:
+        self.inner.forget()
+
 
 @dataclass
 class EvalResult:

@@ -1,0 +1,43 @@
+"""Where a generated turn stops: a protocol stop string, a stop token, or the caller's cancel.
+Shared by the transformers backend's `generate` paths and the turn engine (core.backends.hf_turns)."""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+STOP_WINDOW = 24  # tokens decoded from the end of each row when looking for a stop string
+
+
+class StopCriteria:
+    """Per-row stop on protocol stop strings or stop token ids; every row on `cancel`.
+
+    Records, for each row, how many new tokens it had when it stopped (`lengths`), so batched
+    output can be cut without guessing where padding starts.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], stop_ids: set[int], prompt_len: int,
+                 batch_size: int, cancel: threading.Event | None = None) -> None:
+        self.tokenizer, self.stops, self.stop_ids = tokenizer, tuple(stops), set(stop_ids)
+        self.prompt_len, self.cancel = prompt_len, cancel
+        self.abandoned = threading.Event()  # set when the caller stops reading a stream
+        self.lengths: list[int | None] = [None] * batch_size
+        self.cancelled = False
+
+    def row_done(self, new_tokens: list[int]) -> bool:
+        if new_tokens and new_tokens[-1] in self.stop_ids:
+            return True
+        tail = self.tokenizer.decode(new_tokens[-STOP_WINDOW:], skip_special_tokens=False)
+        return any(s in tail for s in self.stops)
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        n_new = input_ids.shape[1] - self.prompt_len
+        if self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set()):
+            self.cancelled = True
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done = []
+        for row, ids in enumerate(input_ids.tolist()):
+            if self.lengths[row] is None and self.row_done(ids[self.prompt_len:]):
+                self.lengths[row] = n_new
+            done.append(self.lengths[row] is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
