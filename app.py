@@ -156,10 +156,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(e)) from None
     from app.ask import preload_backend
 
-    preload_backend(studio)  # the model loads while gradio imports and the page builds (--preload: already)
+    loading = preload_backend(studio)  # the model loads while gradio imports and the page builds
     from app.ui import build_app, launch_kwargs
 
     demo = build_app(studio)
+    if loading is not None:  # serve once the model is ready, so the first Ask is as fast as the next
+        loading.join()
     host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else None)
     demo.queue(default_concurrency_limit=studio.max_concurrent_runs).launch(
         server_name=host, server_port=args.port, share=args.share, auth=pairs or None,

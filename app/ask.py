@@ -110,14 +110,27 @@ def preload_backend(studio: Studio) -> threading.Thread | None:
     def work() -> None:
         t0 = time.perf_counter()
         try:
-            get_backend(studio, AskSettings(backend=studio.backend, model=studio.model or ""))
+            backend = get_backend(studio, AskSettings(backend=studio.backend, model=studio.model or ""))
             logger.info("%s model loaded in the background in %.1f s", studio.backend, time.perf_counter() - t0)
+            if backend.name == "transformers":
+                warm_up(backend)
         except Exception as e:  # the first Ask retries and shows the error to the user
             logger.warning("loading the %s model in the background failed: %s", studio.backend, e)
 
     thread = threading.Thread(target=work, name="preload-model", daemon=True)
     thread.start()
     return thread
+
+
+def warm_up(backend: Backend) -> None:
+    """One short streamed turn on a small picture: the first forward pass pays one-off costs
+    (allocator, kernels, the vision tower's first run) that would otherwise land on the first Ask."""
+    t0 = time.perf_counter()
+    task = Task(question="What is shown?", image=Image.new("RGB", (224, 224), (128, 128, 128)))
+    config = LoopConfig(pixels=PixelLimits.preset(resolve_pixel_preset(model=backend.pixel_preset)))
+    for _ in backend.stream(Episode(task, config).messages, GenerationParams(max_new_tokens=4)):
+        pass
+    logger.info("model warmed up in %.1f s", time.perf_counter() - t0)
 
 
 # ---- media and examples ------------------------------------------------------------------------------
