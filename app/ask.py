@@ -22,8 +22,7 @@ from typing import Iterator
 from PIL import Image
 
 from app import Studio
-from app.examples import (VIDEO_SUFFIXES, _example_picture, expected_answer, load_examples,  # noqa: F401
-                          thumbnail)
+from app.examples import VIDEO_SUFFIXES
 from app.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend

@@ -14,6 +14,7 @@ import gradio as gr
 from app import ROOT, UI_ONLY, Studio
 from app import annotate, train_tab
 from app import ask as A
+from app import examples as E
 from app import inspector as I
 from core.backends import BACKENDS
 from core.paths import is_token
@@ -48,7 +49,7 @@ def visitor(studio: Studio, request: gr.Request | None) -> str | None:
 
 def build_app(studio: Studio) -> gr.Blocks:
     gr.set_static_paths(studio.served_dirs())  # never the whole data folder: the DB lives there
-    examples = A.load_examples(studio)
+    examples = E.load_examples(studio)
     default_backend = studio.backend
     default_model = studio.replay if studio.backend == "replay" else (studio.model or "")
 
@@ -70,7 +71,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         with gr.Row():
                             ask_btn = gr.Button("Ask", variant="primary", elem_id="ask-btn")
                             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                        gallery = gr.Gallery([(A.thumbnail(studio, e["media"]), e["label"]) for e in examples],
+                        gallery = gr.Gallery([(E.thumbnail(studio, e["media"]), e["label"]) for e in examples],
                                              label="Examples (click one)",
                                              columns=3, height=260, allow_preview=False, elem_id="examples",
                                              buttons=[])
@@ -107,14 +108,14 @@ def build_app(studio: Studio) -> gr.Blocks:
                         yield [], [], "⚠️ the settings must be numbers within the sliders' ranges"
                         return
                     yield from A.ask_stream(studio, media_path, q, settings, request.session_hash,
-                                            A.expected_answer(examples, media_path), visitor(studio, request))
+                                            E.expected_answer(examples, media_path), visitor(studio, request))
 
                 def pick_example(evt: gr.SelectData):
                     e = examples[evt.index]
                     return e["media"], e["question"]
 
                 def show_preview(path):
-                    video = bool(path) and Path(path).suffix.lower() in A.VIDEO_SUFFIXES
+                    video = bool(path) and Path(path).suffix.lower() in E.VIDEO_SUFFIXES
                     return (gr.update(value=path if path and not video else None, visible=bool(path) and not video),
                             gr.update(value=path if video else None, visible=video))
 

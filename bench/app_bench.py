@@ -34,7 +34,7 @@ WORDS = "sign car dog tree lamp shop bus door window person bicycle clock".split
 
 
 def picture():
-    from app.ask import _example_picture
+    from app.examples import _example_picture
     return _example_picture()
 
 
