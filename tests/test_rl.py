@@ -93,3 +93,20 @@ def test_the_ablation_report_compares_arms_at_their_last_common_eval_and_windows
     assert sorted(w) == [0, 1]  # steps 1-10 and 11-12
     assert w[0]["rapr"] == pytest.approx(0.55) and w[1]["rapr"] == pytest.approx(1.15)
     assert w[0]["rapr_video"] == 1.0  # steps without a video in the batch are left out, not counted as 0
+
+
+def test_queries_whose_media_cannot_be_read_are_skipped_not_fatal(queries, tmp_path):
+    from train.rl import load_queries
+
+    good = [json.loads(line) for line in (queries / "validation.jsonl").read_text().splitlines()]
+    broken = json.loads(json.dumps(good[0]))
+    broken["id"] = "broken"
+    bad_picture = tmp_path / "not-a-picture.png"
+    bad_picture.write_bytes(b"this is not a PNG")
+    broken["meta"]["task"]["media"] = str(bad_picture)
+    (queries / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in [broken, *good]) + "\n")
+    tasks = load_queries(str(queries), "mixed")
+    assert len(tasks) == len(good) and all(t.id != "broken" for t in tasks)
+    (queries / "only_broken.jsonl").write_text(json.dumps(broken) + "\n")
+    with pytest.raises(SystemExit, match="no usable RL queries"):
+        load_queries(str(queries), "only_broken")

@@ -36,7 +36,7 @@ import torch
 from core import protocol as P
 from core.backends.base import GenerationParams
 from core.loop import LoopConfig, Task
-from core.media import MemoryImageStore
+from core.media import MediaError, MemoryImageStore
 from core.operations import PIXEL_PRESETS, resolve_pixel_preset
 from train.metrics import MetricsJsonlCallback, metrics_row
 from train.rewards import group_advantages, informative_groups, shaped_rewards
@@ -129,7 +129,17 @@ def load_queries(data: str, split: str, categories=None, limit=None) -> list[Tas
     except EvalDataError as e:
         raise SystemExit(f"{e}; RL needs records with full-resolution originals (meta.task.media), "
                          "e.g. the validation split of `train synth`") from None
-    return [item.task() for item in items]
+    tasks, skipped = [], []
+    for item in items:
+        try:
+            tasks.append(item.task())
+        except (MediaError, ValueError) as e:  # one unreadable picture or video never stops the run
+            skipped.append(f"{item.id}: {str(e)[:200]}")
+    if skipped:
+        log.warning("skipped %d queries whose media the loop cannot use: %s", len(skipped), "; ".join(skipped[:5]))
+    if not tasks:
+        raise SystemExit(f"no usable RL queries in {data} ({split}): {len(skipped)} skipped")
+    return tasks
 
 
 # ---- the trainer -----------------------------------------------------------------------------
