@@ -25,6 +25,7 @@ from core.media import DiskImageStore, write_video
 from train.data import trajectory_to_sft_record
 from train.synth.tasks import CATEGORIES, VIDEO_FPS, make_item
 from train.synth.traces import closeup_item, item_task, make_trace, run_trace
+from train.synth.varied import preset
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class BuildConfig:
     notool_rate: float = 0.1
     closeups: int = 0  # training-only close-up reading records appended to the train split
     workers: int = 1  # processes; the records and files are the same whatever the number
+    variety: str = ""  # "" (the original generator), "train" (everything users vary), "control", "shift:<name>"
 
 
 def split_seed(seed: int, split: str, index: int) -> int:
@@ -70,15 +72,17 @@ def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
     seed = split_seed(cfg.seed, split, i)
     item_id = f"{split}-{i:05d}-{category}"
     rng = np.random.default_rng(seed + 1)
+    variety = preset(cfg.variety)
     if category == "closeup":
-        item = closeup_item(make_item("zoom_needed", seed, item_id), rng)
+        item = make_item("zoom_needed", seed, item_id, variety)
+        item = closeup_item(item if item.target else make_item("zoom_needed", seed, item_id), rng)
     else:
-        item = make_item(category, seed, item_id)
+        item = make_item(category, seed, item_id, variety)
     media_rel, video_path = None, None
     if split != "train":
         if item.frames is not None:
             media_rel = f"videos/{item_id}.mp4"
-            video_path = str(write_video(item.frames, out / media_rel, fps=VIDEO_FPS, qp=18))
+            video_path = str(write_video(item.frames, out / media_rel, fps=item.meta.get("fps", VIDEO_FPS), qp=18))
         else:
             media_rel = f"originals/{item_id}.png"
             (out / "originals").mkdir(parents=True, exist_ok=True)
@@ -94,16 +98,21 @@ def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
                             "media": media_rel, "kind": "video" if item.frames is not None else "image",
                             "target": [round(v, 4) for v in item.target] if item.target else None,
                             "visible_frames": item.visible_frames},
-                   **{k: v for k, v in item.meta.items() if k in ("kind", "tag_box", "glyph_box")}}
+                   **{k: v for k, v in item.meta.items() if k in VARIETY_META}}
     return rec
+
+
+VARIETY_META = ("kind", "tag_box", "glyph_box", "background", "canvas", "font", "jpeg", "distractors", "absent",
+                "boxes", "n_frames", "fps", "source_frames")
+"""Item meta kept in a record (the varied generator's only appear on its items)."""
 
 
 def _build_item(args: tuple) -> dict:
     return build_item(*args)
 
 
-def build_split(cfg: BuildConfig, split: str, n: int) -> list[dict]:
-    categories = categories_for(n) + (["closeup"] * cfg.closeups if split == "train" else [])
+def build_split(cfg: BuildConfig, split: str, n: int, categories: list[str] | None = None) -> list[dict]:
+    categories = categories or categories_for(n) + (["closeup"] * cfg.closeups if split == "train" else [])
     jobs = [(cfg, split, i, category) for i, category in enumerate(categories)]
     if cfg.workers <= 1 or len(jobs) < 2 * cfg.workers:
         return [build_item(*job) for job in jobs]
@@ -135,11 +144,28 @@ def build(cfg: BuildConfig) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train synth", description="Write the synthetic TinyZoom dataset.")
     for name, default in vars(BuildConfig()).items():
+        if name == "variety":  # a bare --variety means the training preset
+            ap.add_argument("--variety", nargs="?", const="train", default="",
+                            help="randomise what users vary: train (bare flag), control, shift:<name>")
+            continue
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     ap.add_argument("--examples", default=None, help="also write the app's example gallery to this folder")
+    ap.add_argument("--shift-suite", default=None, help="write the robustness shift suite (one TinyZoom folder per "
+                    "shift) to this folder instead of a dataset")
+    ap.add_argument("--per-shift", type=int, default=60, help="items per shift of --shift-suite")
     args = ap.parse_args(argv)
+    try:
+        preset(args.variety)
+    except ValueError as e:
+        ap.error(str(e))
+    suite, per_shift = vars(args).pop("shift_suite"), vars(args).pop("per_shift")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     examples = vars(args).pop("examples")
+    if suite:
+        from train.synth.shifts import build_suite
+
+        print(json.dumps({"out": suite, "sizes": build_suite(suite, per_shift, workers=args.workers)}))
+        return 0
     if examples:
         print(json.dumps({"examples": len(write_examples(examples))}))
         if args.train == args.validation == args.test == 0:

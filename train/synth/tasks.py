@@ -158,5 +158,10 @@ MAKERS = {"zoom_needed": zoom_needed, "zoom_optional": zoom_optional, "counting"
           "relative": relative, "video": video}
 
 
-def make_item(category: str, seed: int, item_id: str) -> Item:
+def make_item(category: str, seed: int, item_id: str, variety=None) -> Item:
+    """The item of a seed; with a `varied.Variety`, drawn by the opt-in varied generator instead."""
+    if variety is not None:
+        from train.synth.varied import make_varied
+
+        return make_varied(category, seed, item_id, variety)
     return MAKERS[category](np.random.default_rng(seed), item_id)
