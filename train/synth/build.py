@@ -98,13 +98,15 @@ def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
                             "media": media_rel, "kind": "video" if item.frames is not None else "image",
                             "target": [round(v, 4) for v in item.target] if item.target else None,
                             "visible_frames": item.visible_frames},
-                   **{k: v for k, v in item.meta.items() if k in VARIETY_META}}
+                   **{k: v for k, v in item.meta.items()
+                      if k in KEPT_META or (item.meta.get("variety") and k in VARIETY_META)}}
     return rec
 
 
-VARIETY_META = ("kind", "tag_box", "glyph_box", "background", "canvas", "font", "jpeg", "distractors", "absent",
+KEPT_META = ("kind", "tag_box", "glyph_box")
+VARIETY_META = ("background", "canvas", "font", "jpeg", "distractors", "absent",
                 "boxes", "n_frames", "fps", "source_frames")
-"""Item meta kept in a record (the varied generator's only appear on its items)."""
+"""Item meta kept in a record; the varied generator's items keep more (for the trace kinds and the report)."""
 
 
 def _build_item(args: tuple) -> dict:
