@@ -6,8 +6,9 @@ Each shift runs as `python -m core eval --bench tinyzoom --data <suite>/<shift>`
 the checkpoint, resumable run folder `<out>/<shift>`), in one process so the model loads once. The table
 (markdown; `report.md` and `shifts.json` in `<out>`) gives per shift: accuracy with the bootstrap 95%
 interval that `core.evaluation.report` computes, the zoom-needed and video items apart, the clean-call
-rate, and how the crops went on zoom-needed items (first crop holds the tag; a missed first crop
-recovered; two-step zooms). The table functions are pure, of the run folders' items.jsonl records.
+rate, and how the crops went on zoom-needed items (the first and the last crop hold the asked tag's glyph;
+a missed first crop recovered; two-step zooms). The table functions are pure, of the run folders'
+items.jsonl records.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def crop_outcomes(record: dict, glyph_box) -> dict | None:
     if not steps or not glyph_box:
         return None
     held = [contains(s["source_box_px"], glyph_box) for s in steps]
-    return {"first_hit": held[0], "recovered": (not held[0]) and any(held[1:]) and bool(record["correct"]),
+    return {"first_hit": held[0], "last_hit": held[-1],
+            "recovered": (not held[0]) and any(held[1:]) and bool(record["correct"]),
             "two_step": any((s.get("target_image") or 1) >= 2 for s in steps)}
 
 
@@ -54,6 +56,7 @@ def shift_row(name: str, records: list[dict], glyph_boxes: dict[str, list] | Non
             "focus_ci95": bootstrap_ci([r["score"] for r in focus], n_boot=n_boot),
             "clean_calls": group_stats(records)["clean_tool_call_share"] if records else None,
             "first_crop_hit": _rate(o["first_hit"] for o in outcomes),
+            "last_crop_hit": _rate(o["last_hit"] for o in outcomes),
             "missed_recovered": _rate(o["recovered"] for o in missed), "n_missed": len(missed),
             "two_step": _rate(o["two_step"] for o in outcomes)}
 
@@ -69,12 +72,13 @@ def _ci(acc, ci) -> str:
 def to_markdown(rows: list[dict], title: str = "") -> str:
     """The per-shift table: percentages, 95% intervals in brackets."""
     lines = ([f"### {title}", ""] if title else []) + [
-        "| shift | n | all % (95% CI) | zoom-needed / video % (95% CI) | clean calls % | first crop on the tag % "
-        "| missed first crop recovered % | two-step zooms % |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "| shift | n | all % (95% CI) | zoom-needed / video % (95% CI) | clean calls % | first / last crop on the "
+        "tag % | missed first crop recovered % | two-step zooms % |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['shift']} | {r['n']} | {_ci(r['accuracy'], r['ci95'])} | "
                      f"{_ci(r['focus_accuracy'], r['focus_ci95'])} (n={r['n_focus']}) | {_pct(r['clean_calls'])} | "
-                     f"{_pct(r['first_crop_hit'])} | {_pct(r['missed_recovered'])} (of {r['n_missed']}) | "
+                     f"{_pct(r['first_crop_hit'])} / {_pct(r['last_crop_hit'])} | "
+                     f"{_pct(r['missed_recovered'])} (of {r['n_missed']}) | "
                      f"{_pct(r['two_step'])} |")
     return "\n".join(lines) + "\n"
 
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.loop import LoopConfig
 
     ap = argparse.ArgumentParser(prog="python -m train shift-report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="data/shifts", help="the shift suite folder (python -m train synth --shift-suite)")
+    ap.add_argument("--suite", default="data/shifts", help="the suite (python -m train synth --shift-suite)")
     ap.add_argument("--out", help="run folders go to <out>/<shift> (default runs/shifts/<model name>)")
     ap.add_argument("--shifts", help="comma-separated shift names (default: every folder)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N items of each shift")

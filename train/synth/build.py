@@ -45,6 +45,7 @@ class BuildConfig:
     closeups: int = 0  # training-only close-up reading records appended to the train split
     workers: int = 1  # processes; the records and files are the same whatever the number
     variety: str = ""  # "" (the original generator), "train" (everything users vary), "control", "shift:<name>"
+    variety_share: float = 1.0  # with a variety: the share of items it draws (by seed); the rest are the original's
 
 
 def split_seed(seed: int, split: str, index: int) -> int:
@@ -72,7 +73,7 @@ def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
     seed = split_seed(cfg.seed, split, i)
     item_id = f"{split}-{i:05d}-{category}"
     rng = np.random.default_rng(seed + 1)
-    variety = preset(cfg.variety)
+    variety = preset(cfg.variety) if (seed % 10_000) < cfg.variety_share * 10_000 else None
     if category == "closeup":
         item = make_item("zoom_needed", seed, item_id, variety)
         item = closeup_item(item if item.target else make_item("zoom_needed", seed, item_id), rng)

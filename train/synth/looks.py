@@ -109,7 +109,7 @@ def _photo(rng, w, h) -> Image.Image:
     for _ in range(int(rng.integers(15, 60))):  # trees, rocks, houses: soft blobs
         x, y = int(rng.integers(0, w)), int(rng.integers(horizon - h // 10, h))
         r = int(rng.integers(max(4, w // 100), max(8, w // 15)))
-        tone = np.clip(rng.integers(40, 160) + rng.integers(-30, 31, 3), 0, 255)  # muted: never a shape question's colour
+        tone = np.clip(rng.integers(40, 160) + rng.integers(-30, 31, 3), 0, 255)  # muted: no shape question's colour
         d.ellipse([x - r, y - 2 * r, x + r, y], fill=S.rgb(tone))
     img = img.filter(ImageFilter.GaussianBlur(max(1.0, w / 900))).resize((fw, fh), Image.BICUBIC)
     arr = np.asarray(img, np.float32) + 6 * rng.standard_normal((fh, fw, 1), dtype=np.float32)
@@ -203,7 +203,7 @@ def place(rng: np.random.Generator, size: tuple[int, int], canvas: tuple[int, in
             side = int(rng.integers(0, 4))
             x0 = int(rng.integers(m, max(m + 1, W - tw - m)))
             y0 = int(rng.integers(m, max(m + 1, H - th - m)))
-            x0, y0 = (m, y0) if side == 0 else (W - tw - m, y0) if side == 1 else (x0, m) if side == 2 else (x0, H - th - m)
+            x0, y0 = ((m, y0), (W - tw - m, y0), (x0, m), (x0, H - th - m))[side]
         else:
             x0 = int(rng.integers(int(0.04 * W), max(int(0.04 * W) + 1, int(0.96 * W) - tw)))
             y0 = int(rng.integers(int(0.04 * H), max(int(0.04 * H) + 1, int(0.96 * H) - th)))

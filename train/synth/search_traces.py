@@ -104,7 +104,7 @@ def count_crops(item, rng) -> Trace | None:
     final = f"I count {n} {s}.\n\n{boxed(n)}"
     if len(boxes) <= 3:
         turns = [f"I will zoom in on each of the {s}, one at a time.\n\n{crop_call(noisy_box(rng, boxes[0], 0.01))}"]
-        turns += [f"That is one. I will zoom in on the next.\n\n{crop_call(noisy_box(rng, b, 0.01))}" for b in boxes[1:]]
+        turns += [f"I will zoom in on the next one.\n\n{crop_call(noisy_box(rng, b, 0.01))}" for b in boxes[1:]]
         return Trace("count_crops", turns + [final], [True] * (len(turns) + 1))
     region = _union(boxes)
     if region[2] - region[0] > 0.75 or region[3] - region[1] > 0.75:

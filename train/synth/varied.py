@@ -24,7 +24,7 @@ BASE_SIDE = 1120
 
 @dataclass(frozen=True)
 class Variety:
-    long_side: tuple[int, int] | None = None  # canvas long side range in px (log-uniform); None: original 896-1344 square-ish
+    long_side: tuple[int, int] | None = None  # canvas long side range, px (log-uniform); None: the original 896-1344
     aspect: tuple[float, float] = (1.0, 1.0)  # long/short side ratio range
     portrait_rate: float = 0.5  # share of portrait canvases (when aspect > 1)
     size: tuple[int, int] | None = None  # a fixed (width, height), overriding long_side/aspect
@@ -134,7 +134,8 @@ class Canvas:
         for _ in range(_between(self.rng, self.v.extra_shapes)):
             side = self.px(float(self.rng.uniform(40, 110)))
             box = L.place(self.rng, (side, side), (self.w, self.h), "anywhere", self.avoid, self.px(20))
-            S.draw_shape(d, str(self.rng.choice(S.SHAPES)), box, S.SHAPE_COLORS[str(self.rng.choice(list(S.SHAPE_COLORS)))])
+            shape = str(self.rng.choice(S.SHAPES))
+            S.draw_shape(d, shape, box, S.SHAPE_COLORS[str(self.rng.choice(list(S.SHAPE_COLORS)))])
             self.avoid.append(box)
 
     def finish(self):
@@ -176,7 +177,8 @@ def zoom_optional(rng: np.random.Generator, item_id: str, v: Variety) -> Item:
     side = min(c.px(float(rng.uniform(220, 380))), w // 2 - c.px(70), h - c.px(60))
     left = bool(rng.integers(0, 2))
     m = c.px(30)
-    x0 = int(rng.integers(m, max(m + 1, w // 2 - side - m))) if left else int(rng.integers(w // 2 + m, max(w // 2 + m + 1, w - side - m)))
+    lo = m if left else w // 2 + m
+    x0 = int(rng.integers(lo, max(lo + 1, (w // 2 if left else w) - side - m)))
     y0 = int(rng.integers(m, max(m + 1, h - side - m)))
     box = (x0, y0, x0 + side, y0 + side)
     S.draw_shape(ImageDraw.Draw(c.img), shape, box, S.SHAPE_COLORS[color])
