@@ -116,23 +116,6 @@ def _photo(rng, w, h) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def clutter(img: Image.Image, rng: np.random.Generator, scale: float, n: tuple[int, int] = (25, 45)) -> None:
-    """The original generator's low-contrast greyish marks, sized with the canvas."""
-    w, h = img.size
-    d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(*n))):
-        col = S.rgb(np.clip(rng.integers(70, 190) + rng.integers(-25, 26, 3), 0, 255))
-        x0, y0 = int(rng.integers(-40, w)), int(rng.integers(-40, h))
-        bw, bh = int(rng.integers(20, 160) * scale), int(rng.integers(20, 160) * scale)
-        kind = rng.integers(0, 3)
-        if kind == 0:
-            d.rectangle([x0, y0, x0 + bw, y0 + bh], fill=col)
-        elif kind == 1:
-            d.ellipse([x0, y0, x0 + bw, y0 + bh], fill=col)
-        else:
-            d.line([x0, y0, x0 + bw, y0 + bh], fill=col, width=max(1, int(rng.integers(3, 10) * scale)))
-
-
 def background(rng: np.random.Generator, w: int, h: int, kind: str) -> Image.Image:
     """A background of the given kind (BACKGROUNDS)."""
     scale = max(w, h) / 1120
@@ -140,7 +123,7 @@ def background(rng: np.random.Generator, w: int, h: int, kind: str) -> Image.Ima
         if max(w, h) <= 1400:
             return S.background(rng, w, h)
         img = S.background(rng, w, h)  # its clutter is sized for ~1100 px: add some at this scale
-        clutter(img, rng, scale, (10, 25))
+        S.clutter(img, rng, scale, (10, 25))
         return img
     if kind == "white":
         return Image.new("RGB", (w, h), (255, 255, 255))
@@ -160,7 +143,7 @@ def background(rng: np.random.Generator, w: int, h: int, kind: str) -> Image.Ima
     else:
         raise ValueError(f"unknown background {kind!r}; choose one of {', '.join(BACKGROUNDS)}")
     if rng.random() < 0.7:
-        clutter(img, rng, scale, (5, 40))
+        S.clutter(img, rng, scale, (5, 40))
     return img
 
 

@@ -16,7 +16,8 @@ from PIL import ImageDraw
 from core.media import overview_indices
 from train.synth import looks as L
 from train.synth import scenes as S
-from train.synth.tasks import OVERVIEW, VIDEO_FPS, VIDEO_FRAMES, VIDEO_SIZE, Item, canvas_size, norm_box
+from train.synth.tasks import (OVERVIEW, VIDEO_FPS, VIDEO_FRAMES, VIDEO_SIZE, Item, canvas_size, drifting_frames,
+                               norm_box)
 
 BASE_SIDE = 1120
 """The original canvas's typical long side: sizes given "at the original scale" are multiplied by long/1120."""
@@ -268,17 +269,7 @@ def video(rng: np.random.Generator, item_id: str, v: Variety) -> Item:
     font = fonts[0] if v.fonts == "default" else str(rng.choice(list(fonts)))
     gpx = int(rng.integers(22, 26))
     box, gbox = L.draw_tag(sign, rng, S.TAG_COLORS["red"], glyph, gpx, font, 0.0, "anywhere", [])
-    movers = [(int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(-4, 5)), int(rng.integers(-3, 4)),
-               S.rgb(rng.integers(70, 190, 3))) for _ in range(4)]
-    frames = []
-    for t in range(n_src):
-        f = (sign if lo <= t <= hi else base).copy()
-        d = ImageDraw.Draw(f)
-        for x, y, vx, vy, col in movers:
-            cx, cy = (x + vx * t) % w, (y + vy * t) % h
-            if not S.overlaps((cx - 18, cy - 18, cx + 18, cy + 18), box):
-                d.ellipse([cx - 18, cy - 18, cx + 18, cy + 18], fill=col)
-        frames.append(f)
+    frames = drifting_frames(rng, base, sign, box, n_src, lo, hi)
     return Item(item_id, "video", "What is written on the red sign that appears in the video?", glyph,
                 frames=frames, visible_frames=visible, target=norm_box(box, w, h), subject="red sign",
                 meta={"tag_box": list(box), "glyph_box": list(gbox), "source_frames": [lo, hi], "fps": fps,
