@@ -215,3 +215,15 @@ def test_the_report_computes_intervals_and_crop_outcomes_on_a_known_input():
     assert row["two_step"] == 0.3333 and row["last_crop_hit"] == 0.6667
     table = to_markdown([row], "t")
     assert "| x | 5 | 60 (" in table and "75 (" in table and "50 (of 2)" in table
+
+
+def test_the_variety_flag_builds_varied_records_and_rejects_unknown_names(tmp_path, capsys):
+    from train.synth.build import main
+
+    assert main(["--out", str(tmp_path), "--train", "3", "--validation", "0", "--test", "0", "--variety"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all("background" in r["meta"] for r in records)
+    assert json.loads((tmp_path / "dataset.json").read_text())["config"]["variety"] == "train"
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path), "--variety", "shift:nope"])
+    assert e.value.code == 2 and "unknown shift 'nope'" in capsys.readouterr().err

@@ -244,7 +244,8 @@ def video(rng: np.random.Generator, item_id: str, v: Variety) -> Item:
     w, h = v.video_sizes[int(rng.integers(0, len(v.video_sizes)))]
     n_src = _between(rng, v.video_frames) if v.video_frames else VIDEO_FRAMES
     fps = round(float(rng.uniform(*v.video_fps)), 1) if v.video_fps else VIDEO_FPS
-    base = L.background(rng, w, h, str(rng.choice(list(v.backgrounds))))
+    bg = str(rng.choice(list(v.backgrounds)))
+    base = L.background(rng, w, h, bg)
     idx = overview_indices(n_src, OVERVIEW)
     n_over = len(idx)
     if v.sign_frames is None:  # the original timing: 3 overview frames, a frame of slack each side
@@ -273,7 +274,7 @@ def video(rng: np.random.Generator, item_id: str, v: Variety) -> Item:
     return Item(item_id, "video", "What is written on the red sign that appears in the video?", glyph,
                 frames=frames, visible_frames=visible, target=norm_box(box, w, h), subject="red sign",
                 meta={"tag_box": list(box), "glyph_box": list(gbox), "source_frames": [lo, hi], "fps": fps,
-                      "n_frames": n_src, "variety": True})
+                      "background": bg, "n_frames": n_src, "variety": True})
 
 
 MAKERS = {"zoom_needed": zoom_needed, "zoom_optional": zoom_optional, "counting": counting,
