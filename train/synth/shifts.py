@@ -65,13 +65,15 @@ SHIFTS: dict[str, Shift] = {
 
 
 def shift_categories(shift: Shift, n: int) -> list[str]:
-    """n categories with MIX's shares among the shift's categories (largest remainder rounding)."""
+    """n categories with MIX's shares among the shift's categories (largest remainder rounding),
+    interleaved so that every prefix (`--limit`) keeps the shares."""
     total = sum(MIX[c] for c in shift.categories)
     shares = {c: MIX[c] / total * n for c in shift.categories}
     counts = {c: int(v) for c, v in shares.items()}
     for c in sorted(shares, key=lambda c: shares[c] - counts[c], reverse=True)[: n - sum(counts.values())]:
         counts[c] += 1
-    return [c for c in shift.categories for _ in range(counts[c])]
+    spread = [((j + 0.5) / counts[c], i, c) for i, c in enumerate(shift.categories) for j in range(counts[c])]
+    return [c for _, _, c in sorted(spread)]
 
 
 def build_suite(out: str | Path, per_shift: int = 60, names: list[str] | None = None, workers: int = 1,
