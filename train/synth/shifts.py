@@ -91,7 +91,7 @@ def build_suite(out: str | Path, per_shift: int = 60, names: list[str] | None = 
         tmp = folder / "test.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         tmp.replace(folder / "test.jsonl")
-        variety = {k: v for k, v in asdict(shift.variety).items() if k != "extra"}
+        variety = asdict(shift.variety)
         (folder / "dataset.json").write_text(json.dumps({"shift": name, "note": shift.note, "seed": seed,
                                                          "categories": list(shift.categories), "variety": variety,
                                                          "sizes": {"test": len(records)}}, indent=2))

@@ -8,7 +8,7 @@ one field of CONTROL at a time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import ImageDraw
@@ -45,8 +45,7 @@ class Variety:
     video_fps: tuple[float, float] | None = None  # None: the original 8
     sign_frames: tuple[int, int] | None = None  # source frames showing the sign; None: the original ~3 overview frames
     sign_edge_rate: float = 0.0  # share of videos whose sign shows in the first or last frames
-    video_sizes: tuple[tuple[int, int], ...] = (VIDEO_SIZE,)
-    extra: dict = field(default_factory=dict, compare=False)  # free notes kept in dataset.json
+    video_sizes: tuple[tuple[int, int], ...] = (VIDEO_SIZE,)  # drawn uniformly
 
 
 CONTROL = Variety()
@@ -95,7 +94,7 @@ class Canvas:
         self.bg = str(rng.choice(list(v.backgrounds)))
         self.img = L.background(rng, w, h, self.bg)
         fonts = L.installed_fonts()
-        pool = fonts[:1] if v.fonts == "default" else fonts[1:] or fonts if v.fonts == "others" else fonts
+        pool = {"default": fonts[:1], "others": fonts[1:] or fonts}.get(v.fonts, fonts)
         self.font = str(rng.choice(list(pool)))
         self.avoid: list = []
         self.meta = {"background": self.bg, "canvas": [w, h], "font": self.font.rsplit("/", 1)[-1] or "default"}
@@ -118,11 +117,12 @@ class Canvas:
         self.avoid.append(box)
         return box, gbox
 
-    def look_alikes(self, not_color: str, glyph_px: int) -> list[dict]:
-        """Distractor tags of other colours and glyph-like marks, kept clear of what is placed."""
+    def look_alikes(self, not_color: str, glyph_px: int, tags: tuple[int, int] | None = None) -> list[dict]:
+        """Distractor tags of other colours (`tags` overrides the variety's count range) and glyph-like
+        marks, kept clear of what is placed."""
         out = []
         others = [c for c in L.DISTRACTOR_COLORS if c != not_color]
-        for _ in range(_between(self.rng, self.v.distractor_tags)):
+        for _ in range(_between(self.rng, tags or self.v.distractor_tags)):
             color = str(self.rng.choice(others))
             box, _ = self.tag(color, str(self.rng.choice(list(S.GLYPHS))), glyph_px)
             out.append({"color": color, "box": list(box)})
@@ -157,9 +157,7 @@ def zoom_needed(rng: np.random.Generator, item_id: str, v: Variety) -> Item:
     gpx = c.glyph_px()
     question = f"What is written on the {color} tag?"
     if rng.random() < v.absent_rate:  # only other colours' tags: the honest answer is that there is none
-        v2 = replace(v, distractor_tags=(max(1, v.distractor_tags[0]), max(2, v.distractor_tags[1])))
-        c.v = v2
-        tags = c.look_alikes(color, gpx)
+        tags = c.look_alikes(color, gpx, (max(1, v.distractor_tags[0]), max(2, v.distractor_tags[1])))
         c.shapes()
         return Item(item_id, "zoom_needed", question, "none", image=c.finish(), subject=f"{color} tag",
                     meta={**c.meta, "absent": True, "distractors": tags, "color": color, "variety": True})
