@@ -228,3 +228,20 @@ def test_the_variety_flag_builds_varied_records_and_rejects_unknown_names(tmp_pa
     with pytest.raises(SystemExit) as e:
         main(["--out", str(tmp_path), "--variety", "shift:nope"])
     assert e.value.code == 2 and "unknown shift 'nope'" in capsys.readouterr().err
+
+
+def test_shift_report_command_evaluates_every_shift_folder(tmp_path, capsys):
+    from train.shift_report import main
+
+    build_suite(tmp_path / "suite", per_shift=3, names=["control", "video_short"])
+    replay = tmp_path / "turns.json"
+    replay.write_text(json.dumps(["It reads left.\n\n\\boxed{left}"]))
+    out = tmp_path / "out"
+    assert main(["--suite", str(tmp_path / "suite"), "--backend", "replay", "--replay", str(replay),
+                 "--out", str(out)]) == 0
+    rows = json.loads((out / "shifts.json").read_text())["rows"]
+    assert [r["shift"] for r in rows] == ["control", "video_short"] and all(r["n"] == 3 for r in rows)
+    truths = [i.truth for i in load_items("tinyzoom", tmp_path / "suite" / "control")]
+    assert rows[0]["accuracy"] == round(truths.count("left") / 3, 4) and rows[1]["accuracy"] == 0.0
+    assert (out / "control" / "items.jsonl").is_file() and "| video_short | 3 |" in capsys.readouterr().out
+    assert main(["--suite", str(tmp_path / "nowhere"), "--backend", "replay", "--replay", str(replay)]) == 2
