@@ -11,6 +11,7 @@
 # default: cores - 1), PYTHON.
 # Stages 3 to 5 keep the card's CPU settings (batch 8, float32) wherever they run, so that the recipe is
 # the same; stage 6 uses bf16 only on a GPU.
+# The robustness retrain continues from the result: FROM=DEST bash scripts/train_robust.sh (docs/robustness.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)

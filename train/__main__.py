@@ -15,6 +15,7 @@ COMMANDS = {
     "sft": "train.sft",  # supervised fine-tuning on multi-turn, multi-image traces
     "rl": "train.rl",  # curiosity-driven GRPO with tool-loop rollouts
     "vision": "train.vision",  # pre-train the tiny vision tower on per-token labels (before sft)
+    "shift-report": "train.shift_report",  # evaluate a model over the robustness shift suite
 }
 
 

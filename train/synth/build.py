@@ -16,23 +16,22 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from core.media import DiskImageStore, write_video
 from tqdm import tqdm
 
+from core.media import DiskImageStore, write_video
 from core.records import TaskRecord, trajectory_to_sft_record, write_dataset_card
-from train.synth.tasks import CATEGORIES, VIDEO_FPS, make_item
+from train.synth.search_traces import search_trace
+from train.synth.shifts import SHIFTS, SUITE_SEED, preset, shift_categories
+from train.synth.tasks import CATEGORIES, MIX, VIDEO_FPS, make_item
 from train.synth.traces import closeup_item, item_task, make_trace, run_trace
+from train.synth.varied import make_varied
 
 log = logging.getLogger(__name__)
-
-MIX = {"zoom_needed": 0.36, "zoom_optional": 0.24, "counting": 0.1, "relative": 0.1, "video": 0.2}
-"""Share of each category in a split (the test split rounds up to whole items per category)."""
-
 
 @dataclass
 class BuildConfig:
@@ -46,6 +45,8 @@ class BuildConfig:
     closeups: int = 0  # training-only close-up reading records appended to the train split
     workers: int = 1  # processes; the records and files are the same whatever the number
     progress: bool = True  # a progress bar per split (stderr)
+    variety: str = ""  # "" (the original generator), "train" (everything users vary), "control", "shift:<name>"
+    variety_share: float = 1.0  # with a variety: the share of items it draws (by seed); the rest are the original's
 
 
 def split_seed(seed: int, split: str, index: int) -> int:
@@ -62,6 +63,18 @@ def categories_for(n: int) -> list[str]:
     return [c for c in CATEGORIES for _ in range(counts[c])]
 
 
+def draw_item(category: str, seed: int, item_id: str, variety=None):
+    """The item of a seed: the original generator's, or with a `Variety` the varied generator's."""
+    return make_item(category, seed, item_id) if variety is None else make_varied(category, seed, item_id, variety)
+
+
+def draw_trace(item, rng: np.random.Generator, correction_rate: float, notool_rate: float):
+    """A varied item may get a search trace (two-step zoom, colour fix, not found, object crops);
+    every other item draws exactly as the original generator's did."""
+    trace = search_trace(item, rng) if item.meta.get("variety") else None
+    return trace if trace is not None else make_trace(item, rng, correction_rate, notool_rate)
+
+
 def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
     """One record: the item, its media on disk, its scripted trace replayed through the real loop.
 
@@ -73,20 +86,22 @@ def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
     seed = split_seed(cfg.seed, split, i)
     item_id = f"{split}-{i:05d}-{category}"
     rng = np.random.default_rng(seed + 1)
+    variety = preset(cfg.variety) if (seed % 10_000) < cfg.variety_share * 10_000 else None
     if category == "closeup":
-        item = closeup_item(make_item("zoom_needed", seed, item_id), rng)
+        item = draw_item("zoom_needed", seed, item_id, variety)
+        item = closeup_item(item if item.target else make_item("zoom_needed", seed, item_id), rng)
     else:
-        item = make_item(category, seed, item_id)
+        item = draw_item(category, seed, item_id, variety)
     media_rel, video_path = None, None
     if split != "train":
         if item.frames is not None:
             media_rel = f"videos/{item_id}.mp4"
-            video_path = str(write_video(item.frames, out / media_rel, fps=VIDEO_FPS, qp=18))
+            video_path = str(write_video(item.frames, out / media_rel, fps=item.meta.get("fps", VIDEO_FPS), qp=18))
         else:
             media_rel = f"originals/{item_id}.png"
             (out / "originals").mkdir(parents=True, exist_ok=True)
             item.image.save(out / media_rel)
-    trace = make_trace(item, rng, cfg.correction_rate, cfg.notool_rate)
+    trace = draw_trace(item, rng, cfg.correction_rate, cfg.notool_rate)
     traj = run_trace(item_task(item, video_path, media_rel), trace, store)
     if traj.answer != item.answer:
         raise RuntimeError(f"{item_id}: scripted answer {traj.answer!r} != ground truth {item.answer!r}")
@@ -97,16 +112,23 @@ def build_item(cfg: BuildConfig, split: str, i: int, category: str) -> dict:
                                       kind="video" if item.frames is not None else "image",
                                       target=[round(v, 4) for v in item.target] if item.target else None,
                                       visible_frames=item.visible_frames).to_dict(),
-                   **{k: v for k, v in item.meta.items() if k in ("kind", "tag_box", "glyph_box")}}
+                   **{k: v for k, v in item.meta.items()
+                      if k in KEPT_META or (item.meta.get("variety") and k in VARIETY_META)}}
     return rec
+
+
+KEPT_META = ("kind", "tag_box", "glyph_box")
+VARIETY_META = ("background", "canvas", "font", "jpeg", "distractors", "absent",
+                "boxes", "n_frames", "fps", "source_frames")
+"""Item meta kept in a record; the varied generator's items keep more (for the trace kinds and the report)."""
 
 
 def _build_item(args: tuple) -> dict:
     return build_item(*args)
 
 
-def build_split(cfg: BuildConfig, split: str, n: int) -> list[dict]:
-    categories = categories_for(n) + (["closeup"] * cfg.closeups if split == "train" else [])
+def build_split(cfg: BuildConfig, split: str, n: int, categories: list[str] | None = None) -> list[dict]:
+    categories = categories or categories_for(n) + (["closeup"] * cfg.closeups if split == "train" else [])
     jobs = [(cfg, split, i, category) for i, category in enumerate(categories)]
     bar = dict(desc=split, total=len(jobs), unit="record", disable=not cfg.progress or not jobs)
     if cfg.workers <= 1 or len(jobs) < 2 * cfg.workers:
@@ -140,16 +162,55 @@ def build(cfg: BuildConfig) -> dict[str, int]:
     return sizes
 
 
+def build_suite(out: str | Path, per_shift: int = 60, names: list[str] | None = None, workers: int = 1,
+                seed: int = SUITE_SEED) -> dict[str, int]:
+    """Write one test split per shift under `out`; returns the items written per shift."""
+    out = Path(out)
+    sizes = {}
+    for name in names or SHIFTS:
+        shift = SHIFTS[name]
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = BuildConfig(out=str(folder), train=0, validation=0, test=per_shift, seed=seed, workers=workers,
+                          variety=f"shift:{name}", correction_rate=0.0, notool_rate=0.0)
+        records = build_split(cfg, f"shift-{name}", per_shift, shift_categories(shift, per_shift))
+        tmp = folder / "test.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        tmp.replace(folder / "test.jsonl")
+        variety = asdict(shift.variety)
+        (folder / "dataset.json").write_text(json.dumps({"shift": name, "note": shift.note, "seed": seed,
+                                                         "categories": list(shift.categories), "variety": variety,
+                                                         "sizes": {"test": len(records)}}, indent=2))
+        sizes[name] = len(records)
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train synth", description="Write the synthetic TinyZoom dataset.")
     for name, default in vars(BuildConfig()).items():
-        if name != "progress":
-            ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        if name == "progress":
+            continue
+        if name == "variety":  # a bare --variety means the training preset
+            ap.add_argument("--variety", nargs="?", const="train", default="",
+                            help="randomise what users vary: train (bare flag), control, shift:<name>")
+            continue
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     ap.add_argument("--examples", default=None, help="also write the app's example gallery to this folder")
+    ap.add_argument("--shift-suite", default=None, help="write the robustness shift suite (one TinyZoom folder per "
+                    "shift) to this folder instead of a dataset")
+    ap.add_argument("--per-shift", type=int, default=60, help="items per shift of --shift-suite")
     args = ap.parse_args(argv)
+    try:
+        preset(args.variety)
+    except ValueError as e:
+        ap.error(str(e))
+    suite, per_shift = vars(args).pop("shift_suite"), vars(args).pop("per_shift")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     examples = vars(args).pop("examples")
+    if suite:
+        print(json.dumps({"out": suite, "sizes": build_suite(suite, per_shift, workers=args.workers)}))
+        return 0
     if examples:
         print(json.dumps({"examples": len(write_examples(examples))}))
         if args.train == args.validation == args.test == 0:

@@ -52,20 +52,25 @@ def background(rng: np.random.Generator, width: int, height: int) -> Image.Image
     ys = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None, None]
     arr = np.clip(base + gx * xs + gy * ys, 0, 255)
     img = Image.fromarray(arr.astype(np.uint8))
+    clutter(img, rng)
+    return img
+
+
+def clutter(img: Image.Image, rng: np.random.Generator, scale: float = 1.0, n: tuple[int, int] = (25, 45)) -> None:
+    """Low-contrast greyish marks (rectangles, ellipses, lines), sized by `scale`: never a saturated blob."""
+    width, height = img.size
     d = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(25, 45))):
-        base = rng.integers(70, 190)
-        col = rgb(np.clip(base + rng.integers(-25, 26, 3), 0, 255))  # greyish: never a saturated blob
+    for _ in range(int(rng.integers(*n))):
+        col = rgb(np.clip(rng.integers(70, 190) + rng.integers(-25, 26, 3), 0, 255))
         x0, y0 = int(rng.integers(-40, width)), int(rng.integers(-40, height))
-        w, h = int(rng.integers(20, 160)), int(rng.integers(20, 160))
+        w, h = int(rng.integers(20, 160) * scale), int(rng.integers(20, 160) * scale)
         kind = rng.integers(0, 3)
         if kind == 0:
             d.rectangle([x0, y0, x0 + w, y0 + h], fill=col)
         elif kind == 1:
             d.ellipse([x0, y0, x0 + w, y0 + h], fill=col)
         else:
-            d.line([x0, y0, x0 + w, y0 + h], fill=col, width=int(rng.integers(3, 10)))
-    return img
+            d.line([x0, y0, x0 + w, y0 + h], fill=col, width=max(1, int(rng.integers(3, 10) * scale)))
 
 
 def draw_glyph_tag(img: Image.Image, rng: np.random.Generator, color: str, glyph: str,

@@ -127,6 +127,24 @@ def relative(rng: np.random.Generator, item_id: str) -> Item:
     return Item(item_id, "relative", q, a, image=img, subject=f"{c1} {s1}|{c2} {s2}")
 
 
+def drifting_frames(rng: np.random.Generator, base, sign, sign_box, n: int, lo: int, hi: int) -> list:
+    """n frames of four drifting muted discs over `base`, showing `sign` (the base with the sign drawn)
+    in source frames lo..hi; the discs never cover the sign."""
+    w, h = base.size
+    movers = [(int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(-4, 5)), int(rng.integers(-3, 4)),
+               S.rgb(rng.integers(70, 190, 3))) for _ in range(4)]
+    frames = []
+    for t in range(n):
+        f = (sign if lo <= t <= hi else base).copy()
+        d = ImageDraw.Draw(f)
+        for x, y, vx, vy, col in movers:
+            cx, cy = (x + vx * t) % w, (y + vy * t) % h
+            if not S.overlaps((cx - 18, cy - 18, cx + 18, cy + 18), sign_box):
+                d.ellipse([cx - 18, cy - 18, cx + 18, cy + 18], fill=col)
+        frames.append(f)
+    return frames
+
+
 def video(rng: np.random.Generator, item_id: str) -> Item:
     """Drifting muted shapes; a red sign with a glyph shows during 3 consecutive overview frames."""
     w, h = VIDEO_SIZE
@@ -138,17 +156,7 @@ def video(rng: np.random.Generator, item_id: str) -> Item:
     glyph = str(rng.choice(list(S.GLYPHS)))
     sign = base.copy()
     tag = S.draw_glyph_tag(sign, rng, "red", glyph, glyph_px=int(rng.integers(22, 26)), margin=0.06)
-    movers = [(int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(-4, 5)), int(rng.integers(-3, 4)),
-               S.rgb(rng.integers(70, 190, 3))) for _ in range(4)]
-    frames = []
-    for t in range(VIDEO_FRAMES):
-        f = (sign if lo <= t <= hi else base).copy()
-        d = ImageDraw.Draw(f)
-        for x, y, vx, vy, col in movers:
-            cx, cy = (x + vx * t) % w, (y + vy * t) % h
-            if not S.overlaps((cx - 18, cy - 18, cx + 18, cy + 18), tag.box):
-                d.ellipse([cx - 18, cy - 18, cx + 18, cy + 18], fill=col)
-        frames.append(f)
+    frames = drifting_frames(rng, base, sign, tag.box, VIDEO_FRAMES, lo, hi)
     return Item(item_id, "video", "What is written on the red sign that appears in the video?", glyph,
                 frames=frames, visible_frames=visible, target=norm_box(tag.box, w, h), subject="red sign",
                 meta={"tag_box": list(tag.box), "glyph_box": list(tag.glyph_box), "source_frames": [lo, hi]})
@@ -158,5 +166,10 @@ MAKERS = {"zoom_needed": zoom_needed, "zoom_optional": zoom_optional, "counting"
           "relative": relative, "video": video}
 
 
+MIX = {"zoom_needed": 0.36, "zoom_optional": 0.24, "counting": 0.1, "relative": 0.1, "video": 0.2}
+"""Share of each category in a split (the test split rounds up to whole items per category)."""
+
+
 def make_item(category: str, seed: int, item_id: str) -> Item:
+    """The item of a seed (the original generator; `varied.make_varied` draws the opt-in varied one)."""
     return MAKERS[category](np.random.default_rng(seed), item_id)

@@ -9,7 +9,9 @@ Trace kinds (mixed as the paper describes):
 * correction - a wrong box whose crop shows nothing, then the corrected box (the wrong turn is
                masked with train_turns), then the answer;
 * textual    - a direct answer for items readable in the overview (tools offered or not);
-* video      - select_frames on the overview frames where the sign shows, then the answer.
+* video      - select_frames on the overview frames where the sign shows, then the answer;
+* varied items (`varied`) may instead get a `search_traces` kind (two-step zoom, colour correction,
+  not found, counting and relation crops).
 """
 from __future__ import annotations
 
@@ -89,7 +91,8 @@ def textual_answer(item: Item) -> str:
 
 def make_trace(item: Item, rng: np.random.Generator, correction_rate: float = 0.2,
                notool_rate: float = 0.1) -> Trace:
-    """Pick the trace kind for an item and write its assistant turns."""
+    """Pick the trace kind for an item and write its assistant turns (varied items may get a
+    `search_traces` kind; the original generator's items draw exactly as before)."""
     if item.category == "zoom_needed":
         intro = f"The {item.subject} is too small to read. I will zoom in on it."
         answer = f"The tag reads {item.answer}.\n\n{boxed(item.answer)}"
@@ -102,7 +105,8 @@ def make_trace(item: Item, rng: np.random.Generator, correction_rate: float = 0.
     if item.category == "video":
         a, b = item.visible_frames[0], item.visible_frames[-1]
         call = P.format_tool_call(P.FRAMES_TOOL, {"target_frames": list(item.visible_frames)})
-        return Trace("video", [f"The {item.subject} appears in frames {a} to {b}. I will look at these frames.\n\n{call}",
+        where = f"frame {a}" if a == b else f"frames {a} to {b}"  # one frame only in varied videos
+        return Trace("video", [f"The {item.subject} appears in {where}. I will look at these frames.\n\n{call}",
                                f"The sign reads {item.answer}.\n\n{boxed(item.answer)}"], [True, True])
     tools = not rng.random() < notool_rate
     return Trace("textual" if tools else "textual_notool", [textual_answer(item)], [True], tools=tools)
@@ -123,8 +127,9 @@ def frames_video(item: Item, n: int = OVERVIEW) -> Video:
     """The video straight from its generated frames (no mp4 round trip): the same overview sampling
     as a decoded file, for training splits where writing and decoding mp4s only costs time."""
     idx = overview_indices(len(item.frames), n)
-    return Video(overview=[item.frames[i] for i in idx], times=[i / VIDEO_FPS for i in idx],
-                 source_indices=idx, fps=VIDEO_FPS, n_source_frames=len(item.frames))
+    fps = item.meta.get("fps", VIDEO_FPS)
+    return Video(overview=[item.frames[i] for i in idx], times=[i / fps for i in idx],
+                 source_indices=idx, fps=fps, n_source_frames=len(item.frames))
 
 
 def loop_config(tools: bool = True, preset: str = "tiny") -> LoopConfig:
