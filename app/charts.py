@@ -192,8 +192,9 @@ def curve_keys(rows: Sequence[dict], limit: int = 9) -> list[str]:
 
 
 def job_curves(rows: Sequence[dict], keys: Sequence[str] | None = None, alpha: float = 0.6,
-               title: str = "", height_per_row: int = 220) -> go.Figure:
-    """One panel per metric: raw points at 25% opacity plus an EMA line; x = step, hover gives values."""
+               title: str = "", height_per_row: int = 220, marks: Sequence[tuple[int, str]] = ()) -> go.Figure:
+    """One panel per metric: raw points at 25% opacity plus an EMA line; x = step, hover gives values.
+    `marks` (step, label) draw a dashed vertical line on every panel (the RL collapse alarms)."""
     from plotly.subplots import make_subplots
 
     rows = [r for r in rows if "train_runtime" not in r]  # the Trainer's end-of-run summary row
@@ -223,6 +224,9 @@ def job_curves(rows: Sequence[dict], keys: Sequence[str] | None = None, alpha: f
     fig.update_layout(height=max(300, nrows * height_per_row + 60), title=title or None, uirevision="job",
                       margin={"l": 40, "r": 20, "t": 60 if title else 40, "b": 30})
     fig.update_xaxes(title_text="step", title_standoff=2)
+    for step, label in marks:
+        fig.add_vline(x=step, line={"color": "#d62728", "dash": "dash", "width": 1.5}, annotation_text=label,
+                      annotation_font_size=10, row="all", col="all")
     return fig
 
 

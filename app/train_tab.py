@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from app import ROOT, UI_ONLY, Studio
+from app import alarms as AL
 from app import charts as C
 from app import jobs as J
 
@@ -158,6 +159,18 @@ def visibility(k: str) -> tuple:
             gr.update(visible=k in ("eval", "gain")), gr.update(visible=k == "custom"))
 
 
+def rl_alarms(job: dict, rows: list[dict]) -> list[AL.Alarm]:
+    """Collapse alarms of an RL job, with the run's own H (from `<out>/rl_config.json`)."""
+    if job.get("kind") != "rl":
+        return []
+    config = Path(job.get("out_dir") or ".") / "rl_config.json"
+    try:
+        H = float(json.loads(config.read_text()).get("H", 0.3)) if config.exists() else 0.3
+    except (ValueError, TypeError, OSError):
+        H = 0.3
+    return AL.collapse_alarms(rows, AL.AlarmSettings(H=H))
+
+
 def build(studio: Studio, demo=None, ask_model=None) -> None:
     from app import gain as G
 
@@ -230,6 +243,11 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
         runner.launch(k, cmd, out, dataset=(ds or "").strip() or None, job_id=job)
         return f"launched `{job}`", jobs_table(studio), job, None
 
+    def job_figure(job: dict, rows: list[dict], a: float):
+        """The job's curves; an RL job's also mark where its collapse alarms fired."""
+        return C.job_curves(rows, alpha=a, title=f"{job['kind']} · {job['id']}",
+                            marks=[(x.step, x.kind) for x in rl_alarms(job, rows)])
+
     def poll(jid, a, last):
         table_rows = jobs_table(studio)
         jid = (jid or "").strip()
@@ -244,19 +262,20 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
         result = Path(job["out_dir"] or ".") / "gain.json"
         figures = json.loads(result.read_text()) if result.exists() else None
         gain = G.markdown(figures) if figures else ""
+        warnings = AL.alarms_markdown(rl_alarms(job, rows))
         if tuple(last) == key:
             fig = gr.skip()
         else:
-            fig = C.gain_bars(figures) if figures else C.job_curves(rows, alpha=a, title=f"{job['kind']} · {jid}")
-        return (table_rows, job_markdown(job, len(rows)), progress_html(v["progress"], job["status"]), fig,
-                v["log"], key, gain)
+            fig = C.gain_bars(figures) if figures else job_figure(job, rows, a)
+        header = job_markdown(job, len(rows)) + (f"\n\n{warnings}" if warnings else "")
+        return (table_rows, header, progress_html(v["progress"], job["status"]), fig, v["log"], key, gain)
 
     def redraw(jid, a):
         try:
             v = runner.view((jid or "").strip())
         except KeyError:
             return gr.skip()
-        return C.job_curves(v["metrics"], alpha=a, title=f"{v['job']['kind']} · {jid}")
+        return job_figure(v["job"], v["metrics"], a)
 
     def cancel(jid):
         jid = (jid or "").strip()
