@@ -13,8 +13,6 @@ import logging
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-
 ENV_FLAGS = {"model": "STUDIO_MODEL", "backend": "STUDIO_BACKEND", "served_model_name": "STUDIO_SERVED_MODEL_NAME",
              "device": "STUDIO_DEVICE", "dtype": "STUDIO_DTYPE", "device_map": "STUDIO_DEVICE_MAP",
              "attn": "STUDIO_ATTN", "max_memory_gb": "STUDIO_MAX_MEMORY_GB"}

@@ -146,7 +146,8 @@ def test_prepare_sh_layout_and_absolute_paths(tmp_path):
     data.mkdir()
     (folder / "images").rename(data / "vstar_images")
     df = pd.read_parquet(folder / "vstar.parquet")
-    df["image"] = df["image"].apply(lambda ls: ["/home/someone/work/data/vstar_" + p for p in ls])
+    elsewhere = f"{tmp_path / 'another-machine' / 'data'}/vstar_"  # the release's absolute paths, not here
+    df["image"] = df["image"].apply(lambda ls: [elsewhere + p for p in ls])
     df.to_parquet(data / "vstar.parquet")
     items = load_items("vstar", data / "vstar.parquet")
     assert all(Path(i.media[0]).parent == data / "vstar_images" for i in items)
