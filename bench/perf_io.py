@@ -169,5 +169,5 @@ def bench_logging(folder: Path, n_steps: int) -> dict:
         t2 = time.perf_counter()
         t_store, t_log = t_store + t1 - t0, t_log + t2 - t1
     n_images = log.db.execute("SELECT count(*) FROM images").fetchone()[0]
-    return {"steps": n_steps, "log_step_per_s": n_steps / t_log, "with_store_per_s": n_steps / (t_log + t_store),
+    return {"steps": n_steps, "step_write_per_s": n_steps / t_log, "with_store_per_s": n_steps / (t_log + t_store),
             "images_rows": n_images}
