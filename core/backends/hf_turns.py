@@ -18,12 +18,51 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from core.backends.base import Generation, GenerationParams, cut_at_stop
 from core.backends.stopping import StopCriteria
 from core.encoding import Encoded
 
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
+GROW_TOKENS = 128  # a batch's key/value buffers grow by this many positions at a time
+
+
+class BufferedLayer(DynamicLayer):
+    """transformers' DynamicLayer over a buffer with room to grow: a decoding step writes its
+    token's states in place instead of copying the whole cache (`torch.cat`) every step.
+    `keys`/`values` are views of the filled part, so attention reads exactly what DynamicLayer holds."""
+
+    def __init__(self, room: int = GROW_TOKENS) -> None:
+        super().__init__()
+        self.room = room
+        self.filled = 0
+        self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.filled + key_states.shape[-2]
+        if self.buffers is None or end > self.buffers[0].shape[-2]:
+            grown = []
+            for old, new in zip(self.buffers or (None, None), (key_states, value_states)):
+                b, h, _, d = new.shape
+                buf = new.new_empty(b, h, end + self.room, d)
+                if old is not None:
+                    buf[:, :, :self.filled] = old[:, :, :self.filled]
+                grown.append(buf)
+            self.buffers = (grown[0], grown[1])
+        keys, values = self.buffers
+        keys[:, :, self.filled:end] = key_states
+        values[:, :, self.filled:end] = value_states
+        self.filled = end
+        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.buffers is not None:
+            self.buffers = (self.buffers[0][indices], self.buffers[1][indices])
+            self.keys, self.values = self.buffers[0][:, :, :self.filled], self.buffers[1][:, :, :self.filled]
 
 
 @dataclass
@@ -186,8 +225,6 @@ class TurnEngine:
     # ---- the batched forward passes ----------------------------------------------------------
 
     def _run(self, rows: list[Row], params: GenerationParams, row_done) -> None:
-        from transformers import DynamicCache
-
         device, b = self.backend.device, len(rows)
         n_layers = self.model.config.text_config.num_hidden_layers
         lmax = max(r.cut for r in rows)
@@ -201,7 +238,8 @@ class TurnEngine:
             mask[i, lmax + smax - len(s):] = 1
             input_ids[i, smax - len(s):] = torch.tensor(s)
             pos[:, i, smax - len(s):] = r.positions[:, r.cut:]
-        cache = DynamicCache(config=self.model.config)
+        room = smax + min(GROW_TOKENS, params.max_new_tokens)  # this turn's prompt and first tokens
+        cache = Cache(layers=[BufferedLayer(room) for _ in range(n_layers)])
         if lmax:
             for layer in range(n_layers):
                 ref = next(r.base.keys[layer] for r in rows if r.base is not None)
