@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -308,16 +309,27 @@ def run_to_end(backend: Backend, task: Task, **kw) -> Trajectory:
 def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = None,
               params: GenerationParams | None = None, store: ImageStore | None = None,
               episodes: list[Episode] | None = None,
-              on_done: Callable[[Episode], None] | None = None) -> list[Trajectory]:
+              on_done: Callable[[Episode], None] | None = None,
+              batch_size: int | None = None) -> list[Trajectory]:
     """Advance many episodes turn by turn together through the backend's batched call.
 
     `on_done(episode)` is called as each episode ends, before its batch-mates finish (evaluation
-    writes every finished item at once).
+    writes every finished item at once). With `batch_size`, at most that many conversations share
+    a call: as one ends, a waiting one takes its place at the next turn, so the batch stays full.
     """
     config, params = config or LoopConfig(), params or GenerationParams()
     if episodes is None:
         episodes = [Episode(t, config, store, backend.name, backend.model_id) for t in tasks]
-    while active := [e for e in episodes if not e.done]:
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    waiting = deque(e for e in episodes if not e.done)
+    active: list[Episode] = []
+    while True:
+        active = [e for e in active if not e.done]
+        while waiting and (batch_size is None or len(active) < batch_size):
+            active.append(waiting.popleft())
+        if not active:
+            break
         for episode, generation in zip(active, _generate_isolated(backend, active, params)):
             if isinstance(generation, Exception):
                 episode.fail(P.short_message(f"{type(generation).__name__}: {generation}"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -24,3 +25,20 @@ def configure_threads() -> bool:
     for key, value in THREAD_ENV.items():
         os.environ.setdefault(key, value)
     return True
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with at most `n` intra-op threads (None: as set), then restore the count. Call
+    it in the thread that runs the block: OpenMP keeps the count per thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None or n >= before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from core import operations as ops
-from core.backends.base import Backend, GenerationParams
+from core.backends.base import Backend, Generation, GenerationParams
 from core.backends.replay import ReplayBackend
 from core.loop import Done, Episode, LoopConfig, StepDone, StepStart, Task, TextDelta, run, run_batch, run_to_end
 from core.media import MemoryImageStore, Video, load_image
@@ -180,6 +180,40 @@ def test_run_batch_advances_many_episodes(photo_path, video_path):
     trajs = run_batch(ReplayBackend([crop_call([0.1, 0.1, 0.6, 0.6]), "\\boxed{3}"]), tasks)
     assert [t.answer for t in trajs] == ["3", "3", "3"] and all(t.n_ops == 1 for t in trajs)
     assert len({t.id for t in trajs}) == 3
+
+
+class QuestionScripts(ReplayBackend):
+    """Each conversation replays the turns its question names; records each batched call."""
+
+    def __init__(self, scripts: dict[str, list[str]]) -> None:
+        super().__init__([])
+        self.scripts, self.calls = scripts, []
+
+    def stream(self, messages, params, cancel=None):
+        question = messages[1]["content"][-1]["text"].split("\n")[0]
+        turn = sum(1 for m in messages if m["role"] == "assistant")
+        yield Generation(text=self.scripts[question][turn], tokens_out=1)
+
+    def generate_batch(self, batch, params):
+        self.calls.append([(m[1]["content"][-1]["text"].split("\n")[0], sum(x["role"] == "assistant" for x in m))
+                           for m in batch])
+        return super().generate_batch(batch, params)
+
+
+def test_run_batch_refills_the_batch_with_waiting_conversations(photo_path):
+    image = load_image(photo_path)
+    crop, answer = crop_call([0.1, 0.1, 0.6, 0.6]), "\\boxed{3}"
+    scripts = {"A": [answer], "B": [crop, crop, answer], "C": [crop, answer], "D": [answer]}
+    backend = QuestionScripts(scripts)
+    done = []
+    trajs = run_batch(backend, [Task(question=q, image=image) for q in scripts], batch_size=2,
+                      on_done=lambda ep: done.append(ep.trajectory.question))
+    assert [len(t.steps) for t in trajs] == [1, 3, 2, 1] and all(t.answer == "3" for t in trajs)
+    # A ends after one turn and C takes its place beside B's second turn; D joins when C ends
+    assert backend.calls == [[("A", 0), ("B", 0)], [("B", 1), ("C", 0)], [("B", 2), ("C", 1)], [("D", 0)]]
+    assert done == ["A", "B", "C", "D"]
+    with pytest.raises(ValueError, match="batch_size"):
+        run_batch(backend, [Task(question="A", image=image)], batch_size=0)
 
 
 def test_replay_file_errors_are_clear(tmp_path, photo_path):

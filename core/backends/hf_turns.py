@@ -23,9 +23,13 @@ from transformers.cache_utils import Cache, DynamicLayer
 from core.backends.base import Generation, GenerationParams, cut_at_stop
 from core.backends.stopping import StopCriteria
 from core.encoding import Encoded
+from core.runtime import torch_threads
 
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
 GROW_TOKENS = 128  # a batch's key/value buffers grow by this many positions at a time
+# Decoding steps are many small operations: a second OpenMP thread brings less than its fork/join
+# costs, and on a shared CPU each step waits for the slower thread (docs/performance.md).
+DECODE_THREADS = 1
 
 
 class BufferedLayer(DynamicLayer):
@@ -253,7 +257,14 @@ class TurnEngine:
         vision = self._new_vision(rows)
         out = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                          past_key_values=cache, use_cache=True, logits_to_keep=1, **vision)
-        alive = list(range(b))  # batch row -> index in rows
+        with torch_threads(DECODE_THREADS if str(device).startswith("cpu") else None):
+            self._decode(rows, out, cache, mask, params, row_done)
+
+    def _decode(self, rows: list[Row], out, cache: Cache, mask: torch.Tensor, params: GenerationParams,
+                row_done) -> None:
+        """One token per live row per step; a row that stops keeps its states and leaves the batch."""
+        device = self.backend.device
+        alive = list(range(len(rows)))  # batch row -> index in rows
         while True:
             logits = out.logits[:, -1].float()
             tokens = self._pick(logits, params)
