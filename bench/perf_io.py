@@ -45,15 +45,17 @@ def bench_crop(repeats: int) -> dict[str, dict]:
     for preset in ("train", "eval"):
         px = ops.PixelLimits.preset(preset)
 
-        def crop():
-            box = ops.crop_box([0.12, 0.22, 0.28, 0.38], image.width, image.height)
-            return ops.crop_view(image, box, px.crop_min, px.crop_max)
+        for label, bbox in (("", [0.12, 0.22, 0.28, 0.38]), (", a box over the view's limit", [0.05, 0.05, 0.85, 0.85])):
+            def crop():
+                box = ops.crop_box(bbox, image.width, image.height)
+                box = ops.fit_box(box, image.width, image.height, px.crop_min, px.crop_max)
+                return ops.crop_view(image, box, px.crop_min, px.crop_max)
 
-        view = crop()
-        box = ops.crop_box([0.12, 0.22, 0.28, 0.38], image.width, image.height)
-        one = median_time(lambda: ops.resample(image, view.size, box.px, threads=1), repeats)
-        out[preset] = {"ms": median_time(crop, repeats) * 1e3, "one_thread_ms": one * 1e3,
-                       "view": f"{view.width}x{view.height}"}
+            view = crop()
+            box = ops.crop_box(bbox, image.width, image.height)
+            one = median_time(lambda: ops.resample(image, view.size, box.px, threads=1), repeats)
+            out[preset + " preset" + label] = {"ms": median_time(crop, repeats) * 1e3, "one_thread_ms": one * 1e3,
+                                   "view": f"{view.width}x{view.height}", "box": f"{box.px[2] - box.px[0]}x{box.px[3] - box.px[1]}"}
     return out
 
 
