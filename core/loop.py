@@ -209,8 +209,9 @@ class Episode:
             raise ops.target_index_error(call.name, n)
         k = int(target)
         source = video.frames([k])[0] if frame_mode else self._raw_image(k - 1)
-        box = ops.crop_box(args["bbox_2d"], source.width, source.height, call.name)
         px = self.config.pixels
+        box = ops.crop_box(args["bbox_2d"], source.width, source.height, call.name)
+        box = ops.fit_box(box, source.width, source.height, px.crop_min, px.crop_max)
         view = ops.crop_view(source, box, px.crop_min, px.crop_max)  # may refuse: before any state changes
         origin = None if frame_mode else self.origin_boxes[k - 1]
         step.target_image, step.box_norm, step.box_px = k, list(box.norm), list(box.px)

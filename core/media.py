@@ -121,7 +121,7 @@ def overview_indices(n_total: int, n: int = DEFAULT_OVERVIEW_FRAMES) -> list[int
 class Video:
     """A video as the model sees it: an overview of N frames, each selectable at full resolution.
 
-    Built from a file (decoded with decord) or from a list of pre-extracted frames (the released
+    Built from a file (decoded with PyAV, core/frames.py) or from a list of pre-extracted frames (the released
     MVBench eval data ships frames). `frame(k)` returns overview frame k (1-based) at full
     resolution from the file.
     """
@@ -148,7 +148,7 @@ class Video:
         if self._reader is None:
             return [self.overview[k - 1] for k in numbers]
         with self._lock:
-            batch = self._reader.get_batch([self.source_indices[k - 1] for k in numbers]).asnumpy()
+            batch = self._reader.get([self.source_indices[k - 1] for k in numbers])
         return [Image.fromarray(a) for a in batch]
 
     @classmethod
@@ -172,27 +172,26 @@ class Video:
         name = _display_name(path)
         if not os.path.exists(path):
             raise MediaError(f"{name}: no such file")
-        import decord
+        from core.frames import FrameReader
 
         try:
-            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-            total = len(reader)
+            reader = FrameReader(path)
+            total, w, h = len(reader), reader.width, reader.height
             if total == 0:
                 raise MediaError(f"{name} has no frames")
-            h, w = reader[0].shape[:2]
             if w * h > max_pixels:
                 raise MediaError(f"{name} is {w}x{h}; videos above {max_pixels / 1e6:.1f} megapixels per frame "
                                  "are refused")
             check_size(name, w, h, max_pixels)
             idx = overview_indices(total, n)
-            frames = [Image.fromarray(a) for a in reader.get_batch(idx).asnumpy()]
-            fps = float(reader.get_avg_fps()) or 1.0
+            frames = [Image.fromarray(a) for a in reader.get(idx)]
+            fps = reader.fps or 1.0
         except MediaError:
             raise
-        except Exception as e:  # decord raises its own DECORDError and RuntimeError on bad files
-            # decord's message carries its C++ log and the server path: keep its first line, no folders
+        except Exception as e:  # FFmpeg's errors (av.FFmpegError) and ours; av's messages name the path
+            reason = getattr(e, "strerror", None) or _short(e)
             raise MediaError(f"{name} is not a readable video (corrupt or truncated?): "
-                             f"{_short(e).split(' File ')[0]}") from None
+                             f"{reason.split(': ')[0] if isinstance(reason, str) else reason}") from None
         return cls(overview=frames, times=[i / fps for i in idx], path=path, source_indices=idx,
                    fps=fps, n_source_frames=total, _reader=reader)
 

@@ -199,6 +199,27 @@ def crop(image: Image.Image, bbox, tool_name: str = "crop_image_normalized") -> 
     return image.crop(box.px), box
 
 
+SNAP_TOLERANCE = 0.02  # largest relative change of a crop side that fit_box makes instead of resampling
+
+
+def fit_box(box: CropBox, width: int, height: int, min_pixels: int, max_pixels: int) -> CropBox:
+    """The box grown or shrunk about its centre to the model's view size when that size is within
+    SNAP_TOLERANCE of the box on both sides (only the rounding to 28-px multiples differs): the view
+    is then the crop's own pixels, sharper than a near-identity bicubic pass and ~10x cheaper on
+    large crops. Other boxes come back unchanged."""
+    x0, y0, x1, y1 = box.px
+    bw, bh = x1 - x0, y1 - y0
+    h, w = smart_resize(bh, bw, min_pixels, max_pixels)
+    if (w, h) == (bw, bh) or w > width or h > height:
+        return box
+    if abs(w - bw) > SNAP_TOLERANCE * bw or abs(h - bh) > SNAP_TOLERANCE * bh:
+        return box
+    nx0 = min(max(0, round((x0 + x1 - w) / 2)), width - w)
+    ny0 = min(max(0, round((y0 + y1 - h) / 2)), height - h)
+    px = (nx0, ny0, nx0 + w, ny0 + h)
+    return CropBox(norm=(px[0] / width, px[1] / height, px[2] / width, px[3] / height), px=px)
+
+
 def crop_view(image: Image.Image, box: CropBox, min_pixels: int, max_pixels: int) -> Image.Image:
     """What the model sees of a crop, resampled straight from the source box (no intermediate
     full-resolution copy): equal to resize_for_model(image.crop(box.px)) except that edge pixels

@@ -237,3 +237,17 @@ def test_run_takes_a_task_or_an_episode_not_both():
     with pytest.raises(ValueError, match="the episode's own config and store"):
         list(run(ReplayBackend(["\\boxed{1}"]), config=LoopConfig(), episode=episode))
     assert [type(e).__name__ for e in run(ReplayBackend(["\\boxed{1}"]), episode=episode)][-1] == "Done"
+
+
+def test_large_crop_records_the_box_the_model_saw():
+    """At the eval preset a large crop is fitted, not resampled: box_px is exactly the view's pixels."""
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8))
+    store = MemoryImageStore()
+    config = LoopConfig(pixels=ops.PixelLimits.preset("eval"))
+    traj = run_to_end(ReplayBackend([crop_call([0.12, 0.22, 0.28, 0.38]), "\\boxed{x}"]),
+                      Task(question="Q", image=image), config=config, store=store)
+    step = traj.steps[0]
+    view = store.get(step.images[0].sha)
+    assert view.tobytes() == image.crop(tuple(step.box_px)).tobytes()
+    assert step.observation.endswith(f"(Image Size: {view.width}x{view.height}):")

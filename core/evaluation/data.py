@@ -6,7 +6,7 @@ written into it), `answer` (a letter, a number, or a list of strings for InfoVQA
 list of paths such as `images/xyz.jpg` relative to the download folder (the release's prepare.sh
 moves the folder to `<parquet stem>_images/`, so both layouts resolve). MVBench rows set
 `is_video` and list the pre-extracted frames of one video; a row may also name a plain video file
-(.mp4, ...), which is decoded with decord. A `.jsonl`/`.json` file with the same columns works too.
+(.mp4, ...), which is decoded with PyAV. A `.jsonl`/`.json` file with the same columns works too.
 
 TinyZoom is our synthetic test split (`python -m train synth`): `test.jsonl` records whose
 `meta.task` names the question, answer, category and the original full-resolution media.
