@@ -167,10 +167,11 @@ def bench_logging(folder: Path, n_steps: int) -> dict:
     for i, crop in enumerate(crops):
         t0 = time.perf_counter()
         ref = replace(step0.images[0], sha=log.images.put(crop))
+        t_store += time.perf_counter() - t0
+        step = replace(step0, index=i, images=[ref])  # the loop's Step, made before the write
         t1 = time.perf_counter()
-        recorder.step(template.id, replace(step0, index=i, images=[ref]))
-        t2 = time.perf_counter()
-        t_store, t_log = t_store + t1 - t0, t_log + t2 - t1
+        recorder.step(template.id, step)
+        t_log += time.perf_counter() - t1
     n_images = log.db.execute("SELECT count(*) FROM images").fetchone()[0]
     return {"steps": n_steps, "step_write_per_s": n_steps / t_log, "with_store_per_s": n_steps / (t_log + t_store),
             "images_rows": n_images}

@@ -38,19 +38,24 @@ class Recorder:
 
     def _image_rows(self, refs: Iterable[ImageRef | None]) -> list[list]:
         """images rows for refs whose files are in the store and not yet registered, made before the
-        transaction that inserts them (no image work inside it; a step commits only once its files exist)."""
-        rows, seen = [], set()
+        transaction that inserts them (no image work inside it; a step commits only once its files exist).
+        A picture this process just stored (its thumbnail in memory) skips the lookup: the insert
+        ignores one already registered."""
+        rows, seen, store = [], set(), self.log.images
         for ref in refs:
             if ref is None or ref.sha in seen or not is_sha(ref.sha):
                 continue
             seen.add(ref.sha)
-            if self.log.db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
+            thumb = store.made_here(ref.sha)
+            if thumb is None and self.log.db.execute("SELECT 1 FROM images WHERE sha = ?", [ref.sha]).fetchone():
                 continue
-            path = self.log.images.path(ref.sha)
-            if not path.exists():
+            path = store.path(ref.sha)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
                 continue  # made with a memory store elsewhere: the step keeps the sha only
-            rows.append([ref.sha, str(path), ref.width, ref.height, path.stat().st_size,
-                         self.log.images.thumb(ref.sha), time.time()])
+            rows.append([ref.sha, str(path), ref.width, ref.height, size,
+                         thumb if thumb is not None else store.thumb(ref.sha), time.time()])
         return rows
 
     def _insert_images(self, rows: list[list]) -> None:

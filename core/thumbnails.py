@@ -44,8 +44,12 @@ class ThumbnailingStore(DiskImageStore):
                 self._thumbs.popitem(last=False)
         return sha
 
+    def made_here(self, sha: str) -> bytes | None:
+        """The thumbnail of a picture this process stored lately (None for others: no decoding)."""
+        with self._lock:
+            return self._thumbs.get(sha)
+
     def thumb(self, sha: str) -> bytes:
         """The thumbnail of a stored picture: from memory when this process stored it, else decoded."""
-        with self._lock:
-            thumb = self._thumbs.get(sha)
+        thumb = self.made_here(sha)
         return thumb if thumb is not None else make_thumb(load_image(self.path(sha)))

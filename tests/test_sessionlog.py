@@ -202,8 +202,9 @@ def test_db_opens_with_plain_sqlite_utils(log, photo_path):
 
 def test_step_images_are_registered_with_no_image_work_inside_the_transaction(log, photo_path, tmp_path):
     calls = []
-    thumb = log.images.thumb
+    thumb, made_here = log.images.thumb, log.images.made_here
     log.images.thumb = lambda sha: calls.append(log.db.conn.in_transaction) or thumb(sha)
+    log.images.made_here = lambda sha: calls.append(log.db.conn.in_transaction) or made_here(sha)
     image = load_image(photo_path)
     traj = run_logged(log, image)
     assert calls and not any(calls)  # every thumbnail was ready before its transaction began
@@ -214,6 +215,18 @@ def test_step_images_are_registered_with_no_image_work_inside_the_transaction(lo
     other = StudioLog(tmp_path / "other.db", images_dir=log.images.root)
     sha = next(iter(shas))
     assert other.images.thumb(sha) == rows[sha]["thumb"]
+
+
+def test_a_picture_registered_by_another_process_is_not_decoded_again(log, photo_path):
+    traj = run_logged(log, load_image(photo_path))
+    step = next(s for s in traj.steps if s.images)
+    other = StudioLog(log.path, images_dir=log.images.root)  # same files, no thumbnails in memory
+    decoded = []
+    thumb = other.images.thumb
+    other.images.thumb = lambda sha: decoded.append(sha) or thumb(sha)
+    Recorder(other).step(traj.id, step)
+    assert decoded == []  # found registered: its file is not read back
+    assert other.db.execute("SELECT count(*) FROM images WHERE sha = ?", [step.images[0].sha]).fetchone()[0] == 1
 
 
 def test_counter_updates_leave_the_search_index_alone_and_answers_stay_searchable(log, photo_path):
