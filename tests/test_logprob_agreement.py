@@ -111,3 +111,49 @@ def test_sampling_logprobs_match_batched_training_forward(rollouts, fused):
     diff = (logps - batch["sampling_per_token_logps"]).abs()[mask]
     print(f"fused={fused}: {int(mask.sum())} sampled tokens, max abs diff {diff.max().item():.2e}")
     assert diff.max().item() <= 1e-4, f"max abs diff {diff.max().item():.2e}"
+
+
+@pytest.fixture(scope="module")
+def sampled():
+    """Free sampling (no script) of TinyZoom items by the embedded checkpoint (it crops, then
+    answers) through the policy backend's turn engine, each conversation's cache kept between turns."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from core.backends import default_model
+    from train.synth.tasks import make_item
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(default_model(), dtype=torch.float32).eval()
+    encoder = VisionTextEncoder.from_pretrained(default_model())
+    backend = PolicyBackend(model, encoder)
+    calls = []
+    inner = backend._turn_engine_generate
+
+    def recording(batch, params):
+        gens = inner(batch, params)
+        calls.append([g.extra["cached_tokens"] for g in gens])
+        return gens
+
+    backend._turn_engine_generate = recording
+    items = [make_item("zoom_needed", 700 + i, f"z{i}") for i in range(3)]
+    tasks = [Task(it.question, image=it.image, id=f"z{i}") for i, it in enumerate(items)]
+    params = GenerationParams(max_new_tokens=80, temperature=1.0, top_p=0.95, seed=11)
+    return model, encoder, backend, calls, rollout(backend, tasks, loop_config(True, "tiny"), params)
+
+
+def test_sampled_turns_through_the_turn_engine_match_the_training_forward(sampled):
+    model, encoder, backend, calls, out = sampled
+    assert backend.cache_turns and backend._turns.caches == {}
+    # the first turn reuses the shared prompt prefix, the second each conversation's own cache
+    assert len(calls) >= 2 and min(calls[1]) > max(calls[0]) > 0
+    assert any(r.trajectory.n_ops for r in out)
+    batch = training_batch([r.ledger for r in out], encoder)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attn = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    with torch.no_grad():
+        logps, _ = forward_logps(model, ids, attn, batch["completion_ids"].size(1), batch["mm"],
+                                 batch["mm_token_type_ids"], batch_size=None, fused=False)
+    mask = batch["tool_mask"].bool()
+    assert int(mask.sum()) == sum(s.tokens_out for r in out for s in r.trajectory.steps) > 0
+    diff = (logps - batch["sampling_per_token_logps"]).abs()[mask]
+    print(f"turn engine: {int(mask.sum())} sampled tokens, max abs diff {diff.max().item():.2e}")
+    assert diff.max().item() <= 1e-4, f"max abs diff {diff.max().item():.2e}"

@@ -15,7 +15,8 @@ Masks: the sampled ids of assistant turns are trained (mask 1); everything else 
 the observation turns (text and image pads), the chat-format tokens between turns, and an
 `<|im_end|>` the policy did not sample itself (a turn stopped at `</tool_call>`) — is masked.
 
-Two generators: `PolicyBackend` (transformers `generate`, batched, left-padded, CPU or GPU) and
+Two generators: `PolicyBackend` (batched through core.backends.hf_turns, each conversation's key/value
+cache kept between turns; transformers `generate` for scripted turns; CPU or GPU) and
 `VLLMPolicyBackend` (TRL's vLLM integration, colocate mode; optional import, image tasks).
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from PIL import Image
 
 from core import protocol as P
 from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop
-from core.backends.hf import TransformersBackend
+from core.backends.hf import TransformersBackend, turn_engine_supports
 from core.encoding import Encoded, VisionTextEncoder
 from core.loop import Episode, LoopConfig, Task, run_batch
 from core.media import ImageStore, MemoryImageStore
@@ -196,6 +197,10 @@ class PolicyBackend(TransformersBackend):
         self.book = LedgerBook(encoder)
         self.script = script
         self._forced: list[list[int] | None] | None = None
+        # batched turns through the turn engine (each conversation's cache kept between turns, fed
+        # from its ledger); scripted turns need generate's logits processor
+        self.cache_turns = script is None and turn_engine_supports(model.generation_config)
+        self._turns = None
 
     def _encode_prompt(self, messages: list[dict]):
         return self.book.for_generation(messages).encoded()
