@@ -269,8 +269,8 @@ class TurnEngine:
             logits = out.logits[:, -1].float()
             tokens = self._pick(logits, params)
             keep = []
-            for j, i in enumerate(alive):
-                r, tok = rows[i], int(tokens[j])
+            for j, (i, tok) in enumerate(zip(alive, tokens.tolist())):
+                r = rows[i]
                 r.new.append(tok)
                 if params.logprobs:
                     t = params.temperature if params.temperature > 0 else 1.0
