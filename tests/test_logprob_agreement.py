@@ -5,7 +5,8 @@ on the policy backend: one with two crops (the second crops the first crop), one
 answering directly. Their turns are scripted with a logits processor, so the model still scores every
 token on the generation path (transformers `generate`, KV cache, left padding, fp32 CPU). The training
 batch (left-padded prompts, right-padded completions, each row with its own images) is then scored by
-one forward pass through TRL's fused LM head, as the trainer does, and a plain forward.
+one forward pass through TRL's fused LM head, as the trainer does, and a plain forward. Unscripted
+turns go through the turn engine (core.backends.hf_turns); the last test samples freely there.
 """
 from __future__ import annotations
 
