@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:  # run as a script: the repo's packages
     sys.path.insert(0, str(ROOT))
 
 from experiments.ablation.plan import SIZES, stages  # noqa: E402
-from experiments.ablation.report import generated, rl_rows, write_curves, write_doc  # noqa: E402
+from experiments.ablation.report import generated, rl_metrics, write_curves, write_doc  # noqa: E402
 from experiments.ablation.stages import run_stages, stage_seconds  # noqa: E402
 
 
@@ -52,12 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/rl_ablation", help="the run folder (a rerun resumes it)")
     ap.add_argument("--docs", default="docs", help="where rl_ablation.md and the curves go")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="size overrides, e.g. rl_steps=4")
+    ap.add_argument("--rl", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="further `train rl` overrides for every RL run, e.g. H=0.6 alpha=1.0")
+    ap.add_argument("--rows", default=None, help="only these RL rows, comma-separated (e.g. full,no_curiosity)")
     ap.add_argument("--machine", default=None, help="the machine, as the doc should name it")
     ap.add_argument("--docs-only", action="store_true", help="only rewrite the docs from what is finished")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     size = SIZES[args.size].with_overrides(args.set)
-    plan = stages(out, size)
+    rows = args.rows.split(",") if args.rows else None
+    plan = stages(out, size, args.rl, rows)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if not args.docs_only:
@@ -67,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(seconds.values())
     command = "python experiments/rl_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     info = {"command": command, "machine": args.machine or machine(), "size": args.size,
-            "settings": asdict(size), "stages": seconds,
+            "settings": {**asdict(size), **({"rl": " ".join(args.rl)} if args.rl else {})}, "stages": seconds,
             "wall": f"{total:.0f} s ({total / 60:.1f} min) summed over the {len(seconds)} stages"
                     + ("" if len(seconds) == len(plan) else f" finished of {len(plan)}")}
     (out / "info.json").write_text(json.dumps(info, indent=2))
     docs = Path(args.docs).resolve()
     docs.mkdir(parents=True, exist_ok=True)
-    curves = write_curves(rl_rows(out, size), 0.3, docs)
+    curves = write_curves(rl_metrics(out, size), 0.3, docs)
     write_doc(docs / "rl_ablation.md", generated(out, size, info, curves))
     print(f"wrote {docs / 'rl_ablation.md'} and {', '.join(str(p) for p in curves)}")
     return 0

@@ -110,17 +110,27 @@ def eval_dir(out: Path, model: str, mode: str) -> Path:
     return out / "eval" / model / mode
 
 
-def eval_models(out: Path, size: Size) -> dict[str, str]:
+def rl_rows(rows: list[str] | None = None) -> list[Row]:
+    """The RL rows to run (all four by default)."""
+    unknown = set(rows or ()) - {r.key for r in ROWS if r.curiosity is not None}
+    if unknown:
+        raise SystemExit(f"unknown RL rows {sorted(unknown)}; choose from "
+                         + ", ".join(r.key for r in ROWS if r.curiosity is not None))
+    return [r for r in ROWS if r.curiosity is not None and (not rows or r.key in rows)]
+
+
+def eval_models(out: Path, size: Size, rows: list[str] | None = None) -> dict[str, str]:
     """Name -> checkpoint of every model the table evaluates: the three starts and each RL run's end."""
     models = {start: model_dir(out, start) for start in ("shipped", "trap", "trap_nocorr")}
-    for row in ROWS:
-        if row.curiosity is not None:
-            for seed in range(size.seeds):
-                models[f"{row.key}-seed{seed}"] = str(rl_dir(out, row.key, seed) / "final")
+    for row in rl_rows(rows):
+        for seed in range(size.seeds):
+            models[f"{row.key}-seed{seed}"] = str(rl_dir(out, row.key, seed) / "final")
     return models
 
 
-def stages(out: Path, size: Size) -> list[Stage]:
+def stages(out: Path, size: Size, rl_extra: list[str] = (), rows: list[str] | None = None) -> list[Stage]:
+    """The stages in order; `rl_extra` are further `train rl` overrides for every RL run (e.g. H=0.6),
+    `rows` limits the RL rows (a follow-up run that tests one reason)."""
     data = out / "data"
     plan = [Stage("data", "train", ["synth", "--out", str(data), "--train", str(size.train), "--validation",
                                     str(size.queries), "--test", str(size.test), "--seed", "7", "--workers",
@@ -133,9 +143,7 @@ def stages(out: Path, size: Size) -> list[Stage]:
             f"learning_rate={size.warm_lr}", "lr_scheduler=constant", "warmup_ratio=0", f"bf16={str(size.bf16).lower()}",
             "logging_steps=1", "save_steps=100000", "report_to=[]", "seed=0", "disable_tqdm=true", "pixel_preset=tiny",
             f"torch_threads={size.threads}"], out / "sft" / start))
-    for row in ROWS:
-        if row.curiosity is None:
-            continue
+    for row in rl_rows(rows):
         for seed in range(size.seeds):
             run = rl_dir(out, row.key, seed)
             plan.append(Stage(f"rl-{row.key}-seed{seed}", "train", [
@@ -146,8 +154,8 @@ def stages(out: Path, size: Size) -> list[Stage]:
                 f"eval_every={size.eval_every}", "eval_split=test", f"eval_limit={size.eval_limit}",
                 f"eval_batch={size.eval_limit}", "freeze_vision=false", "report_to=[]", "disable_tqdm=true",
                 f"seed={seed}", f"torch_threads={size.threads}", "save_steps=100000", "log_trajectories=0",
-                f"bf16={str(size.bf16).lower()}"], run))
-    for name, model in eval_models(out, size).items():
+                f"bf16={str(size.bf16).lower()}", *rl_extra], run))
+    for name, model in eval_models(out, size, rows).items():
         for mode, extra in (("greedy", ["--temperature", "0", "--samples", "1"]),
                             ("sampled", ["--temperature", "1", "--samples", str(size.samples)])):
             plan.append(Stage(f"eval-{name}-{mode}", "core", [

@@ -89,7 +89,7 @@ def paired_table(out: Path, size: Size, a: str = "full", b: str = "no_curiosity"
     return lines
 
 
-def rl_rows(out: Path, size: Size) -> dict[str, list[dict]]:
+def rl_metrics(out: Path, size: Size) -> dict[str, list[dict]]:
     """'row/seedN' -> the RL run's metrics rows (runs not started yet are left out)."""
     runs = {}
     for row in ROWS:
@@ -139,7 +139,7 @@ def write_curves(runs: dict[str, list[dict]], H: float, docs: Path, stem: str = 
 def generated(out: Path, size: Size, info: dict, curves: list[Path]) -> str:
     mixes = json.loads((out / "data" / "mixes" / "counts.json").read_text()) if (
         out / "data" / "mixes" / "counts.json").exists() else {}
-    runs = rl_rows(out, size)
+    runs = rl_metrics(out, size)
     lines = [START, "", f"Command: `{info['command']}`  ",
              f"Machine: {info['machine']}. Wall time: {info['wall']}.  ",
              f"Size `{info['size']}`: " + ", ".join(f"{k}={v}" for k, v in info["settings"].items()) + ".", "",
