@@ -55,8 +55,8 @@ SIZES = {
     "smoke": Size(train=16, queries=4, test=10, warm_steps=1, warm_batch=4, warm_lr=5e-4, rl_steps=1, group=2,
                   batch=4, rl_lr=1e-4, eval_every=1, eval_limit=2, samples=2, seeds=1),
     # the whole table in under an hour on 2 shared CPU cores (measured: docs/rl_ablation.md)
-    "cpu": Size(train=160, queries=24, test=48, warm_steps=10, warm_batch=16, warm_lr=2e-4, rl_steps=10, group=4,
-                batch=8, rl_lr=1e-4, eval_every=5, eval_limit=12, samples=2, seeds=3),
+    "cpu": Size(train=160, queries=24, test=48, warm_steps=10, warm_batch=16, warm_lr=2e-4, rl_steps=24, group=4,
+                batch=8, rl_lr=1e-4, eval_every=4, eval_limit=12, samples=2, seeds=3),
     # one lent GPU: the earlier two-arm run's scale (2.6-2.9 s per 32-rollout step on an H200), 3 seeds
     "gpu": Size(train=2000, queries=400, test=330, warm_steps=200, warm_batch=32, warm_lr=2e-4, rl_steps=100,
                 group=8, batch=32, rl_lr=2e-5, eval_every=10, eval_limit=100, samples=4, seeds=3, threads=8,
