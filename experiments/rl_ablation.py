@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = stage_seconds(out, plan)
     total = sum(seconds.values())
     command = "python experiments/rl_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    info = {"command": command, "machine": args.machine or machine(), "size": args.size,
+    before = json.loads((out / "info.json").read_text()) if (out / "info.json").exists() else {}
+    if args.docs_only:  # the docs name the command and machine that ran the stages
+        command = before.get("command", command)
+    info = {"command": command, "machine": args.machine or before.get("machine") or machine(), "size": args.size,
             "settings": {**asdict(size), **({"rl": " ".join(args.rl)} if args.rl else {})}, "stages": seconds,
             "wall": f"{total:.0f} s ({total / 60:.1f} min) summed over the {len(seconds)} stages"
                     + ("" if len(seconds) == len(plan) else f" finished of {len(plan)}")}

@@ -24,37 +24,61 @@ def eval_points(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def rl_figure(runs: Mapping[str, Sequence[dict]], H: float, title: str = "", height: int = 380) -> go.Figure:
-    """Left: rollout RaPR per step, H dotted; right: eval accuracy per eval step. `runs` maps a label
-    ("group/seed" puts runs of one group in one colour) to its metrics rows."""
+def rl_figure(runs: Mapping[str, Sequence[dict]], H: float, title: str = "", height: int = 380,
+              by_group: bool = False) -> go.Figure:
+    """Rollout RaPR per step (H dotted) above or beside eval accuracy per eval step. `runs` maps a label
+    ("group/seed" puts the runs of one group in one colour) to its metrics rows; `by_group` gives each
+    group its own column (RaPR on top, accuracy below), so that many runs stay readable."""
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
-                        subplot_titles=(f"rollout RaPR per step (dotted: H = {H:g})", "eval accuracy (greedy)"))
-    groups = list(dict.fromkeys(label.split("/")[0] for label in runs))
+    groups = list(dict.fromkeys(label.split("/")[0] for label in runs)) or [""]
+    if by_group:
+        titles = [f"{g}: rollout RaPR" for g in groups] + [f"{g}: eval accuracy" for g in groups]
+        fig = make_subplots(rows=2, cols=len(groups), subplot_titles=titles, horizontal_spacing=0.04,
+                            vertical_spacing=0.14, shared_yaxes=True)
+    else:
+        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
+                            subplot_titles=(f"rollout RaPR per step (dotted: H = {H:g})", "eval accuracy (greedy)"))
+    seen: set[str] = set()
     for label, rows in runs.items():
         group = label.split("/")[0]
-        color = PALETTE[groups.index(group) % len(PALETTE)]
+        k = groups.index(group)
+        color = PALETTE[k % len(PALETTE)] if not by_group else SEED_COLORS[_seed_index(label) % len(SEED_COLORS)]
+        top, bottom = ((1, k + 1), (2, k + 1)) if by_group else ((1, 1), (1, 2))
+        name = label.split("/")[-1] if by_group else label
         xs, ys = rapr_points(rows)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, legendgroup=group,
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, legendgroup=name if by_group else group,
+                                 showlegend=not by_group or name not in seen,
                                  line={"color": color, "width": 1.5}, marker={"size": 4},
-                                 hovertemplate=f"{label}<br>step %{{x}}: RaPR %{{y:.3f}}<extra></extra>"), row=1, col=1)
-        for key, (name, dash) in EVAL_KEYS.items():
+                                 hovertemplate=f"{label}<br>step %{{x}}: RaPR %{{y:.3f}}<extra></extra>"),
+                      row=top[0], col=top[1])
+        seen.add(name)
+        for key, (cat, dash) in EVAL_KEYS.items():
             ex, ey = eval_points(rows, key)
             if ex:
-                fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines+markers", name=f"{label} {name}",
-                                         legendgroup=group, showlegend=False,
+                fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines+markers", name=f"{label} {cat}",
+                                         legendgroup=name if by_group else group, showlegend=False,
                                          line={"color": color, "dash": dash, "width": 1.5}, marker={"size": 5},
-                                         hovertemplate=f"{label} {name}<br>step %{{x}}: %{{y:.3f}}<extra></extra>"),
-                              row=1, col=2)
-    fig.add_hline(y=H, line={"dash": "dot", "color": "#444"}, row=1, col=1)
+                                         hovertemplate=f"{label} {cat}<br>step %{{x}}: %{{y:.3f}}<extra></extra>"),
+                              row=bottom[0], col=bottom[1])
+    for k in range(len(groups) if by_group else 1):
+        fig.add_hline(y=H, line={"dash": "dot", "color": "#444"}, row=1, col=k + 1)
     fig.update_yaxes(range=[-0.02, 1.02])
     fig.update_xaxes(title_text="step")
-    fig.update_layout(height=height, title=title or None, margin={"l": 40, "r": 20, "t": 60, "b": 40},
+    fig.update_layout(height=height, title=title or None, margin={"l": 40, "r": 20, "t": 70, "b": 50},
                       legend={"font": {"size": 10}})
-    fig.add_annotation(text="accuracy: solid zoom-needed, dotted zoom-optional", xref="paper", yref="paper",
-                       x=1, y=-0.16, showarrow=False, font={"size": 10}, xanchor="right")
+    fig.add_annotation(text=f"dotted line: H = {H:g}; accuracy: solid zoom-needed, dotted zoom-optional",
+                       xref="paper", yref="paper", x=1, y=-0.12, showarrow=False, font={"size": 10}, xanchor="right")
     return fig
+
+
+SEED_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+
+
+def _seed_index(label: str) -> int:
+    """seedN -> N (any other label: 0), so seed k has one colour across the groups' columns."""
+    tail = label.split("/")[-1]
+    return int(tail[4:]) if tail.startswith("seed") and tail[4:].isdigit() else 0
 
 
 def write_png(fig: go.Figure, path, width: int = 1100, height: int | None = None) -> None:

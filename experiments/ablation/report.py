@@ -53,6 +53,23 @@ def table(out: Path, size: Size, mode: str) -> list[str]:
     return lines
 
 
+def headline_table(out: Path, size: Size) -> list[str]:
+    """The paper's layout: one accuracy column per kind of item (greedy), plus zoom-needed RaPR."""
+    head = ["row", "seeds", "zoom-needed", "zoom-optional", "video", "zoom-needed RaPR",
+            f"zoom-needed, sampled (k={size.samples})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    cols = [("greedy", "acc", c) for c in EVAL_CATEGORIES] + [("greedy", "rapr", "zoom_needed"),
+                                                              ("sampled", "acc", "zoom_needed")]
+    for row in ROWS:
+        names = row_models(row.key, size.seeds)
+        cells = [row.title, str(len(names))]
+        for mode, metric, c in cols:
+            m = row_matrix(out, names, mode, metric, c)
+            cells.append("not run" if m is None else cell(mean_ci(m)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def per_seed_table(out: Path, size: Size) -> list[str]:
     head = ["row", "model"] + [f"{mode} {CAT[c]} acc / RaPR" for mode in MODES for c in EVAL_CATEGORIES]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -129,10 +146,11 @@ def rollout_table(runs: dict[str, list[dict]]) -> list[str]:
 def write_curves(runs: dict[str, list[dict]], H: float, docs: Path, stem: str = "rl_ablation_curves") -> list[Path]:
     from train.rl_curves import rl_figure, write_png
 
-    fig = rl_figure(runs, H, title="Curiosity ablation on TinyZoom: every RL row and seed", height=480)
+    fig = rl_figure(runs, H, title="Curiosity ablation on TinyZoom: every RL row and seed", height=620,
+                    by_group=True)
     html, png = docs / f"{stem}.html", docs / f"{stem}.png"
     fig.write_html(str(html), include_plotlyjs="cdn")
-    write_png(fig, png, width=1300, height=560)
+    write_png(fig, png, width=1400, height=620)
     return [html, png]
 
 
@@ -145,7 +163,9 @@ def generated(out: Path, size: Size, info: dict, curves: list[Path]) -> str:
              f"Size `{info['size']}`: " + ", ".join(f"{k}={v}" for k, v in info["settings"].items()) + ".", "",
              "Warm-start mixes (trace kind: records): " + "; ".join(
                  f"{name}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in mixes.items()) + ".", "",
-             f"### Greedy evaluation (temperature 0), mean [95% interval] over seeds and items", "",
+             "### The table: accuracy, mean [95% interval] over seeds and items", "",
+             *headline_table(out, size), "",
+             "### Greedy evaluation (temperature 0), mean [95% interval] over seeds and items", "",
              *table(out, size, "greedy"), "",
              f"### Sampled evaluation (temperature 1, k = {size.samples} answers per item)", "",
              *table(out, size, "sampled"), "",
