@@ -65,10 +65,10 @@ def rl_figure(runs: Mapping[str, Sequence[dict]], H: float, title: str = "", hei
         fig.add_hline(y=H, line={"dash": "dot", "color": "#444"}, row=1, col=k + 1)
     fig.update_yaxes(range=[-0.02, 1.02])
     fig.update_xaxes(title_text="step")
-    fig.update_layout(height=height, title=title or None, margin={"l": 40, "r": 20, "t": 70, "b": 50},
+    fig.update_layout(height=height, title=title or None, margin={"l": 40, "r": 20, "t": 70, "b": 70},
                       legend={"font": {"size": 10}})
     fig.add_annotation(text=f"dotted line: H = {H:g}; accuracy: solid zoom-needed, dotted zoom-optional",
-                       xref="paper", yref="paper", x=1, y=-0.12, showarrow=False, font={"size": 10}, xanchor="right")
+                       xref="paper", yref="paper", x=1, y=-0.16, showarrow=False, font={"size": 10}, xanchor="right")
     return fig
 
 

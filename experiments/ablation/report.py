@@ -106,6 +106,25 @@ def paired_table(out: Path, size: Size, a: str = "full", b: str = "no_curiosity"
     return lines
 
 
+def payoff_table(out: Path, size: Size) -> list[str]:
+    """Whether looking closer already pays at each start (sampled answers): zoom-needed accuracy of
+    the answers that used an operation against those that did not. Where it pays, plain RL rewards
+    zooming by accuracy alone and there is no trap for curiosity to lift the policy out of."""
+    lines = ["| start model | zoom-needed answers | with an operation | accuracy with | accuracy without |",
+             "| --- | --- | --- | --- | --- |"]
+    for name in ("shipped", "trap", "trap_nocorr"):
+        evals = load_evals(out, [name], "sampled")
+        if evals is None:
+            lines.append(f"| {name} | not run | | | |")
+            continue
+        recs = [r for r in evals[0] if r.get("category") == "zoom_needed"]
+        used = [r for r in recs if r["n_ops"] >= 1]
+        bare = [r for r in recs if r["n_ops"] < 1]
+        acc = lambda rs: f"{np.mean([r['score'] for r in rs]):.3f} (n={len(rs)})" if rs else "n/a"  # noqa: E731
+        lines.append(f"| {name} | {len(recs)} | {len(used) / max(1, len(recs)):.3f} | {acc(used)} | {acc(bare)} |")
+    return lines
+
+
 def rl_metrics(out: Path, size: Size) -> dict[str, list[dict]]:
     """'row/seedN' -> the RL run's metrics rows (runs not started yet are left out)."""
     runs = {}
@@ -172,6 +191,8 @@ def generated(out: Path, size: Size, info: dict, curves: list[Path]) -> str:
              "### Paired difference: RL with curiosity (full) − RL without curiosity", "",
              "Same test items for both rows, resampled together; each row's seeds resampled on their own.", "",
              *paired_table(out, size), "",
+             f"### Does looking closer pay at the start? (sampled, temperature 1, k = {size.samples})", "",
+             *payoff_table(out, size), "",
              "### Training rollouts (temperature 1), means over seeds", "",
              *rollout_table(runs), "",
              "### Every model, every seed", "",
