@@ -81,6 +81,7 @@ def test_the_driver_at_smoke_size_writes_the_table_and_curves_and_resumes(tmp_pa
     for row in ROWS:
         assert f"| {row.title} | 1 |" in text
     assert "full) − RL without curiosity" in text and "| greedy | acc |" in text and "not run" not in text
+    assert "Does looking closer pay" in text and "| trap | " in text
     assert (docs / "rl_ablation_curves.html").stat().st_size > 1000
     assert (docs / "rl_ablation_curves.png").read_bytes()[:4] == b"\x89PNG"
     info = json.loads((out / "info.json").read_text())
