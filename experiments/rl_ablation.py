@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ran {len(ran)} stages in {time.time() - t0:.0f} s; {len(plan) - len(ran)} were done before", flush=True)
     seconds = stage_seconds(out, plan)
     total = sum(seconds.values())
-    command = "python experiments/rl_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python experiments/rl_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     before = json.loads((out / "info.json").read_text()) if (out / "info.json").exists() else {}
     if args.docs_only:  # the docs name the command and machine that ran the stages
         command = before.get("command", command)
