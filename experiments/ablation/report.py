@@ -5,6 +5,7 @@ kept, so rerunning the driver refreshes the numbers without losing the notes."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,12 @@ def write_curves(runs: dict[str, list[dict]], H: float, docs: Path, stem: str = 
                     by_group=True)
     html, png = docs / f"{stem}.html", docs / f"{stem}.png"
     fig.write_html(str(html), include_plotlyjs="cdn")
-    write_png(fig, png, width=1400, height=620)
+    try:
+        write_png(fig, png, width=1400, height=620)
+    except Exception as e:  # kaleido or a Chromium missing: the run's results must still reach the docs
+        print(f"warning: no PNG of the curves ({type(e).__name__}: {' '.join(str(e).split())[:200]}); install kaleido and "
+              "Chromium for it. The HTML has the same curves.", file=sys.stderr)
+        return [html]
     return [html, png]
 
 
