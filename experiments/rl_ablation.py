@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "info.json").write_text(json.dumps(info, indent=2))
     docs = Path(args.docs).resolve()
     docs.mkdir(parents=True, exist_ok=True)
-    curves = write_curves(rl_metrics(out, size), 0.3, docs)
+    configs = sorted(out.glob("rl/*/seed*/rl_config.json"))  # the runs' own H (--rl H=... changes it)
+    H = json.loads(configs[0].read_text()).get("H", 0.3) if configs else 0.3
+    curves = write_curves(rl_metrics(out, size), H, docs)
     write_doc(docs / "rl_ablation.md", generated(out, size, info, curves))
     print(f"wrote {docs / 'rl_ablation.md'} and {', '.join(str(p) for p in curves)}")
     return 0
