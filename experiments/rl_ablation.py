@@ -68,17 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.docs_only:
         ran = run_stages(out, plan)
         print(f"ran {len(ran)} stages in {time.time() - t0:.0f} s; {len(plan) - len(ran)} were done before", flush=True)
-    seconds = stage_seconds(out, plan)
-    total = sum(seconds.values())
-    command = "python experiments/rl_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     before = json.loads((out / "info.json").read_text()) if (out / "info.json").exists() else {}
-    if args.docs_only:  # the docs name the command and machine that ran the stages
-        command = before.get("command", command)
-    info = {"command": command, "machine": args.machine or before.get("machine") or machine(), "size": args.size,
-            "settings": {**asdict(size), **({"rl": " ".join(args.rl)} if args.rl else {})}, "stages": seconds,
-            "wall": f"{total:.0f} s ({total / 60:.1f} min) summed over the {len(seconds)} stages"
-                    + ("" if len(seconds) == len(plan) else f" finished of {len(plan)}")}
-    (out / "info.json").write_text(json.dumps(info, indent=2))
+    if args.docs_only and before:  # the docs of the run as it was made: its command, machine, times
+        info = before
+    else:
+        seconds = stage_seconds(out, plan)
+        total = sum(seconds.values())
+        info = {"command": "python experiments/rl_ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+                "machine": args.machine or machine(), "size": args.size,
+                "settings": {**asdict(size), **({"rl": " ".join(args.rl)} if args.rl else {})}, "stages": seconds,
+                "wall": f"{total:.0f} s ({total / 60:.1f} min) summed over the {len(seconds)} stages"
+                        + ("" if len(seconds) == len(plan) else f" finished of {len(plan)}")}
+        (out / "info.json").write_text(json.dumps(info, indent=2))
     docs = Path(args.docs).resolve()
     docs.mkdir(parents=True, exist_ok=True)
     configs = sorted(out.glob("rl/*/seed*/rl_config.json"))  # the runs' own H (--rl H=... changes it)
