@@ -159,16 +159,30 @@ def visibility(k: str) -> tuple:
             gr.update(visible=k in ("eval", "gain")), gr.update(visible=k == "custom"))
 
 
-def rl_alarms(job: dict, rows: list[dict]) -> list[AL.Alarm]:
-    """Collapse alarms of an RL job, with the run's own H (from `<out>/rl_config.json`)."""
-    if job.get("kind") != "rl":
-        return []
+def rl_target(job: dict) -> float:
+    """The RL run's curiosity target H (from `<out>/rl_config.json`; 0.3, the release's, when unreadable)."""
     config = Path(job.get("out_dir") or ".") / "rl_config.json"
     try:
-        H = float(json.loads(config.read_text()).get("H", 0.3)) if config.exists() else 0.3
+        return float(json.loads(config.read_text()).get("H", 0.3)) if config.exists() else 0.3
     except (ValueError, TypeError, OSError):
-        H = 0.3
-    return AL.collapse_alarms(rows, AL.AlarmSettings(H=H))
+        return 0.3
+
+
+def rl_alarms(job: dict, rows: list[dict]) -> list[AL.Alarm]:
+    """Collapse alarms of an RL job, with the run's own H."""
+    if job.get("kind") != "rl":
+        return []
+    return AL.collapse_alarms(rows, AL.AlarmSettings(H=rl_target(job)))
+
+
+def rl_curves(job: dict, rows: list[dict]):
+    """An RL job's rollout RaPR per step against H and its eval accuracy per eval step (None for
+    other jobs)."""
+    if job.get("kind") != "rl":
+        return None
+    from train.rl_curves import rl_figure
+
+    return rl_figure({job["id"]: rows}, rl_target(job), title=f"RaPR vs H · eval accuracy · {job['id']}")
 
 
 def build(studio: Studio, demo=None, ask_model=None) -> None:
@@ -211,6 +225,7 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
         with gr.Row():
             alpha = gr.Slider(0, 0.99, value=0.6, step=0.01, label="EMA smoothing")
         curves = gr.Plot(label="Metrics (metrics.jsonl)")
+        rl_plot = gr.Plot(label="RL: rollout RaPR against H, eval accuracy", visible=False, elem_id="train-rl-curves")
         log_box = gr.Code(label="Log (last 200 lines)", language="shell", lines=14, elem_id="job-log")
         seen = gr.State((None, -1, ""))  # (job id, metric rows, status) drawn last
         timer = gr.Timer(POLL_SECONDS)
@@ -252,11 +267,11 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
         table_rows = jobs_table(studio)
         jid = (jid or "").strip()
         if not jid:
-            return table_rows, "", "", gr.skip(), "", last, ""
+            return table_rows, "", "", gr.skip(), "", last, "", gr.skip()
         try:
             v = runner.view(jid)
         except KeyError as e:
-            return table_rows, f"⚠️ {e}", "", gr.skip(), "", last, ""
+            return table_rows, f"⚠️ {e}", "", gr.skip(), "", last, "", gr.skip()
         job, rows = v["job"], v["metrics"]
         key = (jid, len(rows), job["status"])
         result = Path(job["out_dir"] or ".") / "gain.json"
@@ -264,11 +279,13 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
         gain = G.markdown(figures) if figures else ""
         warnings = AL.alarms_markdown(rl_alarms(job, rows))
         if tuple(last) == key:
-            fig = gr.skip()
+            fig = rl_fig = gr.skip()
         else:
             fig = C.gain_bars(figures) if figures else job_figure(job, rows, a)
+            rl = rl_curves(job, rows)
+            rl_fig = gr.update(value=rl, visible=True) if rl is not None else gr.update(value=None, visible=False)
         header = job_markdown(job, len(rows)) + (f"\n\n{warnings}" if warnings else "")
-        return (table_rows, header, progress_html(v["progress"], job["status"]), fig, v["log"], key, gain)
+        return (table_rows, header, progress_html(v["progress"], job["status"]), fig, v["log"], key, gain, rl_fig)
 
     def redraw(jid, a):
         try:
@@ -327,7 +344,7 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
     else:
         use_btn.visible = False
     table.select(pick, None, job_id, **UI_ONLY)
-    poll_outputs = [table, job_md, progress, curves, log_box, seen, gain_md]
+    poll_outputs = [table, job_md, progress, curves, log_box, seen, gain_md, rl_plot]
     job_id.change(poll, [job_id, alpha, seen], poll_outputs, **UI_ONLY)
     alpha.release(redraw, [job_id, alpha], curves, **UI_ONLY)
     timer.tick(poll, [job_id, alpha, seen], poll_outputs, api_name="train_poll", show_progress="hidden")

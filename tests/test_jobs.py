@@ -135,7 +135,7 @@ def _free_port() -> int:
 def _poll_until_ended(client, jid: str, timeout: float):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        table, md, progress, fig, log, _gain = client.predict(jid, 0.6, api_name="/train_poll")
+        table, md, progress, fig, log, _gain, _rl = client.predict(jid, 0.6, api_name="/train_poll")
         status = next(r[2] for r in table["data"] if r[0] == jid)
         if status not in ("queued", "running"):
             return status, md, progress, fig, log

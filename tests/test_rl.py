@@ -67,32 +67,21 @@ def test_a_time_budget_stops_rl_after_the_step_it_runs_out_and_evaluates_there(q
     assert [r["step"] for r in rows if "eval_rapr" in r] == [0, 1]  # the stopping step, though not a multiple of 5
 
 
-def _ablation_module():
-    import importlib.util
+@pytest.mark.skipif(not (MODEL / "config.json").exists(), reason="the shipped tiny model is missing")
+def test_rerunning_a_finished_run_takes_no_further_step(queries, tmp_path):
+    from train.rl import RLRunConfig, train
 
-    spec = importlib.util.spec_from_file_location("rl_ablation", ROOT / "experiments" / "rl_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_the_ablation_report_compares_arms_at_their_last_common_eval_and_windows_rollouts():
-    abl = _ablation_module()
-    ev = lambda step, acc, rapr: {"step": step, "eval_zoom_needed_acc": acc, "eval_rapr": rapr}  # noqa: E731
-    evals = {"curiosity": {0: ev(0, 0.1, 0.4), 5: ev(5, 0.3, 0.35), 7: ev(7, 0.5, 0.1)},  # stopped by a budget at 7
-             "no_curiosity": {0: ev(0, 0.1, 0.4), 5: ev(5, 0.2, 0.0), 10: ev(10, 0.6, 0.0)}}
-    check = abl.goal_check(evals, H=0.3)
-    assert check == {"step": 5, "keeps_rapr": True, "curiosity_acc": 0.3, "no_curiosity_acc": 0.2, "higher": True}
-    evals["curiosity"][5]["eval_rapr"] = 0.2
-    assert abl.goal_check(evals, H=0.3)["keeps_rapr"] is False
-    assert abl.goal_check({"curiosity": evals["curiosity"]}, H=0.3) is None
-
-    train = [{"step": s, "rapr": s / 10, "accuracy": 0.5, "reward": 0.5, "rapr_image": 0.0,
-              **({"rapr_video": 1.0} if s % 2 else {})} for s in range(1, 13)]
-    w = abl.windowed(train, 10)
-    assert sorted(w) == [0, 1]  # steps 1-10 and 11-12
-    assert w[0]["rapr"] == pytest.approx(0.55) and w[1]["rapr"] == pytest.approx(1.15)
-    assert w[0]["rapr_video"] == 1.0  # steps without a video in the batch are left out, not counted as 0
+    out = tmp_path / "run"
+    overrides = [f"data={queries}", f"out={out}", "max_steps=1", "save_steps=1", "group_size=2", "batch_size=2",
+                 "eval_every=1", "eval_split=test", "eval_limit=1"]
+    first = train(RLRunConfig.from_file(ROOT / "configs" / "rl_tiny_ci.json", overrides))
+    second = train(RLRunConfig.from_file(ROOT / "configs" / "rl_tiny_ci.json", overrides))
+    assert first["steps"] == second["steps"] == 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward" in r] == [1]  # was [1, 2]: the rerun took step 2
+    assert [r["step"] for r in rows if "eval_rapr" in r] == [0, 1]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert (out / "final" / "model.safetensors").exists()
 
 
 def test_queries_whose_media_cannot_be_read_are_skipped_not_fatal(queries, tmp_path):

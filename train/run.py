@@ -210,6 +210,21 @@ def last_checkpoint(out: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
+def finished_step(checkpoint: str | None, max_steps: int) -> int | None:
+    """The step of a checkpoint that already reached the run's last step, else None.
+
+    Trainer checks for the last step only after taking one, so resuming a finished run took one
+    step more than asked (and evaluated and saved it); a caller skips training instead."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint) / "trainer_state.json"
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text(encoding="utf-8"))
+    step, last = int(state.get("global_step", 0)), max_steps if max_steps > 0 else int(state.get("max_steps", 0))
+    return step if last > 0 and step >= last else None
+
+
 def load_saved_weights(model, checkpoint: str) -> None:
     """Put a checkpoint's weights into `model` the way from_pretrained reads them.
 
