@@ -9,9 +9,11 @@ the image cap or the context-token cap is reached.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -320,7 +322,7 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
     """
     config, params = config or LoopConfig(), params or GenerationParams()
     if episodes is None:
-        episodes = [Episode(t, config, store, backend.name, backend.model_id) for t in tasks]
+        episodes = _start_episodes(tasks, config, store, backend)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     waiting = deque(e for e in episodes if not e.done)
@@ -343,6 +345,19 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
                 on_done(episode)
     backend.forget()
     return [e.trajectory for e in episodes]
+
+
+def _start_episodes(tasks: list[Task], config: LoopConfig, store: ImageStore | None,
+                    backend: Backend) -> list[Episode]:
+    """Episodes for a batch, built on a few threads: the first views' resizing and the pictures'
+    hashing release the GIL, and the model waits for all of them before its first turn."""
+    def start(task: Task) -> Episode:
+        return Episode(task, config, store, backend.name, backend.model_id)
+
+    if len(tasks) < 2:
+        return [start(t) for t in tasks]
+    with ThreadPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
+        return list(pool.map(start, tasks))
 
 
 def _generate_isolated(backend: Backend, active: list[Episode], params: GenerationParams) -> list:
