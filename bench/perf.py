@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"generate {r['group_plain']:.2f}; {f['mean_steps']:.2f} steps/conversation, median of "
                         f"{f['runs']} interleaved runs", f["speedup"] >= 4))
     if "eval_threads" in parts:
-        f = figures["eval_threads"] = perf_model.bench_eval_threads(cache, 8 if short else 32, 1 if short else 2)
+        f = figures["eval_threads"] = perf_model.bench_eval_threads(cache, 8 if short else 32, 1 if short else 6)
         w = f["wall_s"]
         rows.append(row(f"eval of {f['items']} items, default environment no slower than OMP_WAIT_POLICY=PASSIVE",
                         f"default {w['default']:.1f} s, PASSIVE {w['PASSIVE']:.1f} s, ACTIVE {w['ACTIVE']:.1f} s "

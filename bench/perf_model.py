@@ -92,12 +92,14 @@ def tinyzoom_test(cache: Path, n: int) -> Path:
 
 def bench_eval_threads(cache: Path, n: int, runs: int) -> dict:
     """`python -m core eval` of n TinyZoom items (batch 16) with the default environment and with
-    OMP_WAIT_POLICY=PASSIVE / ACTIVE set by hand, interleaved, median wall seconds."""
+    OMP_WAIT_POLICY=PASSIVE / ACTIVE set by hand, interleaved in rotating order, median wall seconds."""
     data = tinyzoom_test(cache, n)
     settings = {"default": None, "PASSIVE": "PASSIVE", "ACTIVE": "ACTIVE"}
     walls: dict[str, list[float]] = {k: [] for k in settings}
+    names = list(settings)
     for r in range(runs):
-        for name, policy in settings.items():
+        for name in names[r % 3:] + names[:r % 3]:  # each setting takes each place in turn
+            policy = settings[name]
             env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
             if policy:
                 env["OMP_WAIT_POLICY"] = policy
