@@ -180,7 +180,7 @@ def rl_curves(job: dict, rows: list[dict]):
     other jobs)."""
     if job.get("kind") != "rl":
         return None
-    from train.rl_curves import rl_figure
+    from app.rl_curves import rl_figure
 
     return rl_figure({job["id"]: rows}, rl_target(job), title=f"RaPR vs H · eval accuracy · {job['id']}")
 

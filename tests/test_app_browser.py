@@ -106,7 +106,10 @@ def ask(page, url: str, example: int, replay: Path | None = None) -> str:
     expect(page.locator("#question textarea")).not_to_have_value("", timeout=20_000)
     if replay is not None:
         page.locator("#ask-settings").get_by_text("Settings").first.click()
-        page.locator("#ask-model textarea, #ask-model input").first.fill(str(replay))
+        model = page.locator("#ask-model textarea, #ask-model input").first
+        model.fill(str(replay))
+        model.press("Tab")  # the change lands before the click, even on a loaded machine
+        expect(model).to_have_value(str(replay))
     page.locator("#ask-btn").click()
     status = page.locator("#answer-status")
     expect(status).to_contain_text(re.compile(r"^\s*(done|stopped|error|cancelled)"), timeout=60_000)
