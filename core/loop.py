@@ -9,11 +9,9 @@ the image cap or the context-token cap is reached.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -23,6 +21,7 @@ from core import operations as ops
 from core import protocol as P
 from core.backends.base import Backend, Generation, GenerationParams
 from core.media import ImageStore, MemoryImageStore, Video
+from core.runtime import parallel_map
 from core.scoring import extract_answer
 from core.trajectory import ImageRef, Media, Step, Trajectory
 
@@ -322,7 +321,8 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
     """
     config, params = config or LoopConfig(), params or GenerationParams()
     if episodes is None:
-        episodes = _start_episodes(tasks, config, store, backend)
+        # first views' resizing and the pictures' hashing release the GIL: a few threads build them
+        episodes = parallel_map(lambda t: Episode(t, config, store, backend.name, backend.model_id), tasks)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     waiting = deque(e for e in episodes if not e.done)
@@ -345,19 +345,6 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
                 on_done(episode)
     backend.forget()
     return [e.trajectory for e in episodes]
-
-
-def _start_episodes(tasks: list[Task], config: LoopConfig, store: ImageStore | None,
-                    backend: Backend) -> list[Episode]:
-    """Episodes for a batch, built on a few threads: the first views' resizing and the pictures'
-    hashing release the GIL, and the model waits for all of them before its first turn."""
-    def start(task: Task) -> Episode:
-        return Episode(task, config, store, backend.name, backend.model_id)
-
-    if len(tasks) < 2:
-        return [start(t) for t in tasks]
-    with ThreadPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1)) as pool:
-        return list(pool.map(start, tasks))
 
 
 def _generate_isolated(backend: Backend, active: list[Episode], params: GenerationParams) -> list:

@@ -189,9 +189,8 @@ class Video:
         except MediaError:
             raise
         except Exception as e:  # FFmpeg's errors (av.FFmpegError) and ours; av's messages name the path
-            reason = getattr(e, "strerror", None) or _short(e)
-            raise MediaError(f"{name} is not a readable video (corrupt or truncated?): "
-                             f"{reason.split(': ')[0] if isinstance(reason, str) else reason}") from None
+            reason = (getattr(e, "strerror", None) or _short(e)).split(": ")[0]  # no ": '<path>'" tail
+            raise MediaError(f"{name} is not a readable video (corrupt or truncated?): {reason}") from None
         return cls(overview=frames, times=[i / fps for i in idx], path=path, source_indices=idx,
                    fps=fps, n_source_frames=total, _reader=reader)
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+_prep_pool: ThreadPoolExecutor | None = None
 
 THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -42,3 +48,16 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """fn over items on a small shared thread pool, in order: for the preparation around the model
+    (resizing, hashing, tokenizing release the GIL) while the model waits for all of it. `fn` must
+    not call parallel_map itself (the pool's threads would wait on each other)."""
+    global _prep_pool
+    items = list(items)
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    if _prep_pool is None:
+        _prep_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="prep")
+    return list(_prep_pool.map(fn, items))

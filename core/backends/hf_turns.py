@@ -14,9 +14,7 @@ the new encoding, so a re-tokenized assistant turn or another conversation never
 """
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +23,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from core.backends.base import Generation, GenerationParams, cut_at_stop
 from core.backends.stopping import StopCriteria
 from core.encoding import Encoded
-from core.runtime import torch_threads
+from core.runtime import parallel_map, torch_threads
 
 MIN_SHARED_PREFIX = 16  # tokens; shorter common prefixes are not worth a separate forward
 GROW_TOKENS = 128  # a batch's key/value buffers grow by this many positions at a time
@@ -165,20 +163,12 @@ class TurnEngine:
 
     # ---- one call --------------------------------------------------------------------------
 
-    def _encode_all(self, batch: list[list[dict]]) -> list[Encoded]:
-        """Each conversation's prompt, encoded on a few threads (the tokenizer and the image
-        processor release the GIL; the model waits for all of them)."""
-        if len(batch) < 2:
-            return [self.backend._encode_prompt(m) for m in batch]
-        with ThreadPoolExecutor(max_workers=min(len(batch), os.cpu_count() or 1)) as pool:
-            return list(pool.map(self.backend._encode_prompt, batch))
-
     @torch.inference_mode()
     def generate(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
         t0 = time.perf_counter()
         keys = [id(m) for m in batch]
         self.caches = {k: c for k, c in self.caches.items() if k in keys}  # ended conversations go
-        encoded = self._encode_all(batch)
+        encoded = parallel_map(self.backend._encode_prompt, batch)  # tokenizer, image processor: GIL released
         self._share_prefix(encoded)
         rows = [self._row(k, m, e) for k, m, e in zip(keys, batch, encoded)]
         if params.seed is not None:
