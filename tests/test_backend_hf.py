@@ -113,6 +113,37 @@ def test_stop_criteria_stop_on_end_tokens_per_row(backend):
     assert done.tolist() == [True, False] and criteria.lengths == [len(words) + 1, None]
 
 
+class CountingTokenizer:
+    """The real tokenizer, counting how many decodes look at more than one token."""
+
+    def __init__(self, tok):
+        self.tok, self.window_decodes = tok, 0
+
+    def decode(self, ids, **kw):
+        self.window_decodes += len(ids) > 1
+        return self.tok.decode(ids, **kw)
+
+
+def test_stop_criteria_decodes_the_tail_only_after_a_closing_token(backend):
+    """The first stop found with the skip equals a decode of the tail after every token, for
+    protocol stops, a stop that is a word, and characters split over several byte tokens."""
+    tok = backend.tokenizer
+    texts = ["I will zoom.\n" + P.format_tool_call(P.CROP_TOOL, {"bbox_2d": [0.1, 0.2, 0.3, 0.4], "target_image": 1})
+             + " trailing", "naïve café → résumé 中文 text then </tool_call> and more", "no stop here at all, > only"]
+    stop_sets = [P.STOP_STRINGS, ("café",) + P.STOP_STRINGS, ("中文",), ("e →",)]
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for stops in stop_sets:
+            counting = CountingTokenizer(tok)
+            fast = StopCriteria(counting, stops, backend.stop_ids, 0, 1)
+            first_fast = next((n for n in range(1, len(ids) + 1) if fast.row_done(ids[:n])), None)
+            first_full = next((n for n in range(1, len(ids) + 1)
+                               if any(s in tok.decode(ids[:n][-24:], skip_special_tokens=False) for s in stops)), None)
+            assert first_fast == first_full, (text, stops)
+            if text == texts[0] and stops == P.STOP_STRINGS:  # plain ASCII: only '>' tokens open the tail
+                assert first_fast and counting.window_decodes <= first_fast / 4
+
+
 def test_stop_string_ends_one_row_of_a_real_batch(backend):
     """Take what greedy decoding writes, then stop on a piece of it: only that row stops there."""
     convs = [question("What is written on the sign?"), question("How many boxes?")]

@@ -265,6 +265,7 @@ class TurnEngine:
         """One token per live row per step; a row that stops keeps its states and leaves the batch."""
         device = self.backend.device
         alive = list(range(len(rows)))  # batch row -> index in rows
+        full_only = set(self.model.config.text_config.layer_types or ["full_attention"]) == {"full_attention"}
         while True:
             logits = out.logits[:, -1].float()
             tokens = self._pick(logits, params)
@@ -289,7 +290,10 @@ class TurnEngine:
                 alive = [alive[j] for j in keep]
             mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=torch.long)], 1)
             step_pos = torch.tensor([rows[i].next_pos + len(rows[i].new) - 1 for i in alive])
-            out = self.model(input_ids=tokens.view(-1, 1).to(device), attention_mask=mask.to(device),
+            # One query per row sees every unmasked column: the 4-D mask is the padding mask itself,
+            # handed over ready so transformers does not rebuild it every step (~6% of a step).
+            attend = {"full_attention": mask.to(device).bool()[:, None, None, :]} if full_only else mask.to(device)
+            out = self.model(input_ids=tokens.view(-1, 1).to(device), attention_mask=attend,
                              position_ids=step_pos.view(1, -1, 1).expand(3, -1, -1).to(device),
                              past_key_values=cache, use_cache=True)
 
@@ -333,10 +337,10 @@ class TurnEngine:
 
     def _keep_cache(self, r: Row, cache, mask: torch.Tensor, j: int) -> None:
         """Store a stopped row's states: the conversation so far and all but its last token."""
-        cols = mask[j].bool()
-        n_fed = int(cols.sum())
-        keys = [layer.keys[j:j + 1, :, cols[:layer.keys.shape[2]]] for layer in cache.layers]
-        values = [layer.values[j:j + 1, :, cols[:layer.values.shape[2]]] for layer in cache.layers]
+        cols = mask[j].nonzero().view(-1).to(self.backend.device)
+        n_fed = len(cols)
+        keys = [layer.keys[j:j + 1].index_select(2, cols) for layer in cache.layers]
+        values = [layer.values[j:j + 1].index_select(2, cols) for layer in cache.layers]
         ids = r.enc.input_ids + r.new[:-1]
         assert keys[0].shape[2] == n_fed == len(ids), (keys[0].shape, n_fed, len(ids))
         self.caches[r.key] = TurnCache(ids=ids, keys=keys, values=values, media=r.media, pictures=r.pictures)

@@ -23,10 +23,24 @@ class StopCriteria:
         self.abandoned = threading.Event()  # set when the caller stops reading a stream
         self.lengths: list[int | None] = [None] * batch_size
         self.cancelled = False
+        self.closing_chars = {s[-1] for s in self.stops if s}
+        self.may_close: dict[int, bool] = {}  # token id -> its text holds a stop string's last character
 
     def row_done(self, new_tokens: list[int]) -> bool:
-        if new_tokens and new_tokens[-1] in self.stop_ids:
+        """Whether the row's newest token ends it. A stop string can only complete with the token
+        that writes its last character, so the tail is decoded only after such a token."""
+        if not new_tokens:
+            return False
+        last = new_tokens[-1]
+        if last in self.stop_ids:
             return True
+        closes = self.may_close.get(last)
+        if closes is None:
+            text = self.tokenizer.decode([last], skip_special_tokens=False)
+            # an incomplete UTF-8 sequence decodes to U+FFFD: its character is only known with neighbours
+            closes = self.may_close[last] = "\ufffd" in text or any(c in text for c in self.closing_chars)
+        if not closes:
+            return False
         tail = self.tokenizer.decode(new_tokens[-STOP_WINDOW:], skip_special_tokens=False)
         return any(s in tail for s in self.stops)
 
