@@ -265,7 +265,8 @@ class TurnEngine:
         """One token per live row per step; a row that stops keeps its states and leaves the batch."""
         device = self.backend.device
         alive = list(range(len(rows)))  # batch row -> index in rows
-        full_only = set(self.model.config.text_config.layer_types or ["full_attention"]) == {"full_attention"}
+        layer_types = getattr(self.model.config.text_config, "layer_types", None) or ["full_attention"]
+        full_only = set(layer_types) == {"full_attention"}
         while True:
             logits = out.logits[:, -1].float()
             tokens = self._pick(logits, params)
