@@ -132,6 +132,19 @@ def test_token_kinds_tell_box_tenths_by_axis_frames_and_the_answer():
     assert [i for i, k in enumerate(kinds) if k == "answer"] == [pieces.index("7")]
 
 
+def test_rerunning_a_finished_sft_run_takes_no_step_past_max_steps(dataset, tmp_path):
+    """Mid-epoch, Trainer resumed from the last checkpoint took one step more than max_steps
+    (and saved it); a rerun of a finished run now only takes its last weights."""
+    from train.sft import SFTRunConfig, train
+
+    cfg = SFTRunConfig(data=str(dataset), out=str(tmp_path / "run"), max_steps=2, batch_size=2, save_steps=2,
+                       eval_limit=0, report_to=[], disable_tqdm=True, vocab_size=600)
+    assert train(cfg)["steps"] == 2
+    again = train(cfg)
+    assert again["steps"] == 2 and again["train_loss"] is None
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
 def test_both_trainers_resume_a_checkpoint_under_the_names_transformers_saves(tiny_checkpoint, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 

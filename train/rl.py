@@ -43,8 +43,8 @@ from train.rewards import group_advantages, informative_groups, shaped_rewards
 from train.rl_stats import is_correct, rollout_stats, step_metrics, tinyzoom_summary
 from train.rollout import (PolicyBackend, Rollout, VLLMPolicyBackend, forward_logps, rollout,
                            training_batch)
-from train.run import (ResumesSavedWeights, TimeBudgetCallback, TrainerRunConfig, finished_step, last_checkpoint,
-                       load_saved_weights, option, run_main, save_final, start_run)
+from train.run import (ResumesSavedWeights, TimeBudgetCallback, TrainerRunConfig, option, run_main, save_final,
+                       start_run, train_or_finish)
 
 log = logging.getLogger(__name__)
 
@@ -372,13 +372,7 @@ def train(cfg: RLRunConfig) -> dict:
         eval_tasks = _balanced(eval_tasks, cfg.eval_limit)
         trainer.add_callback(_eval_callback(trainer, eval_tasks, cfg.eval_every, metrics_path))
     t0 = time.time()
-    resume = last_checkpoint(out)
-    steps = finished_step(resume, cfg.max_steps)
-    if steps is None:
-        steps = trainer.train(resume_from_checkpoint=resume).global_step
-    else:  # a rerun of a finished run: its last weights, no further step
-        log.info("%s already reached step %d: no further training", resume, steps)
-        load_saved_weights(trainer.model, resume)
+    steps, _ = train_or_finish(trainer, out, cfg.max_steps)
     seconds = time.time() - t0
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     source = Path(cfg.model) if Path(cfg.model).is_dir() else None

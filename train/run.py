@@ -235,6 +235,20 @@ def load_saved_weights(model, checkpoint: str) -> None:
     model.load_state_dict(saved.state_dict())
 
 
+def train_or_finish(trainer, out: Path, max_steps: int) -> tuple[int, float | None]:
+    """Train from the last checkpoint in `out` and return (global step, training loss). A run that
+    already reached its last step only takes that checkpoint's weights (loss None): Trainer would
+    take one step more (see finished_step)."""
+    resume = last_checkpoint(out)
+    steps = finished_step(resume, max_steps)
+    if steps is not None:
+        logging.getLogger(__name__).info("%s already reached step %d: no further training", resume, steps)
+        load_saved_weights(trainer.model, resume)
+        return steps, None
+    result = trainer.train(resume_from_checkpoint=resume)
+    return result.global_step, result.training_loss
+
+
 def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None) -> int:
     """The shared command line of `train sft|rl|vision`: --config FILE, --out, key=value overrides;
     `--help` lists every config field with its type, default and help."""

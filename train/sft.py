@@ -28,8 +28,8 @@ from core.operations import PIXEL_PRESETS
 from core.records import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
-from train.run import (ResumesSavedWeights, TimeBudgetCallback, TrainerRunConfig, last_checkpoint, option, run_main,
-                       save_final, start_run)
+from train.run import (ResumesSavedWeights, TimeBudgetCallback, TrainerRunConfig, option, run_main, save_final,
+                       start_run, train_or_finish)
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +205,11 @@ def train(cfg: SFTRunConfig) -> dict:
     if cfg.max_seconds:
         trainer.add_callback(TimeBudgetCallback(cfg.max_seconds, cfg.learning_rate, cfg.warmup_ratio))
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(out))
+    steps, loss = train_or_finish(trainer, out, cfg.max_steps)
     seconds = time.time() - t0
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     save_final(trainer, encoder, cfg, source, final)
-    summary = {"steps": result.global_step, "train_loss": result.training_loss, "seconds": round(seconds, 1),
+    summary = {"steps": steps, "train_loss": loss, "seconds": round(seconds, 1),
                "processes": args.world_size, "train_records": len(records), "final_dir": str(final), "metrics": str(out / "metrics.jsonl")}
     if trainer.is_world_process_zero():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
