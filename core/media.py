@@ -132,8 +132,7 @@ class Video:
     source_indices: list[int] = field(default_factory=list)  # 0-based frame numbers in the file
     fps: float = 0.0
     n_source_frames: int = 0
-    _reader: object = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reader: object = field(default=None, repr=False)  # a core.frames.FrameReader (it serialises its own reads)
 
     @property
     def n_frames(self) -> int:
@@ -147,8 +146,7 @@ class Video:
         """Overview frames by 1-based number, decoded at full resolution when there is a file."""
         if self._reader is None:
             return [self.overview[k - 1] for k in numbers]
-        with self._lock:
-            batch = self._reader.get([self.source_indices[k - 1] for k in numbers])
+        batch = self._reader.get([self.source_indices[k - 1] for k in numbers])
         return [Image.fromarray(a) for a in batch]
 
     @classmethod
