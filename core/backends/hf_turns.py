@@ -157,6 +157,8 @@ class TurnEngine:
         self.prefix: TurnCache | None = None
         enc = self.encoder
         self.pad_ids = {enc.image_token_id, enc.video_token_id}
+        layer_types = getattr(self.model.config.text_config, "layer_types", None) or ["full_attention"]
+        self.full_attention_only = set(layer_types) == {"full_attention"}  # decoding hands over a ready mask
 
     def forget(self) -> None:
         self.caches.clear()
@@ -265,8 +267,6 @@ class TurnEngine:
         """One token per live row per step; a row that stops keeps its states and leaves the batch."""
         device = self.backend.device
         alive = list(range(len(rows)))  # batch row -> index in rows
-        layer_types = getattr(self.model.config.text_config, "layer_types", None) or ["full_attention"]
-        full_only = set(layer_types) == {"full_attention"}
         while True:
             logits = out.logits[:, -1].float()
             tokens = self._pick(logits, params)
@@ -293,7 +293,9 @@ class TurnEngine:
             step_pos = torch.tensor([rows[i].next_pos + len(rows[i].new) - 1 for i in alive])
             # One query per row sees every unmasked column: the 4-D mask is the padding mask itself,
             # handed over ready so transformers does not rebuild it every step (~6% of a step).
-            attend = {"full_attention": mask.to(device).bool()[:, None, None, :]} if full_only else mask.to(device)
+            attend = mask.to(device)
+            if self.full_attention_only:
+                attend = {"full_attention": attend.bool()[:, None, None, :]}
             out = self.model(input_ids=tokens.view(-1, 1).to(device), attention_mask=attend,
                              position_ids=step_pos.view(1, -1, 1).expand(3, -1, -1).to(device),
                              past_key_values=cache, use_cache=True)
