@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 import plotly.graph_objects as go
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+SEED_COLORS = PALETTE[:5]  # by_group: seed k has one colour across the groups' columns
 EVAL_KEYS = {"eval_zoom_needed_acc": ("zoom-needed", "solid"), "eval_zoom_optional_acc": ("zoom-optional", "dot"),
              "eval_video_acc": ("video", "dash")}
 
@@ -71,8 +72,6 @@ def rl_figure(runs: Mapping[str, Sequence[dict]], H: float, title: str = "", hei
                        xref="paper", yref="paper", x=1, y=-0.16, showarrow=False, font={"size": 10}, xanchor="right")
     return fig
 
-
-SEED_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 
 
 def _seed_index(label: str) -> int:
