@@ -40,27 +40,11 @@ def row_matrix(out: Path, names: list[str], mode: str, metric: str, category: st
     return matrix([per_item(records, metric, category) for records in evals])[0]
 
 
-def table(out: Path, size: Size, mode: str) -> list[str]:
-    head = ["row", "seeds"] + [f"{CAT[c]} {m}" for c in EVAL_CATEGORIES for m in ("acc", "RaPR", "ops/answer")]
+def stat_table(out: Path, size: Size, head: list[str], cols: list[tuple[str, str, str]]) -> list[str]:
+    """One line per row: its title, its number of models, then mean [95% interval] of each
+    (mode, metric, category) column over the row's seeds and items."""
+    head = ["row", "seeds"] + head
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for row in ROWS:
-        names = row_models(row.key, size.seeds)
-        cells = [row.title, str(len(names))]
-        for c in EVAL_CATEGORIES:
-            for metric in ("acc", "rapr", "ops"):
-                m = row_matrix(out, names, mode, metric, c)
-                cells.append("not run" if m is None else cell(mean_ci(m)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def headline_table(out: Path, size: Size) -> list[str]:
-    """The paper's layout: one accuracy column per kind of item (greedy), plus zoom-needed RaPR."""
-    head = ["row", "seeds", "zoom-needed", "zoom-optional", "video", "zoom-needed RaPR",
-            f"zoom-needed, sampled (k={size.samples})"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    cols = [("greedy", "acc", c) for c in EVAL_CATEGORIES] + [("greedy", "rapr", "zoom_needed"),
-                                                              ("sampled", "acc", "zoom_needed")]
     for row in ROWS:
         names = row_models(row.key, size.seeds)
         cells = [row.title, str(len(names))]
@@ -69,6 +53,21 @@ def headline_table(out: Path, size: Size) -> list[str]:
             cells.append("not run" if m is None else cell(mean_ci(m)))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def table(out: Path, size: Size, mode: str) -> list[str]:
+    """Accuracy, RaPR and operations per answer of each kind of item, in one evaluation mode."""
+    metrics = (("acc", "acc"), ("rapr", "RaPR"), ("ops", "ops/answer"))
+    return stat_table(out, size, [f"{CAT[c]} {label}" for c in EVAL_CATEGORIES for _, label in metrics],
+                      [(mode, metric, c) for c in EVAL_CATEGORIES for metric, _ in metrics])
+
+
+def headline_table(out: Path, size: Size) -> list[str]:
+    """The paper's layout: one accuracy column per kind of item (greedy), plus zoom-needed RaPR."""
+    head = ["zoom-needed", "zoom-optional", "video", "zoom-needed RaPR", f"zoom-needed, sampled (k={size.samples})"]
+    cols = [("greedy", "acc", c) for c in EVAL_CATEGORIES] + [("greedy", "rapr", "zoom_needed"),
+                                                              ("sampled", "acc", "zoom_needed")]
+    return stat_table(out, size, head, cols)
 
 
 def per_seed_table(out: Path, size: Size) -> list[str]:
