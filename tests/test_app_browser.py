@@ -107,8 +107,14 @@ def ask(page, url: str, example: int, replay: Path | None = None) -> str:
     if replay is not None:
         page.locator("#ask-settings").get_by_text("Settings").first.click()
         model = page.locator("#ask-model textarea, #ask-model input").first
-        model.fill(str(replay))
-        model.press("Tab")  # the change lands before the click, even on a loaded machine
+        # Under load the freshly opened box can come back to its default right after typing (the
+        # page still settling): type again until the value holds for a second.
+        for _ in range(5):
+            model.fill(str(replay))
+            model.press("Tab")  # the change lands before the click, even on a loaded machine
+            page.wait_for_timeout(1000)
+            if model.input_value() == str(replay):
+                break
         expect(model).to_have_value(str(replay))
     page.locator("#ask-btn").click()
     status = page.locator("#answer-status")
