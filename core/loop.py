@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from PIL import Image
 
 from core import operations as ops
 from core import protocol as P
-from core.backends.base import Backend, Generation, GenerationParams
+from core.backends.base import Backend, ContextFull, Generation, GenerationParams
 from core.media import ImageStore, MemoryImageStore, Video
 from core.runtime import parallel_map
 from core.scoring import extract_answer
@@ -255,6 +255,10 @@ class Episode:
         self.done = True
         return traj.steps[-1]
 
+    def context_full(self, message: str) -> None:
+        """End the episode because the prompt alone fills the context (found before any prefill)."""
+        self.trajectory.status, self.trajectory.error, self.done = "max_tokens", message, True
+
     def fail(self, message: str) -> None:
         """End the episode on an error outside the protocol (a backend crash), keeping all steps."""
         self.trajectory.status, self.trajectory.error, self.done = "error", message, True
@@ -272,9 +276,9 @@ def run(backend: Backend, task: Task | None = None, config: LoopConfig | None = 
         raise ValueError("run() takes a task or an episode, not both" if episode else "run() needs a task or an episode")
     if episode is not None and (config is not None or store is not None):
         raise ValueError("run(episode=...) uses the episode's own config and store; give them to Episode")
-    params = params or GenerationParams()
     if episode is None:
         episode = Episode(task, config or LoopConfig(), store, backend.name, backend.model_id)
+    params = replace(params or GenerationParams(), max_context_tokens=episode.config.max_context_tokens)
     while not episode.done:
         index = len(episode.trajectory.steps)
         yield StepStart(index)
@@ -288,6 +292,9 @@ def run(backend: Backend, task: Task | None = None, config: LoopConfig | None = 
                     yield TextDelta(index, chunk)
                 else:
                     generation = chunk
+        except ContextFull as e:  # refused from the prompt's token count: nothing was prefilled
+            episode.context_full(str(e))
+            break
         except Exception as e:  # the model failed: keep the finished steps, say why
             episode.fail(P.short_message(f"{type(e).__name__}: {e}"))
             break

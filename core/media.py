@@ -165,27 +165,27 @@ class Video:
         return cls.from_frames([load_image(p) for p in paths], fps=fps)
 
     @classmethod
-    def from_file(cls, path: str | Path, n: int = DEFAULT_OVERVIEW_FRAMES, max_pixels: int = 4096 * 2304) -> "Video":
+    def from_file(cls, path: str | Path, n: int = DEFAULT_OVERVIEW_FRAMES, limits=None) -> "Video":
+        """Open a video within `limits` (a core.frames.VideoLimits; its defaults when None)."""
         path = str(path)
         name = _display_name(path)
         if not os.path.exists(path):
             raise MediaError(f"{name}: no such file")
-        from core.frames import FrameReader
+        from core.frames import FrameReader, VideoLimitError, VideoLimits
 
         try:
-            reader = FrameReader(path)
+            reader = FrameReader(path, limits or VideoLimits())
             total, w, h = len(reader), reader.width, reader.height
             if total == 0:
                 raise MediaError(f"{name} has no frames")
-            if w * h > max_pixels:
-                raise MediaError(f"{name} is {w}x{h}; videos above {max_pixels / 1e6:.1f} megapixels per frame "
-                                 "are refused")
-            check_size(name, w, h, max_pixels)
+            check_size(name, w, h, reader.limits.max_pixels)
             idx = overview_indices(total, n)
             frames = [Image.fromarray(a) for a in reader.get(idx)]
             fps = reader.fps or 1.0
         except MediaError:
             raise
+        except VideoLimitError as e:
+            raise MediaError(f"{name} is refused: {e}") from None
         except Exception as e:  # FFmpeg's errors (av.FFmpegError) and ours; av's messages name the path
             reason = (getattr(e, "strerror", None) or _short(e)).split(": ")[0]  # no ": '<path>'" tail
             raise MediaError(f"{name} is not a readable video (corrupt or truncated?): {reason}") from None

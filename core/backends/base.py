@@ -9,7 +9,7 @@ the engine batches).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from core.protocol import STOP_STRINGS, TOOL_CALL_END
@@ -24,6 +24,7 @@ class GenerationParams:
     stop: tuple[str, ...] = STOP_STRINGS
     seed: int | None = None
     logprobs: bool = False  # return per-token log-probabilities (RL)
+    max_context_tokens: int | None = None  # prompt + new tokens; a longer prompt is refused before prefill
 
 
 @dataclass
@@ -52,6 +53,21 @@ def cut_at_stop(text: str, stops: tuple[str, ...] = STOP_STRINGS) -> tuple[str, 
 
 class BackendError(RuntimeError):
     """A backend that cannot be built or run, with a message for the user."""
+
+
+class ContextFull(BackendError):
+    """The prompt alone is over the context budget: refused before the model reads it."""
+
+
+def fit_context(prompt_tokens: int, params: GenerationParams) -> GenerationParams:
+    """The params with max_new_tokens cut to the context left after the prompt; ContextFull when the
+    prompt leaves none (checked from the token count, before any prefill)."""
+    budget = params.max_context_tokens
+    if budget is None:
+        return params
+    if prompt_tokens >= budget:
+        raise ContextFull(f"the question and its picture take {prompt_tokens} tokens; the context holds {budget}")
+    return replace(params, max_new_tokens=min(params.max_new_tokens, budget - prompt_tokens))
 
 
 class Backend:

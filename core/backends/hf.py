@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop
+from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop, fit_context
 from core.backends.stopping import StopCriteria
 from core.encoding import VisionTextEncoder
 
@@ -223,6 +223,7 @@ class TransformersBackend(Backend):
         t0 = time.perf_counter()
         inputs = self._inputs([messages])
         prompt_len = inputs["input_ids"].shape[1]
+        params = fit_context(prompt_len, params)
         criteria = StopCriteria(self.tokenizer, params.stop, self.stop_ids, prompt_len, 1, cancel)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
