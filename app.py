@@ -4,11 +4,13 @@ Runs on the embedded model (core.backends.default_model()) unless --model/--back
 STUDIO_MODEL/STUDIO_BACKEND... variables, for a Space) say otherwise. On a Space (SPACE_ID set) with
 persistent storage, the data folder and the Hugging Face cache (HF_HOME) live on /data, and public
 mode is on. The Train tab launches jobs only with --enable-training (everywhere: it runs commands on
-the host), which needs a login (--auth) in public mode or with --share. See docs/public.md.
+the host), which needs a login (--auth) whenever the app is reachable from other machines (public
+mode, --share, or a --host that is not loopback). --share is public mode. See docs/public.md.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -66,8 +68,51 @@ def build_parser() -> argparse.ArgumentParser:
                         "trusted operators: all features on")
     p.add_argument("--media-root", action="append", default=[], metavar="DIR",
                    help="a folder imports may read pictures from (repeatable); otherwise only uploaded files")
+    add_limit_flags(p)
     p.set_defaults(**{flag: os.environ[var] for flag, var in ENV_FLAGS.items() if os.environ.get(var)})
     return p
+
+
+def add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """The bounds of docs/public.md's table that app/limits.py enforces."""
+    from app.limits import ServerLimits
+
+    d, v = ServerLimits(), ServerLimits().video
+    g = p.add_argument_group("limits (see docs/public.md)")
+    g.add_argument("--max-question-chars", type=int, default=d.max_question_chars,
+                   help="longer questions are refused before they are queued")
+    g.add_argument("--max-video-megapixels", type=float, default=v.max_pixels / 1e6,
+                   help="pixels of every decoded video frame (not only the header's)")
+    g.add_argument("--max-video-frames", type=int, default=v.max_frames, help="frames (packets) in a video")
+    g.add_argument("--max-video-seconds", type=float, default=v.max_seconds, help="a video's duration")
+    g.add_argument("--max-asks-per-visitor", type=int, default=d.max_asks_per_visitor,
+                   help="questions one visitor (login, else address) may have waiting or running")
+    g.add_argument("--login-attempts", type=int, default=d.login_failures,
+                   help="wrong passwords per minute per address or user name before /login answers 429")
+    g.add_argument("--upload-ttl-min", type=float, default=d.upload_ttl_s / 60,
+                   help="uploaded files older than this are deleted")
+    g.add_argument("--max-upload-cache-gb", type=float, default=d.upload_cache_bytes / 1024 ** 3,
+                   help="uploads are refused while the upload folder holds more")
+    g.add_argument("--store-mb-per-visitor", type=float, default=d.store_bytes_per_visitor / 1024 ** 2,
+                   help="public mode: stored pictures per visitor (their oldest finished sessions go first)")
+    g.add_argument("--max-store-gb", type=float, default=d.store_bytes / 1024 ** 3,
+                   help="public mode: stored pictures in all (the oldest finished visitor sessions go first)")
+    g.add_argument("--max-pages", type=int, default=d.max_visitors,
+                   help="page sessions kept in memory (the oldest are forgotten)")
+
+
+def server_limits(args):
+    from app.limits import ServerLimits
+    from core.frames import VideoLimits
+
+    return ServerLimits(
+        max_question_chars=args.max_question_chars, max_asks_per_visitor=max(1, args.max_asks_per_visitor),
+        video=VideoLimits(max_pixels=int(args.max_video_megapixels * 1e6), max_frames=args.max_video_frames,
+                          max_seconds=args.max_video_seconds),
+        max_visitors=max(1, args.max_pages), login_failures=max(1, args.login_attempts),
+        upload_ttl_s=int(args.upload_ttl_min * 60), upload_cache_bytes=int(args.max_upload_cache_gb * 1024 ** 3),
+        store_bytes_per_visitor=int(args.store_mb_per_visitor * 1024 ** 2),
+        store_bytes=int(args.max_store_gb * 1024 ** 3))
 
 
 class ConfigError(SystemExit):
@@ -86,16 +131,28 @@ def auth_pairs(args) -> list[tuple[str, str]]:
     return pairs
 
 
+def is_loopback(host: str | None) -> bool:
+    """True for the default host and addresses only this machine reaches."""
+    if host in (None, "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def check_flags(args, public: bool, pairs: list) -> None:
-    """Refuse to expose the Train tab (it runs commands) to the internet without a login."""
-    if args.enable_training and (public or args.share) and not pairs:
-        where = "with --share" if args.share else "in public mode (--public or a Space)"
+    """Refuse to expose the Train tab (it runs commands) beyond this machine without a login."""
+    if args.enable_training and not pairs and (public or args.share or not is_loopback(args.host)):
+        where = ("with --share" if args.share else "in public mode (--public or a Space)" if public
+                 else f"on --host {args.host} (reachable from other machines)")
         raise ConfigError(f"--enable-training {where} needs a login: add --auth user:password "
                           "(the Train tab runs commands on this machine)")
 
 
 def is_public(args) -> bool:
-    return bool(args.public or os.environ.get("SPACE_ID"))
+    """Public mode: --public, a Space, or --share (anyone with the link)."""
+    return bool(args.public or args.share or os.environ.get("SPACE_ID"))
 
 
 def make_studio(args):
@@ -118,7 +175,8 @@ def make_studio(args):
                     max_upload_mb=args.max_upload_mb, backend_options=options,
                     max_image_pixels=int(args.max_megapixels * 1e6),
                     max_concurrent_runs=max(1, args.max_concurrent), public=is_public(args),
-                    auth=bool(auth_pairs(args)), media_roots=[Path(r).resolve() for r in args.media_root])
+                    auth=bool(auth_pairs(args)), media_roots=[Path(r).resolve() for r in args.media_root],
+                    limits=server_limits(args))
     if args.backend != "replay" and (args.preload or os.environ.get("SPACE_ID")):
         from app.ask import AskSettings, get_backend  # ZeroGPU wants the weights loaded before the first call
         from core.backends import BackendError
@@ -155,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     from app.ask import preload_backend
 
     loading = preload_backend(studio)  # the model loads while gradio imports and the page builds
+    from app.guard import guard_launch_kwargs
     from app.ui import build_app, launch_kwargs
 
     demo = build_app(studio)
@@ -163,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     host = args.host or ("0.0.0.0" if os.environ.get("SPACE_ID") else None)
     demo.queue(default_concurrency_limit=studio.max_concurrent_runs).launch(
         server_name=host, server_port=args.port, share=args.share, auth=pairs or None,
-        max_file_size=f"{int(args.max_upload_mb)}mb", **launch_kwargs(studio))
+        max_file_size=f"{int(args.max_upload_mb)}mb", **launch_kwargs(studio), **guard_launch_kwargs(studio, demo))
 
 
 if __name__ == "__main__":

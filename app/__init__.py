@@ -6,17 +6,20 @@ settings given on the command line. Layout lives in app/ui.py; each tab's logic 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.limits import ServerLimits
 from app.studio_log import StudioLog
 from core.media import DEFAULT_MAX_IMAGE_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-UI_ONLY = {"api_visibility": "undocumented"}
-"""For events only the page itself triggers: callable (the page and tests call them) but kept off
-the API page, which lists the named endpoints (/ask, /sessions, /annotate_save, ...)."""
+UI_ONLY = {"api_name": False}
+"""For events only the page itself triggers: private (Gradio names them false, false_1, ...), so they
+never take a documented name (/open_session) and app/guard.py routes no API call to them; the page
+calls them by index. The API page lists the named endpoints (/ask, /sessions, /annotate_save, ...)."""
 
 
 @dataclass
@@ -38,7 +41,8 @@ class Studio:
     # per browser tab (gradio session hash): the cancel events of its running generations
     cancels: dict[str, list[threading.Event]] = field(default_factory=dict)
     # per browser tab (gradio session hash): the visitor token its browser keeps, so a reload keeps the list
-    visitors: dict[str, str] = field(default_factory=dict)
+    visitors: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    limits: ServerLimits = field(default_factory=ServerLimits)  # per-request and per-visitor bounds
     lock: threading.Lock = field(default_factory=threading.Lock)
     _jobs: object = field(default=None, repr=False)
 

@@ -23,6 +23,8 @@ from PIL import Image
 
 from app import Studio
 from app.examples import VIDEO_SUFFIXES
+from app.limits import question_problem, quote
+from app.public_view import public_model_name, scrub
 from app.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
@@ -138,8 +140,9 @@ def load_task(studio: Studio, media_path: str | None, question: str) -> Task:
     """A Task from an uploaded file, or a MediaError saying what is wrong with it."""
     if not media_path:
         raise MediaError("upload an image or a video first (or pick an example)")
-    if not (question or "").strip():
-        raise MediaError("type a question")
+    problem = question_problem(question, studio.limits)  # before any file is opened
+    if problem:
+        raise MediaError(problem)
     path = Path(media_path)
     if not path.exists():
         raise MediaError(f"{path.name}: the upload is gone; upload it again")
@@ -147,7 +150,8 @@ def load_task(studio: Studio, media_path: str | None, question: str) -> Task:
     if size_mb > studio.max_upload_mb:
         raise MediaError(f"{path.name} is {size_mb:.0f} MB; the limit is {studio.max_upload_mb:.0f} MB")
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return Task(question=question.strip(), video=Video.from_file(path), media_path=str(path))
+        return Task(question=question.strip(), video=Video.from_file(path, limits=studio.limits.video),
+                    media_path=str(path))
     return Task(question=question.strip(), image=load_image(path, studio.max_image_pixels), media_path=str(path))
 
 
@@ -186,7 +190,7 @@ class ChatView:
         self.t0 = time.perf_counter()
 
     def user(self, question: str, media_path: str | None) -> None:
-        content: list = [{"type": "text", "text": question}]
+        content: list = [{"type": "text", "text": quote(question, self.studio.limits)}]
         if media_path:
             content.insert(0, {"path": media_path})
         self.messages.append({"role": "user", "content": content})
@@ -264,7 +268,8 @@ class ChatView:
             self.parent["metadata"]["title"] += " (stopped)"
         status = STATUS_TEXT.get(traj.status, traj.status)
         if traj.error:
-            self.messages.append({"role": "assistant", "content": f"**⚠️ Error:** {traj.error}"})
+            error = scrub(traj.error) if self.studio.isolate else traj.error
+            self.messages.append({"role": "assistant", "content": f"**⚠️ Error:** {error}"})
         answer = traj.answer if traj.answer is not None else "(no answer)"
         mark = ""
         if traj.correct is not None:
@@ -314,7 +319,8 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
                         pixels=PixelLimits.preset(resolve_pixel_preset(model=backend.pixel_preset)))
     params = GenerationParams(max_new_tokens=int(settings.max_new_tokens), temperature=float(settings.temperature))
     log = studio.log
-    episode = Episode(task, config, log.images, backend.name, backend.model_id)
+    model = public_model_name(backend.model_id) if studio.isolate else backend.model_id  # no server paths
+    episode = Episode(task, config, log.images, backend.name, model)
     traj = episode.trajectory
     if compare_of:
         traj.meta["compare_of"] = compare_of

@@ -16,6 +16,8 @@ from app import annotate, train_tab
 from app import ask as A
 from app import examples as E
 from app import inspector as I
+from app import limits as L
+from app.public_view import public_model_name
 from core.backends import BACKENDS
 from core.paths import is_token
 
@@ -52,6 +54,12 @@ def build_app(studio: Studio) -> gr.Blocks:
     examples = E.load_examples(studio)
     default_backend = studio.backend
     default_model = studio.replay if studio.backend == "replay" else (studio.model or "")
+    shown_model = public_model_name(default_model) if studio.isolate else default_model  # /config is public
+
+    def models() -> list[str]:
+        """The model filter's choices: in public mode only the public names visitors' sessions carry."""
+        names = studio.log.models()
+        return sorted({public_model_name(m) for m in names}) if studio.isolate else names
 
     with gr.Blocks(title="Pixel Reasoner Studio") as demo:
         gr.Markdown("## Pixel Reasoner Studio — watch a VLM zoom and pick frames, step by step")
@@ -77,7 +85,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                                              buttons=[])
                         with gr.Accordion("Settings", open=False, elem_id="ask-settings"):
                             backend = gr.Dropdown(list(BACKENDS), value=default_backend, label="Backend")
-                            model = gr.Textbox(value=default_model, label="Model", elem_id="ask-model",
+                            model = gr.Textbox(value=shown_model, label="Model", elem_id="ask-model",
                                                placeholder="empty = embedded model; hub id, local path, "
                                                            "OpenAI URL, or (replay) a JSON file of turns")
                             tools = gr.Checkbox(True, label="Visual operations (tools) on")
@@ -99,12 +107,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                     if studio.isolate:  # visitors use the operator's model: no server paths or URLs from them
                         backend_name, model_name = default_backend, default_model
                     try:
+                        temp, ops, new_tokens = L.ask_numbers(temp, ops, new_tokens)
                         settings = A.AskSettings(
-                            backend=backend_name, model=model_name or "", tools=bool(tools_on),
-                            temperature=min(max(float(temp or 0), 0.0), 1.5), max_ops=min(max(int(ops), 1), 8),
-                            guideline=guide if guide in ("vcot", "default") else "vcot",
-                            max_new_tokens=min(max(int(new_tokens), 16), 2048), compare=bool(cmp))
-                    except (TypeError, ValueError):
+                            backend=backend_name, model=model_name or "", tools=bool(tools_on), temperature=temp,
+                            max_ops=ops, guideline=guide if guide in ("vcot", "default") else "vcot",
+                            max_new_tokens=new_tokens, compare=bool(cmp))
+                    except (TypeError, ValueError, OverflowError):
                         yield [], [], "⚠️ the settings must be numbers within the sliders' ranges"
                         return
                     yield from A.ask_stream(studio, media_path, q, settings, request.session_hash,
@@ -123,9 +131,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                     n = A.stop(studio, request.session_hash)
                     return "stopping…" if n else "nothing is running"
 
-                ask_btn.click(ask, [media, question, backend, model, tools, temperature, max_ops, max_new, guideline,
-                                    compare], [chat, chat_off, status], api_name="ask",
-                              concurrency_limit=studio.max_concurrent_runs)
+                ask_inputs = [media, question, backend, model, tools, temperature, max_ops, max_new, guideline, compare]
+                ask_btn.click(ask, ask_inputs, [chat, chat_off, status], api_name="ask",
+                              concurrency_limit=studio.max_concurrent_runs,
+                              validator=L.ask_validator(studio, demo, len(ask_inputs)))
                 stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None)
                 gallery.select(pick_example, None, [media, question], **UI_ONLY)
                 media.change(show_preview, media, [preview_img, preview_vid], **UI_ONLY)
@@ -135,7 +144,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Inspect", id="inspect"):
                 with gr.Row():
                     search = gr.Textbox(label="Search question and reasoning", scale=3)
-                    f_model = gr.Dropdown([I.ANY] + studio.log.models(), value=I.ANY, label="Model",
+                    f_model = gr.Dropdown([I.ANY] + models(), value=I.ANY, label="Model",
                                           allow_custom_value=True, scale=2)
                     f_outcome = gr.Dropdown(OUTCOMES, value=I.ANY, label="Outcome", scale=1)
                     f_errors = gr.Dropdown(YES_NO, value=I.ANY, label="Has errors", scale=1)
@@ -212,7 +221,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         return gr.update(), f"⚠️ {e}", gr.update()
                     f.owner = scope(request)
                     rows, info = I.sessions_page(studio.log, f, (sid or "").strip() or None)
-                    return rows, info, gr.update(choices=[I.ANY] + studio.log.models())
+                    return rows, info, gr.update(choices=[I.ANY] + models())
 
                 def poll_sessions(on, shown, text, model_name, outcome, mn, mx, errs, annot, since, until, pg, sid,
                                   request: gr.Request = None):
@@ -312,7 +321,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             if not (isinstance(token, str) and is_token(token)):
                 token = secrets.token_hex(16)
             with studio.lock:
-                studio.visitors[request.session_hash] = token
+                L.remember_visitor(studio.visitors, request.session_hash, token, studio.limits.max_visitors)
             first = I.make_filter()
             first.owner = scope(request)
             rows, info = I.sessions_page(studio.log, first)

@@ -1,0 +1,134 @@
+"""What one visitor's request may cost the server, and the checks that run before an Ask is queued.
+
+`ServerLimits` holds every bound of docs/public.md's table that the app enforces (the picture cap and
+--max-concurrent live on `Studio` itself). `ask_validator` is Gradio's `validator=` for the Ask
+event: it runs when a request joins the queue, so an over-long question or a visitor who already
+has `max_asks_per_visitor` Asks waiting or running is refused at once, without a queue slot.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from core.frames import VideoLimits
+
+TEMPERATURE_MAX, OPS_MAX, NEW_TOKENS = 1.5, 8, (16, 2048)  # the Ask sliders' ranges
+
+
+@dataclass
+class ServerLimits:
+    """Per-request and per-visitor bounds (flags in app.py; table in docs/public.md)."""
+
+    max_question_chars: int = field(default=2000, metadata={"help": "a longer question is refused before queueing"})
+    video: VideoLimits = field(default_factory=VideoLimits, metadata={"help": "frame size, frames, duration"})
+    max_asks_per_visitor: int = field(default=2, metadata={"help": "Asks one visitor may have waiting or running"})
+    max_visitors: int = field(default=1000, metadata={"help": "page sessions kept in memory (oldest forgotten)"})
+    quote_chars: int = field(default=200, metadata={"help": "characters of the question the chat quotes"})
+    login_failures: int = field(default=10, metadata={"help": "wrong passwords per address or user per minute"})
+    upload_ttl_s: int = field(default=3600, metadata={"help": "uploads older than this are deleted"})
+    upload_cache_bytes: int = field(default=2 * 1024 ** 3, metadata={"help": "uploads refused above this total"})
+    store_bytes_per_visitor: int = field(default=200 * 1024 ** 2, metadata={"help": "stored pictures per visitor"})
+    store_bytes: int = field(default=5 * 1024 ** 3, metadata={"help": "stored pictures in all (public mode)"})
+
+
+def question_problem(question, limits: ServerLimits) -> str | None:
+    """Why a question is refused, or None."""
+    if not isinstance(question, str) or not question.strip():
+        return "type a question"
+    if len(question) > limits.max_question_chars:
+        return (f"the question is {len(question):,} characters; the limit is {limits.max_question_chars:,}. "
+                "Shorten it.")
+    return None
+
+
+def quote(question: str, limits: ServerLimits) -> str:
+    """The question as the chat shows it: whole when short, its start otherwise (the stream resends
+    the chat on every update, so a long question must not ride along)."""
+    q = question.strip()
+    return q if len(q) <= limits.quote_chars else q[: limits.quote_chars - 1] + "…"
+
+
+def bounded(value, lo: float, hi: float) -> float:
+    """A slider value within [lo, hi]; ValueError for NaN, infinities and non-numbers."""
+    x = float(0 if value is None else value)
+    if not math.isfinite(x):
+        raise ValueError(f"{value!r} is not a finite number")
+    return min(max(x, lo), hi)
+
+
+def ask_numbers(temp, ops, new_tokens) -> tuple[float, int, int]:
+    """(temperature, max operations, max new tokens) clamped to the sliders; ValueError if not numbers."""
+    return (bounded(temp, 0.0, TEMPERATURE_MAX), int(bounded(ops, 1, OPS_MAX)),
+            int(bounded(new_tokens, *NEW_TOKENS)))
+
+
+def client_address(headers, peer: str | None) -> str:
+    """Who is asking, by address: the peer, or behind a proxy on a private address (a Space), the
+    address that proxy appended to X-Forwarded-For (the last entry; earlier ones are the client's word)."""
+    peer = peer or "?"
+    forwarded = (headers.get("x-forwarded-for") or "").split(",")[-1].strip()
+    try:
+        behind_proxy = ipaddress.ip_address(peer).is_private
+    except ValueError:
+        behind_proxy = False
+    return forwarded if forwarded and behind_proxy else peer
+
+
+def visitor_key(request) -> str:
+    """The key the per-visitor Ask cap counts by: the login, else the client address."""
+    user = getattr(request, "username", None)
+    if user:
+        return f"user:{user}"
+    client = getattr(request, "client", None)
+    return "addr:" + client_address(getattr(request, "headers", {}) or {}, getattr(client, "host", None))
+
+
+def live_events(demo, api_name: str, key: str) -> int:
+    """Events of one endpoint this visitor has waiting or running in Gradio's queue."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None:
+        return 0
+    n = 0
+    for event in list(queue.event_ids_to_events.values()):
+        if getattr(event.fn, "api_name", None) == api_name and visitor_key(event_request(event)) == key:
+            n += 1
+    return n
+
+
+def event_request(event):
+    """A view of a queued event's request with the fields visitor_key reads."""
+    request = event.request
+    return type("EventRequest", (), {"username": event.username, "client": getattr(request, "client", None),
+                                     "headers": getattr(request, "headers", {})})()
+
+
+def ask_validator(studio, demo, n_inputs: int):
+    """Gradio's validator= for /ask: refuses a bad question or a visitor over the Ask cap before queueing."""
+    import gradio as gr
+
+    limits = studio.limits
+
+    def validate(media, question, *rest, request: gr.Request = None):
+        problem = question_problem(question, limits)
+        if problem is None:
+            # Gradio runs the validator before this request joins the queue: count the others
+            if live_events(demo, "ask", visitor_key(request)) >= limits.max_asks_per_visitor:
+                problem = (f"you already have {limits.max_asks_per_visitor} questions waiting or running; "
+                           "wait for one to finish")
+        verdicts = [gr.validate(True, "")] * n_inputs
+        if problem is not None:
+            verdicts[1] = gr.validate(False, problem)
+        return verdicts
+
+    return validate
+
+
+def remember_visitor(visitors: OrderedDict, session_hash: str, token: str, cap: int) -> None:
+    """Tie a page's session to its visitor token, forgetting the oldest pages beyond `cap` (an API
+    client that never unloads must not grow the map without end). Call under the studio lock."""
+    visitors[session_hash] = token
+    visitors.move_to_end(session_hash)
+    while len(visitors) > cap:
+        visitors.popitem(last=False)
