@@ -104,13 +104,16 @@ def event_request(event):
                                      "headers": getattr(request, "headers", {})})()
 
 
-def ask_validator(studio, demo, n_inputs: int):
-    """Gradio's validator= for /ask: refuses a bad question or a visitor over the Ask cap before queueing."""
+def ask_validator(studio, demo):
+    """Gradio's validator= for /ask (whose ten inputs it mirrors): refuses a bad question or a visitor
+    over the Ask cap before queueing."""
     import gradio as gr
 
     limits = studio.limits
+    n_inputs = 10
 
-    def validate(media, question, *rest, request: gr.Request = None):
+    def validate(media, question, backend, model, tools, temp, ops, new_tokens, guide, compare,
+                 request):
         problem = question_problem(question, limits)
         if problem is None:
             # Gradio runs the validator before this request joins the queue: count the others
@@ -122,6 +125,9 @@ def ask_validator(studio, demo, n_inputs: int):
             verdicts[1] = gr.validate(False, problem)
         return verdicts
 
+    # Gradio fills a positional parameter annotated gr.Request; a string annotation (this module's
+    # `from __future__ import annotations`) would not resolve, since gradio is imported here only
+    validate.__annotations__["request"] = gr.Request
     return validate
 
 

@@ -134,7 +134,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 ask_inputs = [media, question, backend, model, tools, temperature, max_ops, max_new, guideline, compare]
                 ask_btn.click(ask, ask_inputs, [chat, chat_off, status], api_name="ask",
                               concurrency_limit=studio.max_concurrent_runs,
-                              validator=L.ask_validator(studio, demo, len(ask_inputs)))
+                              validator=L.ask_validator(studio, demo))
                 stop_btn.click(stop, None, status, api_name="stop", concurrency_limit=None)
                 gallery.select(pick_example, None, [media, question], **UI_ONLY)
                 media.change(show_preview, media, [preview_img, preview_vid], **UI_ONLY)
