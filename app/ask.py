@@ -25,6 +25,7 @@ from app import Studio
 from app.examples import VIDEO_SUFFIXES
 from app.limits import question_problem, quote
 from app.public_view import public_model_name, scrub
+from app.quotas import QuotaError, make_room
 from app.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
@@ -375,7 +376,8 @@ def ask_stream(studio: Studio, media_path: str | None, question: str, settings: 
         task = load_task(studio, media_path, question)
         task.answer = expected
         backend = get_backend(studio, settings)
-    except (MediaError, BackendError) as e:
+        make_room(studio, owner)  # public mode: the store's per-visitor and total quotas
+    except (MediaError, BackendError, QuotaError) as e:
         yield [], [], f"⚠️ {e}"
         return
     cancel = CancelEvent()

@@ -300,3 +300,68 @@ def test_share_is_public_mode_unless_a_login_is_required():
     spec.loader.exec_module(entry)
     assert entry.is_public(entry.build_parser().parse_args(["--share"]))
     assert not entry.is_public(entry.build_parser().parse_args([]))
+
+
+# ---- MEDIUM: disk -------------------------------------------------------------------------------------
+
+def test_the_image_store_quota_evicts_old_sessions_but_never_a_running_one(tmp_path):
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, proc, _ = serve(tmp_path, "--public", "--max-store-gb", str(1.0e6 / 1024 ** 3), "--store-keep-min", "0",
+                         "--step-delay", "1", "--max-asks-per-visitor", "4")
+    db = tmp_path / "data" / "studio.db"
+    pictures = []
+    for seed in range(5):
+        pictures.append(tmp_path / f"p{seed}.png")
+        photo_like(400, 300, seed=seed).save(pictures[-1])
+    media = [upload(url, p) for p in pictures]
+
+    def ask(path: str) -> str:
+        code, event = call_ask(url, ask_body(path, "What does the sign say?"))
+        assert code == 200, event
+        return event
+
+    def ids() -> list[str]:
+        return [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM sessions ORDER BY created_at")]
+    try:
+        for path in media[:2]:  # A and B finish
+            stream(url, ask(path))
+        a = ids()[0]
+        running = ask(media[2])  # R runs for two paced turns ...
+        time.sleep(0.5)
+        r = ids()[-1]
+        with ThreadPoolExecutor(2) as pool:  # ... while C and D make room
+            list(pool.map(lambda p: stream(url, ask(p)), media[3:]))
+        stream(url, running)
+        left = ids()
+        assert r in left and a not in left
+        total = sqlite3.connect(db).execute("SELECT sum(bytes) FROM images").fetchone()[0]
+        files = sum(p.stat().st_size for p in (tmp_path / "data" / "images").rglob("*.png"))
+        assert files <= total * 1.01  # evicted sessions' pictures left the disk too
+    finally:
+        stop(proc)
+
+
+def test_uploads_are_cleaned_and_capped(tmp_path, photo):
+    url, proc, _ = serve(tmp_path, "--public", "--upload-ttl-min", str(4 / 60),
+                         "--max-upload-cache-gb", str(0.6e6 / 1024 ** 3))
+    try:
+        first = Path(upload(url, photo))
+        assert first.exists()
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(700_000))
+        upload(url, big)
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n\r\n"
+                ).encode() + photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        code, _, text = http(url + "/gradio_api/upload", body,
+                             {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert code == 507 and "upload space is full" in text
+        deadline = time.time() + 20
+        while first.exists() and time.time() < deadline:
+            time.sleep(0.5)
+        assert not first.exists()  # Gradio's delete_cache removed it after the ttl
+        assert upload(url, photo)  # room again
+    finally:
+        stop(proc)
