@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -153,11 +154,11 @@ def export_annotated(log: StudioLog, out_dir: str | Path, session_ids: list[str]
     instead, to evaluate a fine-tune on), labels.jsonl and a dataset card (README.md, so
     `datasets.load_dataset(out_dir)` reads it) for the annotated sessions."""
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    out = partial_dir(final)  # written aside and renamed at the end: a killed export leaves no half folder
     store = DiskImageStore(out / "images")
     ids = session_ids if session_ids is not None else annotated_sessions(log)
-    report = ExportReport(out_dir=str(out), sessions=len(ids))
+    report = ExportReport(out_dir=str(final), sessions=len(ids))
     records = []
     for sid in tqdm(ids, desc="export", unit="session", disable=not progress or not ids):
         traj = log.get_trajectory(sid)
@@ -210,7 +211,38 @@ def export_annotated(log: StudioLog, out_dir: str | Path, session_ids: list[str]
     report.seconds = time.perf_counter() - t0
     (out / "export.json").write_text(json.dumps({**asdict(report), "db": str(log.path),
                                                  "created_at": time.time()}, indent=2))
+    publish(out, final)
     return report
+
+
+PARTIAL = ".{name}.partial-{pid}"
+
+
+def partial_dir(final: Path) -> Path:
+    """A fresh hidden folder beside `final` to write the export into; partial folders left by dead
+    processes (a kill -9 mid-export) are removed first. An existing non-empty `final` is written in
+    place (callers refuse it; the app does)."""
+    from core.sessionlog import pid_alive
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and any(final.iterdir()):
+        return final
+    for old in final.parent.glob(PARTIAL.format(name=final.name, pid="*")):
+        pid = old.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and pid_alive(int(pid))) or int(pid) == os.getpid():
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = final.parent / PARTIAL.format(name=final.name, pid=os.getpid())
+    tmp.mkdir()
+    return tmp
+
+
+def publish(out: Path, final: Path) -> None:
+    """Move the finished export to its name (an empty folder there is replaced)."""
+    if out == final:
+        return
+    if final.exists():
+        final.rmdir()
+    os.replace(out, final)
 
 
 def _copy_original(log: StudioLog, traj: Trajectory, out: Path) -> str | None:

@@ -365,3 +365,31 @@ def test_uploads_are_cleaned_and_capped(tmp_path, photo):
         assert upload(url, photo)  # room again
     finally:
         stop(proc)
+
+
+# ---- LOW: export ---------------------------------------------------------------------------------------
+
+def test_an_export_killed_midway_leaves_no_half_folder(tmp_path):
+    import signal
+
+    from app import export as E
+    from app.studio_log import StudioLog
+    from tests.test_export import ANSWER_7, GOOD_BOX, WRONG, logged
+
+    log = StudioLog(tmp_path / "studio.db")
+    for _ in range(30):
+        sid = logged(log, [WRONG, ANSWER_7])
+        log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)
+        log.add_annotation(sid, None, "wrong answer", corrected_answer="3")
+    out = tmp_path / "exports" / "mine"
+    code = (f"from app.studio_log import StudioLog; from app import export as E; "
+            f"E.export_annotated(StudioLog({str(tmp_path / 'studio.db')!r}), {str(out)!r}, progress=False)")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((p / "images").exists() for p in out.parent.glob(".mine.partial-*")):
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not out.exists()  # the name is free: nothing half-written under it
+    assert E.export_annotated(log, out, progress=False).records == 30
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mine"]  # the dead export's partial folder is gone
