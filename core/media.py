@@ -180,7 +180,8 @@ class Video:
                 raise MediaError(f"{name} has no frames")
             check_size(name, w, h, reader.limits.max_pixels)
             idx = overview_indices(total, n)
-            frames = [Image.fromarray(a) for a in reader.get(idx)]
+            arrays = reader.get(idx)
+            frames = [Image.fromarray(arrays.pop(0)) for _ in idx]  # each array freed as its image is made
             fps = reader.fps or 1.0
         except MediaError:
             raise

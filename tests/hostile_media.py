@@ -43,9 +43,9 @@ def growing_video(path: Path, small=(320, 240), big=(1280, 720), n_small: int = 
     return path
 
 
-def many_frames_video(path: Path, n: int, side: int = 16) -> Path:
+def many_frames_video(path: Path, n: int, side: int = 16, fps: int = 60) -> Path:
     """n tiny frames (a few bytes each): cheap to upload, costly to index frame by frame."""
-    path.write_bytes(_ts_segment(side, side, n, fps=60))
+    path.write_bytes(_ts_segment(side, side, n, fps=fps))
     return path
 
 
