@@ -23,7 +23,7 @@ class ServerLimits:
 
     max_question_chars: int = field(default=2000, metadata={"help": "a longer question is refused before queueing"})
     video: VideoLimits = field(default_factory=VideoLimits, metadata={"help": "frame size, frames, duration"})
-    max_asks_per_visitor: int = field(default=2, metadata={"help": "Asks one visitor may have waiting or running"})
+    max_asks_per_visitor: int = field(default=2, metadata={"help": "Asks one public visitor may have waiting or running"})
     max_visitors: int = field(default=1000, metadata={"help": "page sessions kept in memory (oldest forgotten)"})
     quote_chars: int = field(default=200, metadata={"help": "characters of the question the chat quotes"})
     login_failures: int = field(default=10, metadata={"help": "wrong passwords per address or user per minute"})
@@ -115,8 +115,9 @@ def ask_validator(studio, demo):
 
     def validate(media, question, backend, model, tools, temp, ops, new_tokens, guide, compare,
                  request):
-        problem = question_problem(question, limits)
-        if problem is None:
+        # only the length here: an empty question gets its message from the Ask itself, in the status line
+        problem = question_problem(question, limits) if isinstance(question, str) and question.strip() else None
+        if problem is None and studio.isolate:  # public visitors; operators (local, logged in) are trusted
             # Gradio runs the validator before this request joins the queue: count the others
             if live_events(demo, "ask", visitor_key(request)) >= limits.max_asks_per_visitor:
                 problem = (f"you already have {limits.max_asks_per_visitor} questions waiting or running; "
