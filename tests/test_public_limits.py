@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import photo_like
 from tests.hostile_media import growing_video
 from tests.test_app_server import free_port
-from tests.test_security_server import TURNS
+from tests.test_security_server import TURNS, photo  # noqa: F401 - photo is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "someone-studio.hf.space"
@@ -117,13 +117,6 @@ def operator(tmp_path_factory):
     url, proc, log = serve(tmp, "--public", "--auth", "op:s3cret-pw", "--enable-training", "--login-attempts", "5")
     yield url, tmp, log
     stop(proc)
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("up") / "street.png"
-    photo_like(400, 300).save(path)
-    return path
 
 
 # ---- HIGH: cross-site requests -------------------------------------------------------------------------
