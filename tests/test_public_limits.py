@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import photo_like
 from tests.hostile_media import growing_video
 from tests.test_app_server import free_port
-from tests.test_security_server import TURNS, photo  # noqa: F401 - photo is a fixture
+from tests.test_security_server import TURNS, photo, stop  # noqa: F401 - photo is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "someone-studio.hf.space"
@@ -51,14 +51,6 @@ def serve(tmp: Path, *flags: str):
         except OSError:
             time.sleep(0.3)
     return url, proc, log
-
-
-def stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def http(url: str, body=None, headers: dict | None = None, form: bool = False, timeout: float = 30):
