@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.media import DEFAULT_MAX_IMAGE_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ class Studio:
         """The JobRunner for the Train tab (runs under <data>/runs), made on first use."""
         with self.lock:
             if self._jobs is None:
-                from app.jobs import JobRunner
+                from app.training.jobs import JobRunner
 
                 self._jobs = JobRunner(self.log, self.data_dir / "runs")
             return self._jobs

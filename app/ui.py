@@ -12,10 +12,11 @@ from pathlib import Path
 import gradio as gr
 
 from app import ROOT, UI_ONLY, Studio
-from app import annotate, train_tab
-from app import ask as A
-from app import examples as E
-from app import inspector as I
+from app.annotate import tab as annotate
+from app.training import tab as train_tab
+from app.ask import session as A
+from app.ask import examples as E
+from app.inspecting import sessions as I
 from core.backends import BACKENDS
 from core.paths import is_token
 
@@ -258,7 +259,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
                 def refresh_charts(text, model_name, outcome, mn, mx, errs, annot, since, until, pg,
                                    request: gr.Request):
-                    from app import charts as C
+                    from app.shared import charts as C
                     try:
                         f = I.make_filter(text, model_name, outcome, mn, mx, errs, annot, since, until)
                     except (ValueError, TypeError, OverflowError):
@@ -336,7 +337,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
 def launch_kwargs(studio: Studio | None = None) -> dict:
     """Styling for launch(); with the studio, also the paths Gradio must never serve."""
-    from app.annotate import SHORTCUTS_JS
+    from app.annotate.tab import SHORTCUTS_JS
 
     kw = {"css": CSS, "theme": gr.themes.Soft(), "head": SHORTCUTS_JS}
     if studio is not None:

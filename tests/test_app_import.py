@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app import inspector as I
+from app.inspecting import sessions as I
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import DiskImageStore, load_image

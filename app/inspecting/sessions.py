@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from app import charts
-from app.render import crop_beside_source, frame_label, frame_strip
+from app.shared import charts
+from app.shared.render import crop_beside_source, frame_label, frame_strip
 from core.media import MediaError, load_image
 from core.recorder import Recorder
 from core.sessionlog import SessionLog
@@ -309,7 +309,7 @@ def trajectories_in(text: str, root: Path | None = None, store=None, access=None
     object, a JSON list, or JSON lines. Pictures are read only where `access` allows (default: the
     file's own folder). With `id_prefix`, records without an id get `<prefix>-<n>`, so importing the
     same file again replaces them instead of adding copies."""
-    from app import importers
+    from app.shared import importers
 
     access = access or importers.MediaAccess(roots=[root or Path(".")])
     out = []
@@ -342,7 +342,7 @@ def import_files(log: SessionLog, paths: list[str], media_roots: list[Path] | tu
     """Import each file; bad files are reported (one line each, file name only) and skipped, good
     ones are kept. Pictures come only from the uploaded files themselves (by name), the file's own
     folder, or `media_roots` the operator named. A file imported again replaces its earlier records."""
-    from app import importers
+    from app.shared import importers
 
     uploads = [Path(p) for p in paths or []]
     done, problems = 0, []

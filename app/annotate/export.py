@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from app.corrections import Plan, plan_corrections
-from app.studio_log import StudioLog
+from app.annotate.corrections import Plan, plan_corrections
+from app.shared.studio_log import StudioLog
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import DiskImageStore, MediaError, Video, load_image

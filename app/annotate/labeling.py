@@ -15,12 +15,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from app import corrections as C
-from app import inspector as I
-from app.render import draw_boxes
+from app.annotate import corrections as C
+from app.inspecting import sessions as I
+from app.shared.render import draw_boxes
 from core import protocol as P
 from core.operations import crop_box
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 
 WHOLE = "whole trajectory"
 CORRECTED_COLOR = (0, 200, 0)

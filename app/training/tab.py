@@ -16,9 +16,9 @@ from pathlib import Path
 import gradio as gr
 
 from app import ROOT, UI_ONLY, Studio
-from app import alarms as AL
-from app import charts as C
-from app import jobs as J
+from app.training import alarms as AL
+from app.shared import charts as C
+from app.training import jobs as J
 
 JOB_COLUMNS = ["id", "kind", "status", "exit", "dataset", "started", "duration", "note"]
 BENCHES = ["tinyzoom", "vstar", "tallyqa", "mvbench", "infovqa"]
@@ -180,13 +180,13 @@ def rl_curves(job: dict, rows: list[dict]):
     other jobs)."""
     if job.get("kind") != "rl":
         return None
-    from app.rl_curves import rl_figure
+    from app.training.rl_curves import rl_figure
 
     return rl_figure({job["id"]: rows}, rl_target(job), title=f"RaPR vs H · eval accuracy · {job['id']}")
 
 
 def build(studio: Studio, demo=None, ask_model=None) -> None:
-    from app import gain as G
+    from app.training import gain as G
 
     runner = studio.jobs
     with gr.Column(elem_id="train-root"):

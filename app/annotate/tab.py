@@ -17,10 +17,10 @@ from pathlib import Path
 import gradio as gr
 
 from app import UI_ONLY, Studio
-from app import corrections as C
-from app import export as E
-from app import inspector as I
-from app.labeling import (CORRECTED_COLOR, MAX_SIDE, WHOLE, annotations_table, box_iou,  # noqa: F401
+from app.annotate import corrections as C
+from app.annotate import export as E
+from app.inspecting import sessions as I
+from app.annotate.labeling import (CORRECTED_COLOR, MAX_SIDE, WHOLE, annotations_table, box_iou,  # noqa: F401
                           open_view, overlay, parse_box, parse_frames, queue_ids, queue_rows, record_export, save,
                           step_of, target_fields)
 from core.paths import PathError, under

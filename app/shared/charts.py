@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from app.render import BOX_COLORS
+from app.shared.render import BOX_COLORS
 from core.trajectory import Step
 
 MAX_SIDE = 900
