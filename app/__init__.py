@@ -1,7 +1,8 @@
 """The Studio app (Gradio 6): Ask, Inspect, Annotate and Train tabs over one SQLite session log.
 
 `Studio` is what every tab's `build(studio)` receives: the log, the data folder and the
-settings given on the command line. Layout lives in app/ui.py; each tab's logic in its module.
+settings given on the command line. app/ui.py puts the tabs on one page; each tab is a folder
+(app/ask, app/inspecting, app/annotate, app/training) beside app/shared (map: docs/app.md).
 """
 from __future__ import annotations
 

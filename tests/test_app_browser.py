@@ -135,7 +135,7 @@ def test_video_frame_strip_shows_without_a_click(app_url, page):
 
 
 def test_an_unclosed_tool_call_is_an_error_step_and_found_by_the_filter(app_url, page):
-    from app.inspecting import sessions as I
+    from app.shared import filters as I
 
     url, studio = app_url
     sid = ask(page, url, 0, studio.data_dir / "unclosed.json")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.shared import charts as C
+from app.training import charts as C
 from app.training import jobs as J
 from app.shared.studio_log import StudioLog
 from core.sessionlog import pid_alive as _alive
@@ -170,7 +170,7 @@ def test_train_tab_launches_polls_and_trains_on_an_export(tmp_path, writer):
         assert status == "done" and "6 / 6" in progress and "step 6" in log_text and "6 metric rows" in md
         assert "reward" in json.dumps(fig)
         # the real SFT command on the exported annotation set (the dataset list offers it)
-        from app.training.tab import datasets
+        from app.training.commands import datasets
         assert str(export_dir) in datasets(studio)
         msg, table, sft = client.predict("sft", "configs/sft_tiny_ci.json", str(export_dir), "tinyzoom", "", None,
                                          "max_steps=2 save_steps=100 vocab_size=400", "", False,

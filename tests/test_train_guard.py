@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app import Studio
-from app.training import tab as T
+from app.training import commands as T
 from app.shared.studio_log import StudioLog
 from train.sft import SFTRunConfig, train
 

@@ -6,7 +6,7 @@ import json
 import socket
 
 from app.shared.studio_log import StudioLog
-from app.training.tab import rl_curves
+from app.training.watch import rl_curves
 
 
 def stream(raprs, evals):

@@ -2,7 +2,7 @@
 
 Three layers, each testable alone:
 
-1. `app/corrections.py: plan_corrections(traj, annotations)` (pure): the assistant turns to train on
+1. `app/annotate/corrections.py: plan_corrections(traj, annotations)` (pure): the assistant turns to train on
    and which of them carry loss.
 2. `reexecute(...)`: the planned turns run through the real tool loop (core.loop + ReplayBackend),
    so every observation and image in the record is what the operations really return.

@@ -1,67 +1,22 @@
-"""The Inspect tab's logic: filtered session pages, one session's replay, side-by-side, imports.
+"""The Inspect tab's logic: filtered session pages, one session's replay, side by side.
 
-Functions of the SessionLog returning plain values (rows, figures, markdown, PIL images); app/ui.py
-wires them to components.
+Functions of the SessionLog returning plain values (rows, figures, markdown, PIL images); the tab
+(app/inspecting/tab.py) wires them to components.
 """
 from __future__ import annotations
 
 import difflib
-import hashlib
 import html
-import json
-import logging
-import sqlite3
 import time
 from dataclasses import replace
-from datetime import datetime, timedelta
-from pathlib import Path
-
-from PIL import Image
+from datetime import datetime
 
 from app.shared import charts
-from app.shared.render import crop_beside_source, frame_label, frame_strip
-from core.media import MediaError, load_image
-from core.recorder import Recorder
+from app.shared.session import header_markdown, iou, source_image, step_picture, stored_image
 from core.sessionlog import SessionLog
 from core.sessionquery import SessionFilter
-from core.trajectory import Trajectory
-
-logger = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["id", "when", "question", "model", "status", "answer", "correct", "ops", "errors", "notes"]
-PAGE_SIZE = 25
-ANY = "any"
-
-
-def parse_date(text: str | None, end: bool = False) -> float | None:
-    """'2025-01-31' or '2025-01-31 14:00' to epoch seconds; a clear error otherwise. With `end`, the
-    end of that day or minute, so "until 2025-01-31" includes the 31st."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    for fmt, span in (("%Y-%m-%d", timedelta(days=1)), ("%Y-%m-%d %H:%M", timedelta(minutes=1))):
-        try:
-            return (datetime.strptime(text, fmt) + (span if end else timedelta(0))).timestamp()
-        except ValueError:
-            continue
-    raise ValueError(f"dates look like 2025-01-31 or 2025-01-31 14:00, not {text!r}")
-
-
-def make_filter(text: str = "", model: str = ANY, outcome: str = ANY, min_ops=None, max_ops=None,
-                has_errors: str = ANY, annotated: str = ANY, since: str = "", until: str = "", page: int = 1,
-                page_size: int = PAGE_SIZE) -> SessionFilter:
-    yes_no = {"yes": True, "no": False}
-
-    def count(v):  # SQLite integers stop at 2**63: clamp what a form or an API call sends
-        return None if v in (None, "") else min(max(int(v), 0), 10 ** 9)
-
-    min_ops, max_ops, page = count(min_ops), count(max_ops), count(page) or 1
-    return SessionFilter(
-        text=text or None, model=None if model in (None, "", ANY) else model,
-        outcome=None if outcome in (None, "", ANY) else outcome,
-        min_ops=min_ops, max_ops=max_ops,
-        has_errors=yes_no.get(has_errors), annotated=yes_no.get(annotated), since=parse_date(since),
-        until=parse_date(until, end=True), limit=page_size, offset=max(0, int(page or 1) - 1) * page_size)
 
 
 def short_model(model: str | None) -> str:
@@ -108,43 +63,6 @@ def sessions_page(log: SessionLog, f: SessionFilter, selected: str | None = None
 
 # ---- one session ------------------------------------------------------------------------------------
 
-def _image(log: SessionLog, sha: str | None) -> Image.Image | None:
-    if not sha:
-        return None
-    path = log.image_path(sha)
-    if path is None:
-        return None
-    try:
-        return load_image(path)
-    except MediaError as e:
-        logger.warning("image %s unreadable: %s", sha, e)
-        return None
-
-
-def source_image(log: SessionLog, traj: Trajectory) -> Image.Image | None:
-    """The original image (from the store, else from the media path when it still exists)."""
-    ref = traj.media.image
-    img = _image(log, ref.sha if ref else None)
-    if img is None and traj.media.kind == "image" and traj.media.path and Path(traj.media.path).exists():
-        try:
-            img = load_image(traj.media.path)
-        except MediaError:
-            img = None
-    return img
-
-
-def header_markdown(row: dict, traj: Trajectory) -> str:
-    when = datetime.fromtimestamp(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
-    correct = {1: " ✅ correct", 0: " ❌ incorrect"}.get(row["correct"], "")
-    link = f" · compared with `{row['compare_of']}`" if row.get("compare_of") else ""
-    return (f"**{traj.question}**\n\n"
-            f"answer **{traj.answer}**{correct} (truth: {traj.ground_truth or '—'}) · status **{traj.status}** · "
-            f"{traj.n_ops} operations, {traj.n_errors} errors · {row['tokens_in']} → {row['tokens_out']} tokens · "
-            f"{row['seconds']:.2f} s\n\n"
-            f"`{traj.id}` · {when} · {traj.backend} · `{traj.model}` · client {row['client']} · tools "
-            f"{'on' if traj.tools_enabled else 'off'}{link}")
-
-
 def steps_table(steps: list[dict]) -> list[list]:
     out = []
     for s in steps:
@@ -159,28 +77,6 @@ def steps_table(steps: list[dict]) -> list[list]:
 STEP_COLUMNS = ["step", "operation", "detail", "tokens in", "tokens out", "gen s", "op ms"]
 
 
-def step_picture(log: SessionLog, traj: Trajectory, idx: int, original: Image.Image | None) -> Image.Image | None:
-    """What step idx did, drawn: crop beside its source box, or the selected frames strip."""
-    if not 0 <= idx < len(traj.steps):
-        return None
-    step = traj.steps[idx]
-    results = [im for im in (_image(log, r.sha) for r in step.images) if im is not None]
-    if step.frames and results:
-        times = traj.media.frame_times
-        return frame_strip(results, [frame_label(k, times[k - 1] if k <= len(times) else None) for k in step.frames])
-    if step.box_px and results:
-        if step.source_box_px and original is not None:
-            return crop_beside_source(original, step.source_box_px, results[0], step_color=idx)
-        frame = _image(log, traj.media.overview[step.target_image - 1].sha) \
-            if traj.media.overview and step.target_image and step.target_image <= len(traj.media.overview) else None
-        if frame is not None and step.box_norm:
-            x0, y0, x1, y1 = step.box_norm
-            box = [x0 * frame.width, y0 * frame.height, x1 * frame.width, y1 * frame.height]
-            return crop_beside_source(frame, box, results[0], step_color=idx)
-        return results[0]
-    return None
-
-
 def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
     """Everything the session panel shows; raises KeyError for an unknown id."""
     session_id = (session_id or "").strip()
@@ -193,10 +89,10 @@ def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
     if original is not None:
         replay = charts.replay_figure(original, traj.steps, current=step - 1)
     elif traj.media.overview:
-        frame = _image(log, traj.media.overview[0].sha)
-        replay = charts.replay_figure(frame, [], None) if frame else charts._empty("no source image stored")
+        frame = stored_image(log, traj.media.overview[0].sha)
+        replay = charts.replay_figure(frame, [], None) if frame else charts.empty("no source image stored")
     else:
-        replay = charts._empty("no source image stored (imported without pictures)")
+        replay = charts.empty("no source image stored (imported without pictures)")
     idx = max(0, min(int(step or 1), max(1, len(traj.steps))) - 1)
     raw = traj.steps[idx].text if traj.steps else ""
     obs = traj.steps[idx].observation if traj.steps else ""
@@ -214,16 +110,6 @@ def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
 
 
 # ---- side by side --------------------------------------------------------------------------------------
-
-def iou(a, b) -> float | None:
-    if not a or not b:
-        return None
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
 
 def same_question(log: SessionLog, session_id: str) -> list[str]:
     """Other sessions about the same question (newest first), the compare partner first."""
@@ -268,100 +154,3 @@ def compare_markdown(log: SessionLog, a: str, b: str) -> str:
     body = "\n".join(diff)
     return (f"**Question:** {ta.question}" + ("" if ta.question == tb.question else f" / **B:** {tb.question}")
             + "\n\n" + "\n".join(lines) + "\n\n**Text diff**\n```diff\n" + (body or "(same text)") + "\n```")
-
-
-# ---- import ---------------------------------------------------------------------------------------------
-
-class ImportProblem(ValueError):
-    """A file that cannot be imported, with a one-line reason."""
-
-
-def _parse_json(text: str):
-    """The file's records; every failure (syntax, 4,300-digit ints, deep nesting) an ImportProblem."""
-    text = text.strip()
-    try:
-        try:
-            data = json.loads(text)
-            return data if isinstance(data, list) else [data]
-        except json.JSONDecodeError as whole:
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            if len(lines) < 2:
-                raise ImportProblem(f"not JSON: {whole.msg} (line {whole.lineno} column {whole.colno})") from None
-            out = []
-            for n, line in enumerate(lines, 1):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ImportProblem(f"line {n} is not JSON: {e.msg} (column {e.colno})") from None
-            return out
-    except RecursionError:
-        raise ImportProblem("the JSON is nested too deeply") from None
-    except ImportProblem:
-        raise
-    except ValueError as e:  # e.g. an integer of more than 4,300 digits
-        raise ImportProblem(f"unreadable JSON: {str(e)[:120]}") from None
-
-
-def trajectories_in(text: str, root: Path | None = None, store=None, access=None,
-                    id_prefix: str | None = None) -> list[Trajectory]:
-    """Trajectories in a file's text: our trajectory JSON (`python -m core ask --json`), eval items
-    ({"trajectory": ...}), message-list records or rendered rollout dumps (app/importers.py), as one
-    object, a JSON list, or JSON lines. Pictures are read only where `access` allows (default: the
-    file's own folder). With `id_prefix`, records without an id get `<prefix>-<n>`, so importing the
-    same file again replaces them instead of adding copies."""
-    from app.shared import importers
-
-    access = access or importers.MediaAccess(roots=[root or Path(".")])
-    out = []
-    for i, it in enumerate(_parse_json(text)):
-        if isinstance(it, dict) and importers.is_trajectory(it.get("trajectory")):
-            it = it["trajectory"]
-        try:
-            if importers.is_trajectory(it):
-                out.append(importers.confine(Trajectory.from_dict(it), access))
-            elif importers.is_foreign(it):
-                if store is None:
-                    raise ValueError("importing message-list records needs an image store")
-                traj = importers.foreign_to_trajectory(it, root or Path("."), store, f"record {i + 1}", access)
-                if id_prefix:
-                    traj.id = f"{id_prefix}-{i + 1}"
-                out.append(traj)
-            else:
-                raise ImportProblem("not a trajectory: expected `python -m core ask --json` output, a message-list "
-                                    "record (messages/message_list/conversations) or a rollout dump (prompt/response)")
-        except ImportProblem:
-            raise
-        except RecursionError:
-            raise ImportProblem(f"record {i + 1}: nested too deeply") from None
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, MediaError) as e:
-            raise ImportProblem(f"record {i + 1}: {type(e).__name__}: {str(e)[:160]}") from None
-    return out
-
-
-def import_files(log: SessionLog, paths: list[str], media_roots: list[Path] | tuple = ()) -> str:
-    """Import each file; bad files are reported (one line each, file name only) and skipped, good
-    ones are kept. Pictures come only from the uploaded files themselves (by name), the file's own
-    folder, or `media_roots` the operator named. A file imported again replaces its earlier records."""
-    from app.shared import importers
-
-    uploads = [Path(p) for p in paths or []]
-    done, problems = 0, []
-    for path in uploads:
-        if path.suffix.lower() not in (".json", ".jsonl"):
-            continue  # a picture uploaded beside the records
-        try:
-            raw = path.read_bytes()
-            digest = hashlib.sha256(raw).hexdigest()[:16]
-            access = importers.MediaAccess(roots=[path.parent, *map(Path, media_roots)], uploads=uploads)
-            trajs = trajectories_in(raw.decode("utf-8"), path.parent, log.images, access, id_prefix=digest)
-            for traj in trajs:
-                Recorder(log, "import").write(traj)
-                done += 1
-        except UnicodeDecodeError:
-            problems.append(f"{path.name}: not UTF-8 text")
-        except OSError as e:
-            problems.append(f"{path.name}: cannot read or store it ({e.strerror or type(e).__name__})")
-        except (ImportProblem, OverflowError, sqlite3.Error) as e:
-            problems.append(f"{path.name}: {str(e)[:200]}")
-    msg = f"imported {done} trajectories"
-    return msg + ("" if not problems else "\n\n⚠️ skipped:\n- " + "\n- ".join(problems))
