@@ -100,7 +100,7 @@ def is_public(args) -> bool:
 
 def make_studio(args):
     from app import Studio
-    from app.studio_log import StudioLog
+    from app.shared.studio_log import StudioLog
     from core.sessionlog import default_data_dir, open_log
 
     db = Path(args.db) if args.db else default_data_dir() / "studio.db"
@@ -120,7 +120,7 @@ def make_studio(args):
                     max_concurrent_runs=max(1, args.max_concurrent), public=is_public(args),
                     auth=bool(auth_pairs(args)), media_roots=[Path(r).resolve() for r in args.media_root])
     if args.backend != "replay" and (args.preload or os.environ.get("SPACE_ID")):
-        from app.ask import AskSettings, get_backend  # ZeroGPU wants the weights loaded before the first call
+        from app.ask.session import AskSettings, get_backend  # ZeroGPU wants the weights loaded before the first call
         from core.backends import BackendError
 
         try:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         studio = make_studio(args)
     except StorageError as e:  # one line naming the DB and why, not sqlite's bare message
         raise SystemExit(str(e)) from None
-    from app.ask import preload_backend
+    from app.ask.session import preload_backend
 
     loading = preload_backend(studio)  # the model loads while gradio imports and the page builds
     from app.ui import build_app, launch_kwargs

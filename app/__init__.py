@@ -1,7 +1,8 @@
 """The Studio app (Gradio 6): Ask, Inspect, Annotate and Train tabs over one SQLite session log.
 
 `Studio` is what every tab's `build(studio)` receives: the log, the data folder and the
-settings given on the command line. Layout lives in app/ui.py; each tab's logic in its module.
+settings given on the command line. app/ui.py puts the tabs on one page; each tab is a folder
+(app/ask, app/inspecting, app/annotate, app/training) beside app/shared (map: docs/app.md).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.media import DEFAULT_MAX_IMAGE_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ class Studio:
         """The JobRunner for the Train tab (runs under <data>/runs), made on first use."""
         with self.lock:
             if self._jobs is None:
-                from app.jobs import JobRunner
+                from app.training.jobs import JobRunner
 
                 self._jobs = JobRunner(self.log, self.data_dir / "runs")
             return self._jobs

@@ -22,8 +22,8 @@ from typing import Iterator
 from PIL import Image
 
 from app import Studio
-from app.examples import VIDEO_SUFFIXES
-from app.render import crop_beside_source, frame_label, frame_strip
+from app.ask.examples import VIDEO_SUFFIXES
+from app.shared.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
 from core.backends.base import Generation
