@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_limit_flags(p: argparse.ArgumentParser) -> None:
-    """The bounds of docs/public.md's table that app/limits.py enforces."""
-    from app.limits import ServerLimits
+    """The bounds of docs/public.md's table that app/public/limits.py enforces."""
+    from app.public.limits import ServerLimits
 
     d, v = ServerLimits(), ServerLimits().video
     g = p.add_argument_group("limits (see docs/public.md)")
@@ -104,7 +104,7 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
 
 
 def server_limits(args):
-    from app.limits import ServerLimits
+    from app.public.limits import ServerLimits
     from core.frames import VideoLimits
 
     return ServerLimits(
@@ -159,7 +159,7 @@ def is_public(args) -> bool:
 
 def make_studio(args):
     from app import Studio
-    from app.studio_log import StudioLog
+    from app.shared.studio_log import StudioLog
     from core.sessionlog import default_data_dir, open_log
 
     db = Path(args.db) if args.db else default_data_dir() / "studio.db"
@@ -180,7 +180,7 @@ def make_studio(args):
                     auth=bool(auth_pairs(args)), media_roots=[Path(r).resolve() for r in args.media_root],
                     limits=server_limits(args))
     if args.backend != "replay" and (args.preload or os.environ.get("SPACE_ID")):
-        from app.ask import AskSettings, get_backend  # ZeroGPU wants the weights loaded before the first call
+        from app.ask.session import AskSettings, get_backend  # ZeroGPU wants the weights loaded before the first call
         from core.backends import BackendError
 
         try:
@@ -212,10 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         studio = make_studio(args)
     except StorageError as e:  # one line naming the DB and why, not sqlite's bare message
         raise SystemExit(str(e)) from None
-    from app.ask import preload_backend
+    from app.ask.session import preload_backend
 
     loading = preload_backend(studio)  # the model loads while gradio imports and the page builds
-    from app.guard import guard_launch_kwargs
+    from app.public.guard import guard_launch_kwargs
     from app.ui import build_app, launch_kwargs
 
     demo = build_app(studio)

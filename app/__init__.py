@@ -1,7 +1,8 @@
 """The Studio app (Gradio 6): Ask, Inspect, Annotate and Train tabs over one SQLite session log.
 
 `Studio` is what every tab's `build(studio)` receives: the log, the data folder and the
-settings given on the command line. Layout lives in app/ui.py; each tab's logic in its module.
+settings given on the command line. app/ui.py puts the tabs on one page; each tab is a folder
+(app/ask, app/inspecting, app/annotate, app/training) beside app/shared (map: docs/app.md).
 """
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.limits import ServerLimits
-from app.studio_log import StudioLog
+from app.public.limits import ServerLimits
+from app.shared.studio_log import StudioLog
 from core.media import DEFAULT_MAX_IMAGE_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 UI_ONLY = {"api_name": False}
 """For events only the page itself triggers: private (Gradio names them false, false_1, ...), so they
-never take a documented name (/open_session) and app/guard.py routes no API call to them; the page
+never take a documented name (/open_session) and app/public/guard.py routes no API call to them; the page
 calls them by index. The API page lists the named endpoints (/ask, /sessions, /annotate_save, ...)."""
 
 
@@ -51,7 +52,7 @@ class Studio:
         """The JobRunner for the Train tab (runs under <data>/runs), made on first use."""
         with self.lock:
             if self._jobs is None:
-                from app.jobs import JobRunner
+                from app.training.jobs import JobRunner
 
                 self._jobs = JobRunner(self.log, self.data_dir / "runs")
             return self._jobs

@@ -20,7 +20,7 @@ from pathlib import Path
 from core.backends.replay import ReplayBackend
 from core.loop import Task, run_to_end
 from core.protocol import format_tool_call
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.sessionquery import SessionFilter
 from core.recorder import Recorder
 
@@ -34,7 +34,7 @@ WORDS = "sign car dog tree lamp shop bus door window person bicycle clock".split
 
 
 def picture():
-    from app.examples import _example_picture
+    from app.ask.examples import _example_picture
     return _example_picture()
 
 
@@ -128,7 +128,7 @@ def bench_stream(tmp: Path, runs: int = 4, download: bool = False) -> list[float
 
 def bench_export(tmp: Path, n: int) -> tuple[float, int, float]:
     """n sessions with a wrong box, each annotated with a corrected box and answer, exported."""
-    from app.export import export_annotated
+    from app.annotate.export import export_annotated
 
     log = StudioLog(tmp / "export.db")
     wrong = ["The sign is at the top.\n\n" + format_tool_call(

@@ -226,11 +226,15 @@ class MemoryImageStore:
 
 
 class DiskImageStore:
-    """PNG files under root/ab/<sha>.png; writing is atomic so readers never see half a file."""
+    """PNG files under root/ab/<sha>.png; writing is atomic so readers never see half a file.
 
-    def __init__(self, root: str | Path) -> None:
+    `compress_level` is zlib's (PNG is lossless at every level): 1 writes ~7x faster for ~13% more
+    bytes, which is what generated datasets take; the session store keeps PIL's default."""
+
+    def __init__(self, root: str | Path, compress_level: int = 6) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.compress_level = compress_level
 
     def path(self, sha: str) -> Path:
         """The file of a stored image; a name that is not a sha256 hex digest raises PathError."""
@@ -244,7 +248,7 @@ class DiskImageStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             try:
-                image.save(tmp, format="PNG")
+                image.save(tmp, format="PNG", compress_level=self.compress_level)
                 os.replace(tmp, path)
             except BaseException:  # a full disk: leave no half-written file behind
                 tmp.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ Images are files in a content-addressed DiskImageStore beside the DB; the `image
 hash, path, size and a small WebP thumbnail. Sessions are written through core.recorder.Recorder.
 Connections are per thread (Gradio runs handlers in a thread pool and a sqlite3 connection may not
 cross threads). The schema and its versions are in core/sessionschema.py, the queries in
-core/sessionquery.py; the Studio's own tables live in app/studio_log.py.
+core/sessionquery.py; the Studio's own tables live in app/shared/studio_log.py.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ class SessionFilter:
     min_ops: int | None = None
     max_ops: int | None = None
     has_errors: bool | None = None
-    annotated: bool | None = None  # applied by the Studio's log (app/studio_log.py)
+    annotated: bool | None = None  # applied by the Studio's log (app/shared/studio_log.py)
     since: float | None = None  # epoch seconds
     until: float | None = None
     text: str | None = None  # full-text search over question, answer and reasoning

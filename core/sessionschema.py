@@ -3,7 +3,7 @@
 Schema changes are named, ordered steps (sqlite-utils `Migrations`), applied when a log opens; the
 `_sqlite_migrations` table records which ran. The first step creates the tables only where they are
 missing, so a file made before migrations existed opens and is brought up to date the same way.
-The Studio's own tables (annotations, jobs, metrics) are versioned apart, in app/studio_log.py.
+The Studio's own tables (annotations, jobs, metrics) are versioned apart, in app/shared/studio_log.py.
 """
 from __future__ import annotations
 

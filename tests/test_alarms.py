@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from app import charts as C
-from app.alarms import AlarmSettings, collapse_alarms
-from app.train_tab import rl_alarms
+from app.training import charts as C
+from app.training.alarms import AlarmSettings, collapse_alarms
+from app.training.watch import rl_alarms
 
 
 def stream(raprs, filtered=None):

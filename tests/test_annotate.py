@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import annotate as A
-from app.studio_log import StudioLog
+from app.annotate import labeling as A
+from app.shared.studio_log import StudioLog
 from tests.test_export import ANSWER_7, GOOD_BOX, WRONG, logged
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -101,7 +101,7 @@ def test_a_correction_that_does_not_fit_its_target_is_refused_and_the_export_sta
     """Bug: values typed for step 1 (box, answer) were saved on step 2 (the answer) too, and the export
     trained a turn `The tag reads 7. \\boxed{7} <tool_call>{crop…}</tool_call>`."""
     from app import Studio
-    from app import export as E
+    from app.annotate import export as E
     from app.ui import build_app, launch_kwargs
 
     log = StudioLog(tmp_path / "studio.db")

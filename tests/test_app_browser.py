@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import load_image
@@ -135,7 +135,7 @@ def test_video_frame_strip_shows_without_a_click(app_url, page):
 
 
 def test_an_unclosed_tool_call_is_an_error_step_and_found_by_the_filter(app_url, page):
-    from app import inspector as I
+    from app.shared import filters as I
 
     url, studio = app_url
     sid = ask(page, url, 0, studio.data_dir / "unclosed.json")
@@ -283,7 +283,7 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     page.locator("#train-launch").click()
     job_id = page.locator("#job-id textarea, #job-id input").first
     expect(job_id).not_to_have_value("", timeout=10_000)
-    from app import jobs as J
+    from app.training import jobs as J
 
     sft = studio.jobs.wait(job_id.input_value(), 300)
     assert sft["status"] == "done", Path(sft["log_path"]).read_text()[-3000:]

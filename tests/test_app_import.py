@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app import inspector as I
+from app.inspecting import sessions as I
+from app.shared.importers import import_files
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import DiskImageStore, load_image
@@ -65,7 +66,7 @@ def test_import_cli_json_message_lists_and_rendered_dumps(tmp_path):
     (dump / "gone.json").write_text(json.dumps(gone))
     (dump / "junk.json").write_text(json.dumps({"hello": 1}))
 
-    msg = I.import_files(log, [str(cli), str(dump / "rollouts.jsonl"), str(dump / "verl.json"),
+    msg = import_files(log, [str(cli), str(dump / "rollouts.jsonl"), str(dump / "verl.json"),
                                str(dump / "gone.json"), str(dump / "junk.json")])
     assert msg.startswith("imported 4 trajectories") and "junk.json: not a trajectory" in msg
     rows = {r["question"] + "|" + (r["model"] or ""): r for r in log.list_sessions()[0]}

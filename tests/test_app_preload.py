@@ -1,6 +1,6 @@
-"""The app loads its default model in the background at start (app.ask.preload_backend)."""
+"""The app loads its default model in the background at start (app.ask.session.preload_backend)."""
 from app import Studio
-from app import ask as A
+from app.ask import session as A
 from core.sessionlog import SessionLog
 
 

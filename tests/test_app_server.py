@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from core.protocol import format_tool_call
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402

@@ -64,7 +64,7 @@ def test_each_sample_of_a_seeded_batch_gets_its_own_seed():
 
 
 def test_the_app_says_vllm_shows_whole_turns():
-    from app.ask import running_status
+    from app.ask.session import running_status
     from core.backends.replay import ReplayBackend
     from core.backends.vllm import VLLMBackend
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from datasets import Image, Sequence, load_dataset
 from PIL import Image as PILImage
 
-from app import export as E
-from app.studio_log import StudioLog
+from app.annotate import export as E
+from app.shared.studio_log import StudioLog
 from tests.test_export import ANSWER_7, GOOD_BOX, WRONG, logged
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import corrections as C
-from app import export as E
+from app.annotate import corrections as C
+from app.annotate import export as E
 from core.backends.replay import ReplayBackend
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import Video, load_image
 from core.operations import PixelLimits
 from core.protocol import format_tool_call
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.records import load_sft_records
 from core.recorder import Recorder
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from app import charts as C
-from app import jobs as J
-from app.studio_log import StudioLog
+from app.training import charts as C
+from app.training import jobs as J
+from app.shared.studio_log import StudioLog
 from core.sessionlog import pid_alive as _alive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +99,8 @@ def test_jobs_a_dead_app_left_running_are_settled_at_start(tmp_path, writer):
     # an "app" process launches a job and dies at once (os._exit: no watcher thread survives)
     app = textwrap.dedent(f"""
         import os, sys
-        from app.jobs import JobRunner
-        from app.studio_log import StudioLog
+        from app.training.jobs import JobRunner
+        from app.shared.studio_log import StudioLog
         r = JobRunner(StudioLog({str(db)!r}), {str(tmp_path / 'runs')!r})
         print(r.launch("custom", [sys.executable, {str(writer)!r}, "4"], env={{"STEP_SLEEP": "0.5"}}), flush=True)
         os._exit(0)
@@ -147,7 +147,7 @@ def test_train_tab_launches_polls_and_trains_on_an_export(tmp_path, writer):
     from gradio_client import Client
 
     from app import Studio
-    from app import export as E
+    from app.annotate import export as E
     from app.ui import build_app, launch_kwargs
     from tests.test_export import GOOD_BOX, WRONG, ANSWER_7, logged
 
@@ -170,7 +170,7 @@ def test_train_tab_launches_polls_and_trains_on_an_export(tmp_path, writer):
         assert status == "done" and "6 / 6" in progress and "step 6" in log_text and "6 metric rows" in md
         assert "reward" in json.dumps(fig)
         # the real SFT command on the exported annotation set (the dataset list offers it)
-        from app.train_tab import datasets
+        from app.training.commands import datasets
         assert str(export_dir) in datasets(studio)
         msg, table, sft = client.predict("sft", "configs/sft_tiny_ci.json", str(export_dir), "tinyzoom", "", None,
                                          "max_steps=2 save_steps=100 vocab_size=400", "", False,

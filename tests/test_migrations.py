@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.studio_log import SCHEMA as STUDIO_TABLES
-from app.studio_log import StudioLog
+from app.shared.studio_log import SCHEMA as STUDIO_TABLES
+from app.shared.studio_log import StudioLog
 from core.sessionlog import SessionLog
 from core.sessionschema import SCHEMA as SESSION_TABLES
 

@@ -357,8 +357,8 @@ def test_uploads_are_cleaned_and_capped(tmp_path, photo):
 def test_an_export_killed_midway_leaves_no_half_folder(tmp_path):
     import signal
 
-    from app import export as E
-    from app.studio_log import StudioLog
+    from app.annotate import export as E
+    from app.shared.studio_log import StudioLog
     from tests.test_export import ANSWER_7, GOOD_BOX, WRONG, logged
 
     log = StudioLog(tmp_path / "studio.db")
@@ -367,7 +367,7 @@ def test_an_export_killed_midway_leaves_no_half_folder(tmp_path):
         log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)
         log.add_annotation(sid, None, "wrong answer", corrected_answer="3")
     out = tmp_path / "exports" / "mine"
-    code = (f"from app.studio_log import StudioLog; from app import export as E; "
+    code = (f"from app.shared.studio_log import StudioLog; from app.annotate import export as E; "
             f"E.export_annotated(StudioLog({str(tmp_path / 'studio.db')!r}), {str(out)!r}, progress=False)")
     child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     deadline = time.time() + 120

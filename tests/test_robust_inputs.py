@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import inspector as I
+from app.shared import importers as I
 from core import protocol as P
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_batch, run_to_end
 from core.media import MediaError, load_image
 from core.operations import PixelLimits
 from core.scoring import extract_answer, last_boxed
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.recorder import Recorder
 from core.sessionlog import StorageError, open_log
 from core.sessionquery import SessionFilter
@@ -174,7 +174,7 @@ def test_one_conversation_failing_does_not_abort_its_batch():
 def test_a_generation_the_loop_cannot_take_ends_the_session_with_its_cause(tmp_path):
     """A backend stream that never yields its final Generation: the session row records why."""
     from app import Studio
-    from app import ask as A
+    from app.ask import session as A
 
     class NoFinal(ReplayBackend):
         def stream(self, messages, params, cancel=None):
@@ -259,8 +259,9 @@ def test_a_read_only_db_path_names_the_path_and_the_cause(tmp_path):
 FULL_DISK = r"""
 import resource, signal, sys
 from pathlib import Path
-from app import Studio, ask as A
-from app.studio_log import StudioLog
+from app import Studio
+from app.ask import session as A
+from app.shared.studio_log import StudioLog
 data = Path(sys.argv[1])
 studio = Studio(log=StudioLog(data / "studio.db"), data_dir=data, backend="replay", replay=sys.argv[3])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG, as a full disk fails with ENOSPC

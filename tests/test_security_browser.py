@@ -14,7 +14,7 @@ from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import load_image
 from core.protocol import format_tool_call
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.recorder import Recorder
 from tests.test_app_browser import CHROMIUM, EXAMPLES, pytestmark  # noqa: F401 - the same skip condition
 

@@ -16,7 +16,7 @@ from core.backends.replay import ReplayBackend
 from core.loop import Episode, LoopConfig, Task, run_to_end
 from core.media import Video, load_image
 from core.protocol import format_tool_call
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.recorder import Recorder
 from core.sessionquery import SessionFilter
 from tests.conftest import numbered_frames

@@ -82,7 +82,7 @@ def test_environment_variables_choose_model_backend_and_options(tmp_path, monkey
     assert args.max_memory_gb == 40.0
     studio = app_main.make_studio(args)
     assert studio.backend_options == {"model_name": "PixelReasoner-RL-v1"}  # only what openai takes
-    from app.ask import AskSettings, get_backend
+    from app.ask.session import AskSettings, get_backend
 
     backend = get_backend(studio, AskSettings(backend="openai", model="http://127.0.0.1:9/v1"))
     assert isinstance(backend, OpenAIBackend) and backend.model_name == "PixelReasoner-RL-v1"

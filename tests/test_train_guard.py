@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from app import Studio
-from app import train_tab as T
-from app.studio_log import StudioLog
+from app.training import commands as T
+from app.shared.studio_log import StudioLog
 from train.sft import SFTRunConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_the_data_job_writes_tinyzoom_into_the_data_folder(tmp_path):
 
 
 def test_gain_compares_the_same_items_with_a_paired_interval():
-    from app.gain import compare, markdown
+    from app.training.gain import compare, markdown
 
     base = {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0}
     tuned = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0, "only-tuned": 0.0}

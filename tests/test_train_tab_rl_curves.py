@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import socket
 
-from app.studio_log import StudioLog
-from app.train_tab import rl_curves
+from app.shared.studio_log import StudioLog
+from app.training.watch import rl_curves
 
 
 def stream(raprs, evals):

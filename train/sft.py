@@ -28,8 +28,9 @@ from core.operations import PIXEL_PRESETS
 from core.records import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
-from train.run import (ResumesSavedWeights, TimeBudgetCallback, TrainerRunConfig, option, run_main, save_final,
-                       start_run, train_or_finish)
+from train.run import (ResumesSavedWeights, SaveEveryMinutes, TimeBudgetCallback, TrainerRunConfig, native_bf16,
+                       option, run_main, save_final, start_run, train_or_finish)
+from train.shared_prefix import token_log_probs
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ class SFTRunConfig(TrainerRunConfig):
     vocab_size: int = option(2000, "the fresh tiny model's tokenizer size")
     pixel_preset: str = option("tiny", "core.operations.PIXEL_PRESETS: how record images are sized")
     freeze_vision: bool = False
+    fast: bool = option(True, "the fast forward (train/shared_prefix.py): the system/tool prefix rows share runs once "
+                              "per batch and rows run in length groups without padding; the same loss and gradients")
+    bf16: bool | None = option(None, "bf16 autocast with fp32 master weights; null (default): on where the hardware "
+                                     "computes bf16 natively (a CUDA GPU with bf16, a CPU with avx512_bf16 or AMX)")
+    save_minutes: float | None = option(10.0, "also save a resumable checkpoint (weights, optimizer, scheduler, data "
+                                              "position, RNG) every N minutes of training; null: by save_steps only")
     out: str = "runs/sft_tiny"
     epochs: float = 3.0
     eval_steps: int | None = option(None, "evaluate every N steps (None: at each save)")
@@ -101,7 +108,11 @@ def _trainer_class():
         (return_outputs) and unweighted batches take TRL's path, with its entropy and accuracy metrics.
         """
 
+        fast = False
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.fast and not return_outputs:
+                return self.fast_loss(model, inputs, num_items_in_batch)
             weights = inputs.pop("loss_weights", None)
             if weights is None or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -109,7 +120,17 @@ def _trainer_class():
             mask = outputs.label_mask
             weighted = -(outputs.log_probs * weights[:, 1:].to(outputs.log_probs) * mask).sum()
             count = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = weighted / torch.as_tensor(count).clamp(min=1)
+            return self.scaled(weighted / torch.as_tensor(count).clamp(min=1), num_items_in_batch)
+
+        def fast_loss(self, model, inputs, num_items_in_batch):
+            """The same weighted sum over trained tokens, from train.shared_prefix's forward."""
+            with self.accelerator.autocast():  # accelerate autocasts only model.forward, which this bypasses
+                out = token_log_probs(self.accelerator.unwrap_model(model), inputs)
+            count = out.log_probs.numel() if num_items_in_batch is None else num_items_in_batch
+            loss = -(out.log_probs * out.weights.to(out.log_probs)).sum() / torch.as_tensor(count).clamp(min=1)
+            return self.scaled(loss, num_items_in_batch)
+
+        def scaled(self, loss, num_items_in_batch):
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL: DDP averages
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
             return loss
@@ -172,6 +193,7 @@ def train(cfg: SFTRunConfig) -> dict:
     from trl import SFTConfig
 
     out = start_run(cfg, "sft")
+    bf16 = native_bf16() if cfg.bf16 is None else cfg.bf16
     records = repeat_by_category(load_sft_records(cfg.data, cfg.train_split, cfg.limit), cfg.repeat)
     eval_records = []
     if cfg.eval_split and Path(cfg.data).is_dir() and (Path(cfg.data) / f"{cfg.eval_split}.jsonl").exists():
@@ -187,7 +209,7 @@ def train(cfg: SFTRunConfig) -> dict:
         lr_scheduler_type="constant" if cfg.max_seconds else cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # < 1: a ratio of the steps
         weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16, activation_checkpointing=cfg.gradient_checkpointing,
+        max_grad_norm=cfg.max_grad_norm, bf16=bf16, activation_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if has_eval else "no", eval_steps=(cfg.eval_steps or cfg.save_steps) if has_eval else None,
         seed=cfg.seed, report_to=cfg.report_to, deepspeed=cfg.deepspeed, dataloader_num_workers=cfg.num_workers,
@@ -202,8 +224,13 @@ def train(cfg: SFTRunConfig) -> dict:
     trainer = _trainer_class()(model=model, args=args, data_collator=collator, train_dataset=train_ds,
                                eval_dataset=eval_ds, processing_class=encoder.tokenizer,
                                callbacks=[MetricsJsonlCallback(out / "metrics.jsonl")])
+    trainer.fast = cfg.fast
     if cfg.max_seconds:
         trainer.add_callback(TimeBudgetCallback(cfg.max_seconds, cfg.learning_rate, cfg.warmup_ratio))
+    if cfg.save_minutes:
+        trainer.add_callback(SaveEveryMinutes(cfg.save_minutes))
+    log.info("fast forward %s, bf16 autocast %s, a checkpoint every %s min", "on" if cfg.fast else "off",
+             "on" if bf16 else "off", cfg.save_minutes)
     t0 = time.time()
     steps, loss = train_or_finish(trainer, out, cfg.max_steps)
     seconds = time.time() - t0

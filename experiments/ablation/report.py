@@ -163,7 +163,7 @@ def rollout_table(runs: dict[str, list[dict]]) -> list[str]:
 
 
 def write_curves(runs: dict[str, list[dict]], H: float, docs: Path, stem: str = "rl_ablation_curves") -> list[Path]:
-    from app.rl_curves import rl_figure, write_png
+    from app.training.rl_curves import rl_figure, write_png
 
     fig = rl_figure(runs, H, title="Curiosity ablation on TinyZoom: every RL row and seed", height=620,
                     by_group=True)

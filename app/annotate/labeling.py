@@ -1,5 +1,5 @@
 """What an annotation may hold and the Annotate queue: pure logic over the session log, apart from
-the tab's layout (app/annotate.py).
+the tab's layout (app/annotate/tab.py).
 
 An annotation targets the whole trajectory or one step, and holds only what fits its target: a
 corrected box on a crop step of an image, corrected frames on a select_frames step of a video (or a
@@ -15,12 +15,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from app import corrections as C
-from app import inspector as I
-from app.render import draw_boxes
+from app.annotate import corrections as C
+from app.shared.filters import ANY, make_filter
+from app.shared.render import draw_boxes
+from app.shared.session import first_picture, header_markdown, iou
+from app.shared.studio_log import StudioLog
 from core import protocol as P
 from core.operations import crop_box
-from app.studio_log import StudioLog
 
 WHOLE = "whole trajectory"
 CORRECTED_COLOR = (0, 200, 0)
@@ -28,11 +29,11 @@ MAX_SIDE = 1000
 STATUSES = ("unlabelled", "labelled", "exported")
 
 
-def queue_ids(log: StudioLog, kind: str = "unannotated", outcome: str = I.ANY, text: str = "",
+def queue_ids(log: StudioLog, kind: str = "unannotated", outcome: str = ANY, text: str = "",
               limit: int = 500) -> list[str]:
     """Session ids to annotate, oldest first, so the queue is stable while it is worked through."""
-    f = I.make_filter(text, I.ANY, outcome, annotated={"unannotated": "no", "annotated": "yes"}.get(kind, I.ANY),
-                      page_size=limit)
+    f = make_filter(text, ANY, outcome, annotated={"unannotated": "no", "annotated": "yes"}.get(kind, ANY),
+                    page_size=limit)
     rows, _ = log.list_sessions(f)
     return [r["id"] for r in reversed(rows)]
 
@@ -85,7 +86,7 @@ def box_iou(traj, step_idx: int | None, box: list[float] | None, size: tuple[int
         padded = list(crop_box([min(v, 0.999) for v in box], *size).px)
     except ValueError as e:
         return f"⚠️ {e}"
-    return f"IoU with the model's box (both padded): **{I.iou(padded, model_box):.2f}** · corrected crop {padded} px"
+    return f"IoU with the model's box (both padded): **{iou(padded, model_box):.2f}** · corrected crop {padded} px"
 
 
 def overlay(original: Image.Image | None, traj, step_idx: int | None, box: list[float] | None,
@@ -125,13 +126,13 @@ def annotations_table(log: StudioLog, session_id: str) -> list[list]:
 
 def open_view(log: StudioLog, session_id: str) -> dict:
     """Everything the tab shows for one session; KeyError for an unknown id."""
-    v = I.session_view(log, session_id, 1)
-    traj = v["trajectory"]
-    original = I.source_image(log, traj)
-    if original is None and traj.media.overview:
-        original = I._image(log, traj.media.overview[0].sha)
-    return {"traj": traj, "header": v["header"], "original": original, "choices": target_choices(traj),
-            "table": annotations_table(log, traj.id)}
+    session_id = (session_id or "").strip()
+    row = log.session(session_id)
+    if row is None:
+        raise KeyError(f"no session {session_id!r}")
+    traj = log.get_trajectory(session_id)
+    return {"traj": traj, "header": header_markdown(row, traj), "original": first_picture(log, traj),
+            "choices": target_choices(traj), "table": annotations_table(log, traj.id)}
 
 
 def target_fields(traj, idx: int | None) -> dict[str, bool]:

@@ -2,7 +2,7 @@
 
 Three layers, each testable alone:
 
-1. `app/corrections.py: plan_corrections(traj, annotations)` (pure): the assistant turns to train on
+1. `app/annotate/corrections.py: plan_corrections(traj, annotations)` (pure): the assistant turns to train on
    and which of them carry loss.
 2. `reexecute(...)`: the planned turns run through the real tool loop (core.loop + ReplayBackend),
    so every observation and image in the record is what the operations really return.
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from app.corrections import Plan, plan_corrections
-from app.studio_log import StudioLog
+from app.annotate.corrections import Plan, plan_corrections
+from app.shared.studio_log import StudioLog
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import DiskImageStore, MediaError, Video, load_image

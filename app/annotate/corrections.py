@@ -1,5 +1,5 @@
 """How annotations become training turns: `plan_corrections(traj, annotations)`, pure, decides the
-assistant turns an exported SFT record trains on and which of them carry loss (app/export.py then
+assistant turns an exported SFT record trains on and which of them carry loss (app/annotate/export.py then
 re-executes them through the real operations and writes the dataset).
 
 Rules, in step order:

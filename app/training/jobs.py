@@ -28,12 +28,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.studio_log import StudioLog
+from app.shared.studio_log import StudioLog
 from core.sessionlog import pid_alive
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("sft", "rl", "eval", "data", "gain", "custom")
 WRAPPER = '"$@"; code=$?; echo "$code" > "$0.tmp" && mv "$0.tmp" "$0"; exit "$code"'
 ORPHANED = "the process ended while no app watched it and left no exit status (the app stopped while it ran?)"
@@ -60,8 +60,8 @@ def synth_command(out: str, data_dir: str, extra: list[str] = ()) -> list[str]:
 
 def gain_command(out: str, base: str, tuned: str, data: list[str], limit: int | None = None,
                  extra: list[str] = ()) -> list[str]:
-    """`python -m app.gain`: the run's model against its start model on the same held-out items."""
-    cmd = [python(), "-m", "app.gain", "--base", base, "--tuned", tuned, "--out", out]
+    """`python -m app.training.gain`: the run's model against its start model on the same held-out items."""
+    cmd = [python(), "-m", "app.training.gain", "--base", base, "--tuned", tuned, "--out", out]
     for d in data:
         cmd += ["--data", d]
     return cmd + (["--limit", str(int(limit))] if limit else []) + list(extra)

@@ -22,11 +22,11 @@ from typing import Iterator
 from PIL import Image
 
 from app import Studio
-from app.examples import VIDEO_SUFFIXES
-from app.limits import question_problem, quote
-from app.public_view import public_model_name, scrub
-from app.quotas import QuotaError, make_room
-from app.render import crop_beside_source, frame_label, frame_strip
+from app.ask.examples import VIDEO_SUFFIXES
+from app.public.limits import question_problem, quote
+from app.public.names import public_model_name, scrub
+from app.public.quotas import QuotaError, make_room
+from app.shared.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
 from core.backends.base import Generation

@@ -1,6 +1,6 @@
 """Did fine-tuning help? A run's model against the model it started from, on the same held-out items.
 
-    python -m app.gain --base assets/pixel-reasoner-tiny --tuned data/runs/<job>/out/final \
+    python -m app.training.gain --base assets/pixel-reasoner-tiny --tuned data/runs/<job>/out/final \
         --data data/tinyzoom --data data/exports/<name> --limit 32 --out data/runs/<gain job>
 
 Each `--data` folder's test.jsonl (the TinyZoom test split; an export's held-out items) is run through
@@ -109,7 +109,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m app.gain", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m app.training.gain", description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the model the run started from")
     ap.add_argument("--tuned", required=True, help="the run's final model folder")
     ap.add_argument("--data", action="append", required=True, help="a folder with test.jsonl (repeatable)")

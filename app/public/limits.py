@@ -86,9 +86,10 @@ def visitor_key(request) -> str:
     return "addr:" + client_address(getattr(request, "headers", {}) or {}, getattr(client, "host", None))
 
 
-def live_events(demo, api_name: str, key: str) -> int:
-    """Events of one endpoint this visitor has waiting or running in Gradio's queue."""
-    queue = getattr(demo, "_queue", None)
+def live_events(request, api_name: str, key: str) -> int:
+    """Events of one endpoint this visitor has waiting or running in the queue of the app serving `request`."""
+    app = getattr(getattr(request, "request", None), "app", None)
+    queue = getattr(app.get_blocks(), "_queue", None) if hasattr(app, "get_blocks") else None
     if queue is None:
         return 0
     n = 0
@@ -105,7 +106,7 @@ def event_request(event):
                                      "headers": getattr(request, "headers", {})})()
 
 
-def ask_validator(studio, demo):
+def ask_validator(studio):
     """Gradio's validator= for /ask (whose ten inputs it mirrors): refuses a bad question or a visitor
     over the Ask cap before queueing."""
     import gradio as gr
@@ -119,7 +120,7 @@ def ask_validator(studio, demo):
         problem = question_problem(question, limits) if isinstance(question, str) and question.strip() else None
         if problem is None and studio.isolate:  # public visitors; operators (local, logged in) are trusted
             # Gradio runs the validator before this request joins the queue: count the others
-            if live_events(demo, "ask", visitor_key(request)) >= limits.max_asks_per_visitor:
+            if live_events(request, "ask", visitor_key(request)) >= limits.max_asks_per_visitor:
                 problem = (f"you already have {limits.max_asks_per_visitor} questions waiting or running; "
                            "wait for one to finish")
         verdicts = [gr.validate(True, "")] * n_inputs

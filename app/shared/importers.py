@@ -1,4 +1,5 @@
-"""Trajectories made elsewhere, turned into our Trajectory record for the Inspect tab.
+"""Imports of runs made elsewhere: files parsed into our Trajectory record and written to the
+session log (the Inspect tab's Import calls `import_files`).
 
 Accepted shapes (one JSON object, a JSON list, or JSON lines):
 - our own trajectory JSON (`python -m core ask --json`, eval items' "trajectory"): used as is;
@@ -15,7 +16,10 @@ text-only trajectory is built from the turns (no pictures, tool calls parsed for
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +28,9 @@ from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
 from core.media import MediaError, Video, load_image
 from core.paths import is_sha, media_file, safe_part
+from core.recorder import Recorder
 from core.scoring import extract_answer, judge_trajectory
+from core.sessionlog import SessionLog
 from core.trajectory import Media, Step, Trajectory
 from core.records import MESSAGE_KEYS, DataError, parse_record
 
@@ -189,3 +195,96 @@ def foreign_to_trajectory(obj: dict, root: Path, store, where: str = "record",
     if truth is not None and traj.answer is not None:
         judge_trajectory(traj)
     return traj
+
+
+# ---- files ---------------------------------------------------------------------------------------------
+
+class ImportProblem(ValueError):
+    """A file that cannot be imported, with a one-line reason."""
+
+
+def _parse_json(text: str):
+    """The file's records; every failure (syntax, 4,300-digit ints, deep nesting) an ImportProblem."""
+    text = text.strip()
+    try:
+        try:
+            data = json.loads(text)
+            return data if isinstance(data, list) else [data]
+        except json.JSONDecodeError as whole:
+            lines = [ln for ln in text.splitlines() if ln.strip()]
+            if len(lines) < 2:
+                raise ImportProblem(f"not JSON: {whole.msg} (line {whole.lineno} column {whole.colno})") from None
+            out = []
+            for n, line in enumerate(lines, 1):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ImportProblem(f"line {n} is not JSON: {e.msg} (column {e.colno})") from None
+            return out
+    except RecursionError:
+        raise ImportProblem("the JSON is nested too deeply") from None
+    except ImportProblem:
+        raise
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise ImportProblem(f"unreadable JSON: {str(e)[:120]}") from None
+
+
+def trajectories_in(text: str, root: Path | None = None, store=None, access=None,
+                    id_prefix: str | None = None) -> list[Trajectory]:
+    """Trajectories in a file's text: our trajectory JSON (`python -m core ask --json`), eval items
+    ({"trajectory": ...}), message-list records or rendered rollout dumps (above), as one
+    object, a JSON list, or JSON lines. Pictures are read only where `access` allows (default: the
+    file's own folder). With `id_prefix`, records without an id get `<prefix>-<n>`, so importing the
+    same file again replaces them instead of adding copies."""
+    access = access or MediaAccess(roots=[root or Path(".")])
+    out = []
+    for i, it in enumerate(_parse_json(text)):
+        if isinstance(it, dict) and is_trajectory(it.get("trajectory")):
+            it = it["trajectory"]
+        try:
+            if is_trajectory(it):
+                out.append(confine(Trajectory.from_dict(it), access))
+            elif is_foreign(it):
+                if store is None:
+                    raise ValueError("importing message-list records needs an image store")
+                traj = foreign_to_trajectory(it, root or Path("."), store, f"record {i + 1}", access)
+                if id_prefix:
+                    traj.id = f"{id_prefix}-{i + 1}"
+                out.append(traj)
+            else:
+                raise ImportProblem("not a trajectory: expected `python -m core ask --json` output, a message-list "
+                                    "record (messages/message_list/conversations) or a rollout dump (prompt/response)")
+        except ImportProblem:
+            raise
+        except RecursionError:
+            raise ImportProblem(f"record {i + 1}: nested too deeply") from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, MediaError) as e:
+            raise ImportProblem(f"record {i + 1}: {type(e).__name__}: {str(e)[:160]}") from None
+    return out
+
+
+def import_files(log: SessionLog, paths: list[str], media_roots: list[Path] | tuple = ()) -> str:
+    """Import each file; bad files are reported (one line each, file name only) and skipped, good
+    ones are kept. Pictures come only from the uploaded files themselves (by name), the file's own
+    folder, or `media_roots` the operator named. A file imported again replaces its earlier records."""
+    uploads = [Path(p) for p in paths or []]
+    done, problems = 0, []
+    for path in uploads:
+        if path.suffix.lower() not in (".json", ".jsonl"):
+            continue  # a picture uploaded beside the records
+        try:
+            raw = path.read_bytes()
+            digest = hashlib.sha256(raw).hexdigest()[:16]
+            access = MediaAccess(roots=[path.parent, *map(Path, media_roots)], uploads=uploads)
+            trajs = trajectories_in(raw.decode("utf-8"), path.parent, log.images, access, id_prefix=digest)
+            for traj in trajs:
+                Recorder(log, "import").write(traj)
+                done += 1
+        except UnicodeDecodeError:
+            problems.append(f"{path.name}: not UTF-8 text")
+        except OSError as e:
+            problems.append(f"{path.name}: cannot read or store it ({e.strerror or type(e).__name__})")
+        except (ImportProblem, OverflowError, sqlite3.Error) as e:
+            problems.append(f"{path.name}: {str(e)[:200]}")
+    msg = f"imported {done} trajectories"
+    return msg + ("" if not problems else "\n\n⚠️ skipped:\n- " + "\n- ".join(problems))

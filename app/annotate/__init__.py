@@ -1,0 +1,1 @@
+"""The Annotate tab: label steps or whole trajectories, give corrections, export SFT data."""

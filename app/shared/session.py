@@ -1,0 +1,96 @@
+"""One session as the tabs draw it: its source picture (from the store, else its media path), what
+each step did as a picture (a crop beside its source box, or the selected frames strip), its header
+line, and the overlap of two boxes. Inspect, Annotate (and whatever else shows a session) use these."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image
+
+from app.shared.render import crop_beside_source, frame_label, frame_strip
+from core.media import MediaError, load_image
+from core.sessionlog import SessionLog
+from core.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+
+def stored_image(log: SessionLog, sha: str | None) -> Image.Image | None:
+    """A picture of the image store by its hash; None (logged) when it is missing or unreadable."""
+    if not sha:
+        return None
+    path = log.image_path(sha)
+    if path is None:
+        return None
+    try:
+        return load_image(path)
+    except MediaError as e:
+        logger.warning("image %s unreadable: %s", sha, e)
+        return None
+
+
+def source_image(log: SessionLog, traj: Trajectory) -> Image.Image | None:
+    """The original image (from the store, else from the media path when it still exists)."""
+    ref = traj.media.image
+    img = stored_image(log, ref.sha if ref else None)
+    if img is None and traj.media.kind == "image" and traj.media.path and Path(traj.media.path).exists():
+        try:
+            img = load_image(traj.media.path)
+        except MediaError:
+            img = None
+    return img
+
+
+def first_picture(log: SessionLog, traj: Trajectory) -> Image.Image | None:
+    """The picture to draw on: the source image, else a video's first overview frame."""
+    original = source_image(log, traj)
+    if original is None and traj.media.overview:
+        original = stored_image(log, traj.media.overview[0].sha)
+    return original
+
+
+def step_picture(log: SessionLog, traj: Trajectory, idx: int, original: Image.Image | None) -> Image.Image | None:
+    """What step idx did, drawn: crop beside its source box, or the selected frames strip."""
+    if not 0 <= idx < len(traj.steps):
+        return None
+    step = traj.steps[idx]
+    results = [im for im in (stored_image(log, r.sha) for r in step.images) if im is not None]
+    if step.frames and results:
+        times = traj.media.frame_times
+        return frame_strip(results, [frame_label(k, times[k - 1] if k <= len(times) else None) for k in step.frames])
+    if step.box_px and results:
+        if step.source_box_px and original is not None:
+            return crop_beside_source(original, step.source_box_px, results[0], step_color=idx)
+        frame = stored_image(log, traj.media.overview[step.target_image - 1].sha) \
+            if traj.media.overview and step.target_image and step.target_image <= len(traj.media.overview) else None
+        if frame is not None and step.box_norm:
+            x0, y0, x1, y1 = step.box_norm
+            box = [x0 * frame.width, y0 * frame.height, x1 * frame.width, y1 * frame.height]
+            return crop_beside_source(frame, box, results[0], step_color=idx)
+        return results[0]
+    return None
+
+
+def header_markdown(row: dict, traj: Trajectory) -> str:
+    when = datetime.fromtimestamp(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+    correct = {1: " ✅ correct", 0: " ❌ incorrect"}.get(row["correct"], "")
+    link = f" · compared with `{row['compare_of']}`" if row.get("compare_of") else ""
+    return (f"**{traj.question}**\n\n"
+            f"answer **{traj.answer}**{correct} (truth: {traj.ground_truth or '—'}) · status **{traj.status}** · "
+            f"{traj.n_ops} operations, {traj.n_errors} errors · {row['tokens_in']} → {row['tokens_out']} tokens · "
+            f"{row['seconds']:.2f} s\n\n"
+            f"`{traj.id}` · {when} · {traj.backend} · `{traj.model}` · client {row['client']} · tools "
+            f"{'on' if traj.tools_enabled else 'off'}{link}")
+
+
+def iou(a, b) -> float | None:
+    """Intersection over union of two [x0, y0, x1, y1] boxes; None when either is missing."""
+    if not a or not b:
+        return None
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
