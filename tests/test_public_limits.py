@@ -141,6 +141,14 @@ def test_the_login_cookie_does_not_travel_cross_site(operator):
     assert cookies and all("samesite=lax" in c.lower() and "samesite=none" not in c.lower() for c in cookies)
 
 
+def test_the_api_page_shows_operators_no_server_path(operator):
+    url, tmp, _ = operator
+    cookie, _ = login_cookie(url)
+    code, _, info = http(url + "/gradio_api/info", None, {"Cookie": cookie})
+    assert code == 200 and "/export" in info and str(tmp / "data") not in info  # the export default is a name
+    assert not [name for name in json.loads(info)["named_endpoints"] if name.startswith("/lambda")]
+
+
 def test_login_attempts_are_throttled_and_logged(operator):
     url, _, log = operator
     codes = [http(url + "/login", {"username": "op", "password": f"guess{i}"}, form=True)[0] for i in range(8)]

@@ -35,7 +35,8 @@ EXPORT_COLUMNS = ["session", "question", "labels", "turns", "trained", "plan", "
 
 
 def default_export_dir(studio: Studio) -> str:
-    return str(studio.data_dir / "exports" / time.strftime("annotations-%Y%m%d-%H%M%S"))
+    """A fresh folder name under <data>/exports/ (a name, not a path: /gradio_api/info shows it)."""
+    return time.strftime("annotations-%Y%m%d-%H%M%S")
 
 
 def export_target(studio: Studio, folder: str | None) -> Path:

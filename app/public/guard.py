@@ -49,12 +49,23 @@ def guard_launch_kwargs(studio, demo) -> dict:
     from gradio.utils import get_upload_folder
 
     lim = studio.limits
+    hide_value_loaders(demo)
     demo.delete_cache = (min(600, max(1, lim.upload_ttl_s // 4)), lim.upload_ttl_s)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public" and fn.api_name}
     config = GuardConfig(api_names=public, max_failures=lim.login_failures,
                          upload_dir=Path(get_upload_folder()), upload_cap_bytes=lim.upload_cache_bytes)
     return {"app_kwargs": {"middleware": [Middleware(ServerGuard, config=config)]},
             "state_session_capacity": lim.max_visitors}
+
+
+def hide_value_loaders(demo) -> None:
+    """Make private the load events Gradio adds for components whose value is a callable (it names
+    them /lambda, /lambda_1, ... and publishes them): they are the page's own refreshes, not API."""
+    for block in demo.blocks.values():
+        dep = getattr(block, "load_event", None)
+        fn = demo.fns.get(dep.get("id")) if isinstance(dep, dict) else None
+        if fn is not None:
+            fn.api_visibility = "private"
 
 
 class LoginThrottle:
