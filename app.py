@@ -99,6 +99,9 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
                    help="public mode: stored pictures in all (the oldest finished visitor sessions go first)")
     g.add_argument("--store-keep-min", type=float, default=d.store_keep_s / 60,
                    help="public mode: a session is not evicted this soon after its last write")
+    g.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="a page origin served besides the request's own host (repeatable; on a Space its own "
+                        "https://$SPACE_HOST is added by itself)")
     g.add_argument("--max-pages", type=int, default=d.max_visitors,
                    help="page sessions kept in memory (the oldest are forgotten)")
 
@@ -114,7 +117,8 @@ def server_limits(args):
         max_visitors=max(1, args.max_pages), login_failures=max(1, args.login_attempts),
         upload_ttl_s=int(args.upload_ttl_min * 60), upload_cache_bytes=int(args.max_upload_cache_gb * 1024 ** 3),
         store_bytes_per_visitor=int(args.store_mb_per_visitor * 1024 ** 2),
-        store_bytes=int(args.max_store_gb * 1024 ** 3), store_keep_s=int(args.store_keep_min * 60))
+        store_bytes=int(args.max_store_gb * 1024 ** 3), store_keep_s=int(args.store_keep_min * 60),
+        origins=list(args.allow_origin))
 
 
 class ConfigError(SystemExit):

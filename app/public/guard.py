@@ -36,6 +36,8 @@ class GuardConfig:
     """What the middleware enforces; filled in by app.py after the page is built."""
 
     api_names: set[str] = field(default_factory=set, metadata={"help": "public endpoint names (no slash)"})
+    origins: set[str] = field(default_factory=set, metadata={
+        "help": "origins accepted besides the request's own host (a proxy that rewrites Host; a Space's address)"})
     max_failures: int = field(default=10, metadata={"help": "wrong passwords per address or user name per window"})
     window_s: float = field(default=60.0, metadata={"help": "seconds a failure counts against the login"})
     upload_dir: Path | None = field(default=None, metadata={"help": "Gradio's upload folder"})
@@ -52,7 +54,10 @@ def guard_launch_kwargs(studio, demo) -> dict:
     hide_value_loaders(demo)
     demo.delete_cache = (min(600, max(1, lim.upload_ttl_s // 4)), lim.upload_ttl_s)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public" and fn.api_name}
-    config = GuardConfig(api_names=public, max_failures=lim.login_failures,
+    origins = {o.rstrip("/").lower() for o in lim.origins}
+    if os.environ.get("SPACE_HOST"):  # a Space's own address, which its proxy serves the page from
+        origins.add(f"https://{os.environ['SPACE_HOST']}".lower())
+    config = GuardConfig(api_names=public, origins=origins, max_failures=lim.login_failures,
                          upload_dir=Path(get_upload_folder()), upload_cap_bytes=lim.upload_cache_bytes)
     return {"app_kwargs": {"middleware": [Middleware(ServerGuard, config=config)]},
             "state_session_capacity": lim.max_visitors}
@@ -102,9 +107,11 @@ class LoginThrottle:
                 self._fails.popitem(last=False)
 
 
-def same_origin(headers: dict[str, str]) -> bool:
-    """True unless a browser says the request comes from another site."""
+def same_origin(headers: dict[str, str], origins: set[str] = frozenset()) -> bool:
+    """True unless a browser says the request comes from another site (`origins` are accepted too)."""
     origin = headers.get("origin")
+    if origin is not None and origin.rstrip("/").lower() in origins:
+        return True
     if origin is not None:
         parts = urlsplit(origin)
         default = {"http": 80, "https": 443}.get(parts.scheme)
@@ -140,7 +147,7 @@ class ServerGuard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         path, method = scope.get("path", ""), scope.get("method", "GET")
-        if not same_origin(headers):
+        if not same_origin(headers, self.config.origins):
             logger.warning("refused a cross-origin %s %s from %s", method, path, headers.get("origin"))
             return await self._reply(scope, send, 403, "cross-origin requests are refused")
         if scope["type"] == "websocket":

@@ -31,6 +31,7 @@ class ServerLimits:
     upload_cache_bytes: int = field(default=2 * 1024 ** 3, metadata={"help": "uploads refused above this total"})
     store_bytes_per_visitor: int = field(default=200 * 1024 ** 2, metadata={"help": "stored pictures per visitor"})
     store_bytes: int = field(default=5 * 1024 ** 3, metadata={"help": "stored pictures in all (public mode)"})
+    origins: list[str] = field(default_factory=list, metadata={"help": "origins served besides the Host's own"})
     store_keep_s: int = field(default=15 * 60, metadata={"help": "a session is not evicted this soon after its last write"})
 
 
