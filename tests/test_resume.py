@@ -60,6 +60,7 @@ def test_the_robust_recipe_killed_during_sft_finishes_on_rerun(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "already built with this config" in done.stderr  # the data was kept, not made again
-    assert f"resuming from {tmp_path / 'runs' / 'sft' / 'checkpoint-'}" in done.stderr
+    sft = tmp_path / "runs" / "sft" / "checkpoint-"
+    assert f"resuming from {sft}" in done.stderr or "already reached step" in done.stderr  # killed at the last save
     assert (tmp_path / "runs" / "shifts" / "report.md").exists()
     assert (tmp_path / "runs" / "final" / "model.safetensors").exists()
