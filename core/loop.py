@@ -203,18 +203,19 @@ class Episode:
             if name not in args:
                 raise P.ToolCallError(f"Missing argument `{name}` in `{call.name}` operation.")
         target = P.require_number(args["target_image"], "target_image")
-        # On a video with nothing added yet, target_image picks an overview frame (the release's rule).
+        # On a video with nothing added yet, target_image picks an overview frame; after that the added
+        # images count from 2, the video being image 1 (the release's rules).
         frame_mode = video is not None and not self.raw
-        n = video.n_frames if frame_mode else len(self.raw)
-        if target != int(target) or not 1 <= target <= n:
-            raise ops.target_index_error(call.name, n)
+        first = 2 if video is not None and not frame_mode else 1
+        n = video.n_frames if frame_mode else len(self.raw) + first - 1
+        if target != int(target) or not first <= target <= n:
+            raise ops.target_index_error(call.name, n, first)
         k = int(target)
-        source = video.frames([k])[0] if frame_mode else self._raw_image(k - 1)
+        source = video.frames([k])[0] if frame_mode else self._raw_image(k - first)
         px = self.config.pixels
         box = ops.crop_box(args["bbox_2d"], source.width, source.height, call.name)
-        box = ops.fit_box(box, source.width, source.height, px.crop_min, px.crop_max)
         view = ops.crop_view(source, box, px.crop_min, px.crop_max)  # may refuse: before any state changes
-        origin = None if frame_mode else self.origin_boxes[k - 1]
+        origin = None if frame_mode else self.origin_boxes[k - first]
         step.target_image, step.box_norm, step.box_px = k, list(box.norm), list(box.px)
         if origin is not None:
             ox, oy = origin[0], origin[1]

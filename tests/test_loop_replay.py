@@ -26,14 +26,11 @@ def test_released_example_gives_the_release_crop(photo_path):
     traj = run_to_end(ReplayBackend([RELEASED_OUTPUT, "It is a sheep. \\boxed{B}"]),
                       Task(question="What animal?", image=image), store=store)
     step = traj.steps[0]
-    # The release: pad 0.1, clamp, int(): (0.0*800, 0.1*600, 0.4*800, 0.5*600)
+    # The release: pad 0.1, clamp, PIL's crop rounds: (0.0*800, 0.1*600, 0.4*800, 0.5*600)
     assert step.box_px == [0, 60, 320, 300] and step.source_box_px == [0, 60, 320, 300]
-    expected_view = ops.resize_for_model(image.crop((0, 60, 320, 300)), *(ops.PixelLimits().crop_min,
-                                                                           ops.PixelLimits().crop_max))
-    # one resampling straight from the source box: the release's pixels inside, edges within a level or two
+    expected_view = image.crop((0, 60, 320, 300)).resize((308, 252), Image.Resampling.BICUBIC)  # smart_resize
     view = store.get(step.images[0].sha)
-    diff = np.abs(np.asarray(view, np.int16) - np.asarray(expected_view, np.int16))
-    assert view.size == expected_view.size and diff.max() <= 2 and not diff[3:-3, 3:-3].any()
+    assert view.tobytes() == expected_view.tobytes()  # the release's pixels: crop, then one bicubic resize
     assert step.observation == f"\nHere is the cropped image (Image Size: {expected_view.width}x{expected_view.height}):"
     assert traj.answer == "B" and traj.status == "done" and traj.n_ops == 1
 
@@ -43,7 +40,7 @@ def test_crop_of_a_crop_maps_back_to_the_source_image(photo_path):
     turns = [crop_call([0.3, 0.3, 0.6, 0.6]), crop_call([0.5, 0.5, 0.9, 0.9], target=2), "\\boxed{x}"]
     traj = run_to_end(ReplayBackend(turns), Task(question="Q", image=image))
     first, second = traj.steps[0], traj.steps[1]
-    assert first.box_px == [160, 119, 560, 420]  # (0.3 - 0.1) * 600 = 119.99.. truncates to 119, as in the release
+    assert first.box_px == [160, 120, 560, 420]  # (0.3 - 0.1) * 600 = 119.99..: PIL's crop in the release rounds
     assert second.target_image == 2
     ox, oy = first.box_px[:2]
     assert second.source_box_px == [ox + second.box_px[0], oy + second.box_px[1], ox + second.box_px[2], oy + second.box_px[3]]
@@ -240,7 +237,8 @@ def test_run_takes_a_task_or_an_episode_not_both():
 
 
 def test_large_crop_records_the_box_the_model_saw():
-    """At the eval preset a large crop is fitted, not resampled: box_px is exactly the view's pixels."""
+    """At the eval preset a 1441x1080 crop is resized to 1428x1092: box_px is the release's box and the
+    view is that box cut out, then resized once."""
     rng = np.random.default_rng(5)
     image = Image.fromarray(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8))
     store = MemoryImageStore()
@@ -249,5 +247,6 @@ def test_large_crop_records_the_box_the_model_saw():
                       Task(question="Q", image=image), config=config, store=store)
     step = traj.steps[0]
     view = store.get(step.images[0].sha)
-    assert view.tobytes() == image.crop(tuple(step.box_px)).tobytes()
-    assert step.observation.endswith(f"(Image Size: {view.width}x{view.height}):")
+    assert step.box_px == [80, 360, 1520, 1440]
+    assert view.tobytes() == image.crop(tuple(step.box_px)).resize((1428, 1092), Image.Resampling.BICUBIC).tobytes()
+    assert step.observation.endswith("(Image Size: 1428x1092):")
