@@ -209,7 +209,8 @@ class Episode:
         first = 2 if video is not None and not frame_mode else 1
         n = video.n_frames if frame_mode else len(self.raw) + first - 1
         if target != int(target) or not first <= target <= n:
-            raise ops.target_index_error(call.name, n, first)
+            raise ops.target_index_error(n, args["target_image"], "frame" if frame_mode else
+                                         "added" if first == 2 else "image")
         k = int(target)
         source = video.frames([k])[0] if frame_mode else self._raw_image(k - first)
         px = self.config.pixels

@@ -40,7 +40,7 @@ class PixelLimits:
     crop_max: int = 1000 * PATCH * PATCH
     frame_min: int = 4 * PATCH * PATCH
     frame_max: int = 400 * PATCH * PATCH
-    video_frame_max: int = 128 * PATCH * PATCH  # each overview frame
+    video_frame_max: int = 512 * PATCH * PATCH  # each overview frame (the release sets 512 on every video)
 
     @classmethod
     def preset(cls, name: str) -> "PixelLimits":
@@ -211,6 +211,9 @@ def crop_view(image: Image.Image, box: CropBox, min_pixels: int, max_pixels: int
 
 # ---- select_frames ---------------------------------------------------------------------------
 
+RELEASE_ERROR = "Execution Error: "  # the release starts its own operation errors with this
+CROP_NAME_IN_ERRORS = "crop_image_normalized"
+
 def parse_frames(value, n_frames: int) -> list[int]:
     """Validate `target_frames` (1-based, at most 8, within the overview) with the release's messages."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -225,24 +228,32 @@ def parse_frames(value, n_frames: int) -> list[int]:
         frames.append(int(f))
     if len(frames) > MAX_FRAMES_PER_CALL:
         raise ToolCallError(
-            f"You have selected {len(frames)} frames in total. Think again which frames you need to check "
+            f"{RELEASE_ERROR}You have selected {len(frames)} frames in total. Think again which frames you need to check "
             f"in details (no more than {MAX_FRAMES_PER_CALL} frames)"
         )
     if min(frames) < 1 or max(frames) > n_frames:
         raise ToolCallError(
-            f"There are {n_frames} frames numbered in range [1,{n_frames}]. "
+            f"{RELEASE_ERROR}There are {n_frames} frames numbered in range [1,{n_frames}]. "
             f"Your selection `target_frames={frames}` is out of range."
         )
     return frames
 
 
 SELECT_ON_IMAGE_ERROR = (
-    f"You attempted to `{FRAMES_TOOL}` from **image** not **video**. "
+    f"{RELEASE_ERROR}You attempted to `{FRAMES_TOOL}` from **image** not **video**. "
     "You should use `crop_image_normalized` instead for inspecting **image**."
 )
 
 
-def target_index_error(tool_name: str, n: int, first: int = 1) -> ToolCallError:
-    return ToolCallError(
-        f"Incorrect `target_image` argument in `{tool_name}` operation. You can only pick an image within [{first},{n}]"
-    )
+def target_index_error(n: int, target, where: str = "image") -> ToolCallError:
+    """The release's message for a bad `target_image` (it names `crop_image_normalized` whatever the
+    tool): `where` is "image" (an image's list), "frame" (a video's frames) or "added" (the images
+    added after a video, numbered from 2)."""
+    head = f"{RELEASE_ERROR}Incorrect `target_image` argument in `{CROP_NAME_IN_ERRORS}` operation. "
+    if where == "frame":
+        return ToolCallError(f"{head}You can only pick an image **from** the video within [1,{n}], "
+                             f"but the current argument `target_image={target}`.")
+    if where == "added":
+        return ToolCallError(f"{head}You can only pick an image within range [2,{n}], "
+                             f"but the current argument `target_image={target}`.")
+    return ToolCallError(f"{head}You can only pick an image within [1,{n}]")

@@ -162,3 +162,32 @@ def test_parallel_strips_give_the_whole_image_pass_s_bytes():
         whole = image.resize(size, Image.Resampling.BICUBIC)
         for threads in (2, 3, 4):
             assert ops.resample(image, size, threads=threads).tobytes() == whole.tobytes()
+
+
+def error_turn(episode, text):
+    return episode.advance(Generation(text=text)).observation
+
+
+def test_error_observations_are_the_release_s():
+    image = picture(250, 200, seed=4)
+    ep = Episode(Task(question="Q", image=image), LoopConfig())
+    head = "\nExecution error:\nExecution Error: Incorrect `target_image` argument in `crop_image_normalized` operation. "
+    assert error_turn(ep, call([0.1, 0.1, 0.5, 0.5], 2, "zoom_in")) == head + "You can only pick an image within [1,1]\n"
+    assert error_turn(ep, call([0.0, 0.0, 0.0001, 0.5], 1, "crop_image_normalized")) == \
+        "\nExecution error:\nCropped image is too small: 25x120\n"
+    assert error_turn(ep, format_tool_call("select_frames", {"target_frames": [1]})) == (
+        "\nExecution error:\nExecution Error: You attempted to `select_frames` from **image** not **video**. "
+        "You should use `crop_image_normalized` instead for inspecting **image**.\n")
+    video = Video.from_frames([picture(320, 240, seed=i) for i in range(16)])
+    ep = Episode(Task(question="Q", video=video), LoopConfig())
+    assert error_turn(ep, call([0.1, 0.1, 0.5, 0.5], 17, "crop_image_normalized")) == head + (
+        "You can only pick an image **from** the video within [1,16], but the current argument `target_image=17`.\n")
+    assert error_turn(ep, format_tool_call("select_frames", {"target_frames": list(range(1, 10))})) == (
+        "\nExecution error:\nExecution Error: You have selected 9 frames in total. Think again which frames you "
+        "need to check in details (no more than 8 frames)\n")
+    assert error_turn(ep, format_tool_call("select_frames", {"target_frames": [3, 17]})) == (
+        "\nExecution error:\nExecution Error: There are 16 frames numbered in range [1,16]. Your selection "
+        "`target_frames=[3, 17]` is out of range.\n")
+    ep.advance(Generation(text=call([0.1, 0.1, 0.5, 0.5], 4, "crop_image_normalized")))
+    assert error_turn(ep, call([0.1, 0.1, 0.5, 0.5], 1, "crop_image_normalized")) == head + (
+        "You can only pick an image within range [2,2], but the current argument `target_image=1`.\n")
