@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row(f"exact crop of a 4000x3000 photo to the model's view, {name}, beside one turn "
                             "of the embedded model",
                             f"{v['ms']:.1f} ms = {v['ms'] / turn['turn_ms'] * 100:.1f}% of a turn "
-                            f"({turn['turn_ms']:.0f} ms); box {v['box']} -> {v['view']}; PIL's crop + resize "
+                            f"({turn['turn_ms']:.0f} ms); box {v['box']} of {v['source']} -> {v['view']}; PIL's crop + resize "
                             f"in one thread {v['pil_ms']:.1f} ms, same bytes", None))
     if "frames" in parts:
         f = figures["frames"] = perf_io.bench_frames(cache, 20 if short else 60, 3 if short else 5)

@@ -41,6 +41,11 @@ class PixelLimits:
     frame_min: int = 4 * PATCH * PATCH
     frame_max: int = 400 * PATCH * PATCH
     video_frame_max: int = 512 * PATCH * PATCH  # each overview frame (the release sets 512 on every video)
+    # the operations work on the images as the model was shown them, as the release does: a crop cuts
+    # the first view, an earlier crop's view or an overview frame; select_frames resizes overview
+    # frames. False: they read the full-resolution picture and decode frames at full resolution
+    # (the embedded model is trained that way)
+    from_view: bool = True
 
     @classmethod
     def preset(cls, name: str) -> "PixelLimits":
@@ -61,7 +66,7 @@ PIXEL_PRESETS = {
         first_min=4 * PATCH * PATCH, first_max=64 * PATCH * PATCH,
         crop_min=4 * PATCH * PATCH, crop_max=64 * PATCH * PATCH,
         frame_min=4 * PATCH * PATCH, frame_max=64 * PATCH * PATCH,
-        video_frame_max=16 * PATCH * PATCH,
+        video_frame_max=16 * PATCH * PATCH, from_view=False,
     ),
 }
 

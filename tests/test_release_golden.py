@@ -3,8 +3,10 @@
 The release's formulas are written out here, apart from core/: its crop (`crop_image_normalized` hands
 the padded, clamped float box to PIL's crop, which rounds; `zoom_in` caps the padding at 600 px and
 truncates with int()), Qwen's smart_resize, one PIL bicubic resize of the crop to that size, and the
-observation text. Every case runs the loop's own `Episode` and compares the box, the text and the
-view's bytes. docs/protocol.md's fidelity table points here.
+observation text. The release crops the images as it showed them (the first view, an earlier crop's
+view, an overview frame); so do the `train` and `eval` presets, while `tiny` crops the full-resolution
+picture (docs/protocol.md, section 7). Every case runs the loop's own `Episode` and compares the box,
+the text and the view's bytes.
 """
 import math
 
@@ -69,7 +71,8 @@ def call(bbox, target, tool):
 
 
 def check_crop(episode, targets, bbox, target, tool, px):
-    """One crop through the loop against the release; the release's crop joins `targets`."""
+    """One crop through the loop against the release; what a later crop cuts joins `targets`: the
+    view the model was shown, as in the release (the `tiny` preset keeps the full-resolution crop)."""
     step = episode.advance(Generation(text=call(bbox, target, tool)))
     assert step.error is None, step.error
     source = targets[target - 1]
@@ -81,7 +84,7 @@ def check_crop(episode, targets, bbox, target, tool, px):
     assert step.observation == release_text(view)
     assert got.size == view.size
     assert got.tobytes() == view.tobytes()
-    targets.append(cropped)
+    targets.append(view if px.from_view else cropped)
 
 
 def picture(width, height, seed=0):
@@ -101,8 +104,9 @@ def test_crops_and_crops_of_crops_are_the_release_s(preset, name):
     px = ops.PixelLimits.preset(preset)
     episode = Episode(Task(question="Q", image=image), LoopConfig(pixels=px))
     first = episode.messages[1]["content"][0]["image"]
-    assert first.tobytes() == release_view(image, px.first_min, px.first_max).tobytes()
-    targets = [image]
+    shown = release_view(image, px.first_min, px.first_max)
+    assert first.tobytes() == shown.tobytes()
+    targets = [shown if px.from_view else image]
     absolute = [round(0.31 * width) + 0.5, round(0.27 * height), round(0.62 * width), round(0.71 * height)]
     check_crop(episode, targets, [0.40, 0.30, 0.55, 0.50], 1, "crop_image_normalized", px)
     check_crop(episode, targets, absolute, 1, "zoom_in", px)
@@ -115,7 +119,7 @@ def test_absolute_boxes_and_crops_of_crops_with_both_rules(preset):
     image = picture(1600, 900, seed=1)
     px = ops.PixelLimits.preset(preset)
     episode = Episode(Task(question="Q", image=image), LoopConfig(pixels=px))
-    targets = [image]
+    targets = [release_view(image, px.first_min, px.first_max) if px.from_view else image]
     check_crop(episode, targets, [100, 150, 700, 600], 1, "crop_image_normalized", px)
     check_crop(episode, targets, [0.1, 0.1, 0.7, 0.8], 2, "crop_image_normalized", px)
     check_crop(episode, targets, [30, 20, 200, 150], 3, "zoom_in", px)
@@ -128,18 +132,33 @@ def test_crops_of_video_frames_are_the_release_s(preset):
     px = ops.PixelLimits.preset(preset)
     episode = Episode(Task(question="Q", video=Video.from_frames(frames)), LoopConfig(pixels=px))
     overview = episode.messages[1]["content"][0]["video"]
-    for got, frame in zip(overview, frames):
-        assert got.tobytes() == release_view(frame, px.frame_min, px.video_frame_max).tobytes()
+    shown = [release_view(frame, px.frame_min, px.video_frame_max) for frame in frames]
+    assert [f.tobytes() for f in overview] == [f.tobytes() for f in shown]
     # on a video, target_image picks a frame until something is added; then the added images count
     # from 2 (the release's image list is [video, added...])
-    targets = list(frames)
+    targets = list(shown if px.from_view else frames)
     check_crop(episode, targets, [0.3, 0.2, 0.6, 0.7], 3, "crop_image_normalized", px)
     targets = [None, targets[-1]]
     check_crop(episode, targets, [0.2, 0.1, 0.7, 0.6], 2, "zoom_in", px)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_selected_frames_and_their_crops_are_the_release_s(preset):
+    frames = [picture(480, 270, seed=i) for i in range(16)]
+    px = ops.PixelLimits.preset(preset)
+    episode = Episode(Task(question="Q", video=Video.from_frames(frames)), LoopConfig(pixels=px))
+    step = episode.advance(Generation(text=format_tool_call("select_frames", {"target_frames": [2, 5]})))
+    sources = [release_view(f, px.frame_min, px.video_frame_max) if px.from_view else f for f in frames]
+    shown = [release_view(sources[k - 1], px.frame_min, px.frame_max) for k in (2, 5)]
+    assert [f.tobytes() for f in episode.last_images] == [f.tobytes() for f in shown]
+    w, h = shown[0].size
+    assert step.observation == f"\nHere are the selected frames (Frame Size: {w}x{h}, Numbered 1 to 2):"
+    targets = [None] + (shown if px.from_view else [frames[1], frames[4]])
+    check_crop(episode, targets, [0.1, 0.2, 0.6, 0.7], 3, "crop_image_normalized", px)  # frame 5's
+
+
 @pytest.mark.parametrize("tool,bbox,size,expected", [
-    # the table of issue 27: the release's example call replayed
+    # the table of issue 27: the release's example call replayed, its box on the picture that is cut
     ("crop_image_normalized", [100, 150, 300, 400], (1000, 750), (0, 75, 400, 475)),
     ("crop_image_normalized", [0.5, 0.5, 0.95, 0.9], (1000, 750), (400, 300, 1000, 750)),
     # 0.32 * 1600 is 511.99999999999994 in floating point: PIL's crop rounds it, zoom_in's int() truncates
@@ -148,7 +167,7 @@ def test_crops_of_video_frames_are_the_release_s(preset):
 ])
 def test_the_issue_table_gives_the_release_s_boxes(tool, bbox, size, expected):
     image = picture(*size, seed=2)
-    px = ops.PixelLimits.preset("train")
+    px = ops.PixelLimits.preset("tiny")  # the picture itself is cut (the release cuts its shown copy)
     episode = Episode(Task(question="Q", image=image), LoopConfig(pixels=px))
     assert release_box(bbox, *size, tool) == expected
     check_crop(episode, [image], bbox, 1, tool, px)
@@ -174,7 +193,7 @@ def test_error_observations_are_the_release_s():
     head = "\nExecution error:\nExecution Error: Incorrect `target_image` argument in `crop_image_normalized` operation. "
     assert error_turn(ep, call([0.1, 0.1, 0.5, 0.5], 2, "zoom_in")) == head + "You can only pick an image within [1,1]\n"
     assert error_turn(ep, call([0.0, 0.0, 0.0001, 0.5], 1, "crop_image_normalized")) == \
-        "\nExecution error:\nCropped image is too small: 25x120\n"
+        "\nExecution error:\nCropped image is too small: 25x118\n"  # of the 252x196 view
     assert error_turn(ep, format_tool_call("select_frames", {"target_frames": [1]})) == (
         "\nExecution error:\nExecution Error: You attempted to `select_frames` from **image** not **video**. "
         "You should use `crop_image_normalized` instead for inspecting **image**.\n")
@@ -191,3 +210,15 @@ def test_error_observations_are_the_release_s():
     ep.advance(Generation(text=call([0.1, 0.1, 0.5, 0.5], 4, "crop_image_normalized")))
     assert error_turn(ep, call([0.1, 0.1, 0.5, 0.5], 1, "crop_image_normalized")) == head + (
         "You can only pick an image within range [2,2], but the current argument `target_image=1`.\n")
+
+
+def test_the_issue_table_under_the_default_preset_crops_the_shown_picture():
+    """`python -m core ask --backend replay` on a 1000x750 picture (preset `train`): the model was shown
+    it at 1008x756, and the release's box is on that view."""
+    image = picture(1000, 750, seed=2)
+    px = ops.PixelLimits.preset("train")
+    episode = Episode(Task(question="Q", image=image), LoopConfig(pixels=px))
+    shown = episode.messages[1]["content"][0]["image"]
+    assert shown.size == (1008, 756) and release_box([100, 150, 300, 400], 1008, 756) == (0, 74, 401, 476)
+    check_crop(episode, [shown], [100, 150, 300, 400], 1, "crop_image_normalized", px)
+    assert episode.trajectory.steps[-1].source_box_px == [0, 73, 398, 472]  # on the picture
