@@ -126,14 +126,20 @@ def test_absolute_boxes_and_crops_of_crops_with_both_rules(preset):
     check_crop(episode, targets, [0.5, 0.5, 0.95, 0.9], 2, "crop_image", px)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_crops_of_video_frames_are_the_release_s(preset):
-    frames = [picture(640, 360, seed=i) for i in range(4)]
+def video_episode(n, width, height, preset):
+    """An episode on n frames; the frames, and each as the overview showed it (checked here)."""
+    frames = [picture(width, height, seed=i) for i in range(n)]
     px = ops.PixelLimits.preset(preset)
     episode = Episode(Task(question="Q", video=Video.from_frames(frames)), LoopConfig(pixels=px))
-    overview = episode.messages[1]["content"][0]["video"]
     shown = [release_view(frame, px.frame_min, px.video_frame_max) for frame in frames]
+    overview = episode.messages[1]["content"][0]["video"]
     assert [f.tobytes() for f in overview] == [f.tobytes() for f in shown]
+    return episode, px, frames, shown
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_crops_of_video_frames_are_the_release_s(preset):
+    episode, px, frames, shown = video_episode(4, 640, 360, preset)
     # on a video, target_image picks a frame until something is added; then the added images count
     # from 2 (the release's image list is [video, added...])
     targets = list(shown if px.from_view else frames)
@@ -144,11 +150,9 @@ def test_crops_of_video_frames_are_the_release_s(preset):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_selected_frames_and_their_crops_are_the_release_s(preset):
-    frames = [picture(480, 270, seed=i) for i in range(16)]
-    px = ops.PixelLimits.preset(preset)
-    episode = Episode(Task(question="Q", video=Video.from_frames(frames)), LoopConfig(pixels=px))
+    episode, px, frames, overview = video_episode(16, 480, 270, preset)
     step = episode.advance(Generation(text=format_tool_call("select_frames", {"target_frames": [2, 5]})))
-    sources = [release_view(f, px.frame_min, px.video_frame_max) if px.from_view else f for f in frames]
+    sources = overview if px.from_view else frames
     shown = [release_view(sources[k - 1], px.frame_min, px.frame_max) for k in (2, 5)]
     assert [f.tobytes() for f in episode.last_images] == [f.tobytes() for f in shown]
     w, h = shown[0].size
