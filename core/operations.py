@@ -113,6 +113,15 @@ _STRIP_THREADS = max(1, min(4, os.cpu_count() or 1))
 _strip_pool: ThreadPoolExecutor | None = None
 
 
+def _forget_strip_pool() -> None:
+    """A forked child has none of the parent's threads: it starts a pool of its own when needed."""
+    global _strip_pool
+    _strip_pool = None
+
+
+os.register_at_fork(after_in_child=_forget_strip_pool)
+
+
 def resample(image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None,
              threads: int | None = None) -> Image.Image:
     """Bicubic resize of `box` (default: the whole image) to `size`: PIL's own result, pixel for pixel.

@@ -154,3 +154,22 @@ def test_crop_view_is_the_crop_then_one_bicubic_resize():
     big = img.resize((1400, 700))
     fits = ops.crop_box([0.2, 0.2, 0.42, 0.56], 1400, 700)  # 588x392: multiples of 28 within the limits
     assert ops.crop_view(big, fits, 4 * 784, 1000 * 784).tobytes() == big.crop(fits.px).tobytes()
+
+
+def _resample_in_child(queue):
+    img = Image.new("RGB", (1200, 1000), (10, 20, 30))
+    queue.put(ops.resample(img, (600, 500)).size)
+
+
+def test_a_forked_child_resamples_in_strips_of_its_own():
+    """The strip threads do not survive a fork: a child makes its own pool instead of waiting forever."""
+    import multiprocessing
+    ops.resample(Image.new("RGB", (1200, 1000)), (600, 500), threads=2)  # the parent's pool exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_resample_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0 and queue.get(timeout=1) == (600, 500)
