@@ -235,7 +235,7 @@ def test_server_killed_mid_session_keeps_finished_steps(tmp_path, photo_path, re
     (row,) = log.list_sessions()[0]
     assert row["status"] == "running" and row["question"] == "crash mid-way"
     kept = log.steps(row["id"])
-    assert len(kept) >= 2 and json.loads(kept[0]["box_px"]) == [15, 72, 304, 288] and kept[1]["error"]
+    assert len(kept) >= 2 and json.loads(kept[0]["box_px"]) == [16, 71, 309, 282] and kept[1]["error"]
     # the restarted app marks it unfinished and keeps every finished step
     proc = _start(db, replay_file, port, tmp_path / "server.log")
     try:
