@@ -192,6 +192,9 @@ def cmd_eval(args) -> int:
     elif args.categories or args.split != "test":
         print("error: --categories and --split apply to --bench tinyzoom only", file=sys.stderr)
         return 2
+    if args.oracle_first_crop and args.bench != "tinyzoom":
+        print("error: --oracle-first-crop needs items with meta.task.target: --bench tinyzoom", file=sys.stderr)
+        return 2
     if args.samples < 1 or args.batch < 1:
         print("error: --samples and --batch must be at least 1", file=sys.stderr)
         return 2
@@ -212,7 +215,8 @@ def cmd_eval(args) -> int:
         result = evaluate(backend, items, args.bench, out, config, params, samples=args.samples, batch=args.batch,
                           session_log=log, progress=not args.quiet, data=str(data),
                           details={"pixel_preset": settings.pixel_preset, "settings_from": settings.source,
-                                   "db": str(log.path) if log else None})
+                                   "db": str(log.path) if log else None},
+                          oracle_first_crop=args.oracle_first_crop)
     except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -255,6 +259,9 @@ def add_eval_parser(sub) -> None:
     ev.add_argument("--seed", type=int, default=None)
     ev.add_argument("--split", default="test", help="tinyzoom: test or validation")
     ev.add_argument("--categories", help="tinyzoom: comma-separated categories (default: all)")
+    ev.add_argument("--oracle-first-crop", action="store_true",
+                    help="what-if: each item's first crop is its meta.task.target box (on a video, the first "
+                         "select_frames its visible frames); compare with a run without it")
     ev.add_argument("--json", action="store_true", help="print report.json instead of the markdown table")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(ev)
