@@ -235,3 +235,53 @@ def test_embedded_model_goes_on_from_the_edited_crop():
     assert tuple(forked.steps[1].box_px) == release_crop_px([0.2, 0.2, 0.8, 0.8], w, h)
     assert len(forked.steps) >= 3 and forked.steps[2].tokens_out > 0  # the model's own turn after the fork
     assert forked.backend == "transformers" and forked.status in ("done", "max_ops", "max_tokens")
+
+
+# ---- forks in the session log ----------------------------------------------------------------------
+
+def test_a_fork_is_a_session_linked_to_its_parent(tmp_path, parent):
+    from core.recorder import Recorder
+    from core.sessionlog import SessionLog
+    from core.sessionquery import SessionFilter
+
+    log = SessionLog(tmp_path / "studio.db")
+    recorder = Recorder(log)
+    recorder.write(parent)
+    child = fork_to_end(ReplayBackend(TURNS), parent, 1, Edit(text="The sign says \\boxed{WOOLSHOPS}, zebra."),
+                        task_of(parent), store=log.images)
+    recorder.write(child)
+    row = log.session(child.id)
+    assert (row["fork_of"], row["fork_step"]) == (parent.id, 1)
+    assert log.get_trajectory(child.id).meta["fork_of"] == {"session": parent.id, "step": 1}
+    assert [r["id"] for r in log.forks([parent.id])[parent.id]] == [child.id]
+    assert log.forks([parent.id])[parent.id][0]["correct"] == 1
+    assert [r["id"] for r in log.list_sessions(SessionFilter(fork_of=parent.id))[0]] == [child.id]
+    assert [r["id"] for r in log.list_sessions(SessionFilter(forks=False))[0]] == [parent.id]
+    assert [r["id"] for r in log.list_sessions(SessionFilter(forks=True))[0]] == [child.id]
+    assert [r["id"] for r in log.list_sessions(SessionFilter(text="zebra"))[0]] == [child.id]  # FTS sees it
+    listed = log.list_sessions(SessionFilter(forks=True))[0][0]
+    assert (listed["fork_of"], listed["fork_step"]) == (parent.id, 1)
+
+
+def test_forks_logged_before_the_migration_gain_their_link(tmp_path, parent):
+    """A file whose sessions table predates m005: the fork's meta fills the new columns."""
+    import sqlite3
+
+    from core.recorder import Recorder
+    from core.sessionlog import SessionLog
+
+    path = tmp_path / "old.db"
+    log = SessionLog(path)
+    child = fork_to_end(ReplayBackend(TURNS), parent, 1, Edit(box=[0.5, 0.5, 0.9, 0.9]), task_of(parent))
+    Recorder(log).write(child)
+    log.close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE sessions SET fork_of = NULL, fork_step = NULL")
+    con.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_fork_of'")
+    con.execute("DROP INDEX idx_sessions_fork")
+    con.execute("ALTER TABLE sessions DROP COLUMN fork_step")
+    con.execute("ALTER TABLE sessions DROP COLUMN fork_of")
+    con.commit()
+    con.close()
+    row = SessionLog(path).session(child.id)
+    assert (row["fork_of"], row["fork_step"]) == (parent.id, 1)
