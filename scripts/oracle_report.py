@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             return code
     own = json.loads((out / "own" / "report.json").read_text(encoding="utf-8"))
+    model = Path(own["model"])
+    shown = model.relative_to(ROOT) if model.is_absolute() and model.is_relative_to(ROOT) else own["model"]
     table = oracle_markdown(oracle_split(read_items(out / "own"), read_items(out / "oracle")))
-    text = (f"# Own first crop vs the oracle's: {own['model']}\n\n{own['n']} TinyZoom items from `{args.data}`, "
+    text = (f"# Own first crop vs the oracle's: {shown}\n\n{own['n']} TinyZoom items from `{args.data}`, "
             f"pixel preset `{own.get('pixel_preset')}`, temperature {own.get('temperature')}\n\n{table}")
     (out / "report.md").write_text(text, encoding="utf-8")
     print(text)

@@ -89,11 +89,12 @@ def test_oracle_split_counts_wrong_place_and_cannot_read():
     def rec(i, cat, correct, step=None):
         return {"id": f"q{i}", "category": cat, "correct": correct, "oracle_step": step}
 
-    own = [rec(0, "zoom", False), rec(1, "zoom", False), rec(2, "zoom", True), rec(3, "count", True)]
-    oracle = [rec(0, "zoom", True, 0), rec(1, "zoom", False, 0), rec(2, "zoom", False, 0), rec(3, "count", True)]
+    own = [rec(0, "zoom", False), rec(1, "zoom", False), rec(2, "zoom", True), rec(3, "count", False)]
+    oracle = [rec(0, "zoom", True, 0), rec(1, "zoom", False, 0), rec(2, "zoom", False, 0), rec(3, "count", False)]
     split = oracle_split(own, oracle)
     assert list(split) == ["count", "zoom", "all"]
     assert split["zoom"] == {"n": 3, "own": 0.3333, "oracle": 0.3333, "replaced": 3, "wrong_place": 1,
-                             "cannot_read": 1, "oracle_hurt": 1}
-    assert split["all"]["n"] == 4 and split["all"]["own"] == 0.5
-    assert "| **all** | 4 | 50.0 | 50.0 | +0.0 | 3 | 1 | 1 | 1 |" in oracle_markdown(split)
+                             "cannot_read": 1, "no_look": 0, "oracle_hurt": 1}
+    assert split["count"]["no_look"] == 1 and split["count"]["cannot_read"] == 0
+    assert split["all"]["n"] == 4 and split["all"]["own"] == 0.25
+    assert "| **all** | 4 | 25.0 | 25.0 | +0.0 | 3 | 1 | 1 | 1 | 1 |" in oracle_markdown(split)
