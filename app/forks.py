@@ -1,0 +1,59 @@
+"""Forks in the Studio: a branch made from one step of a session, its place in the session table, and
+"Keep as correction" (a fork that ends right becomes training data for the Annotate → Export path).
+
+Pure functions over rows and trajectories where they can be; `keep_as_correction` writes one annotation.
+"""
+from __future__ import annotations
+
+from core.fork import Edit, ForkError
+from core.trajectory import Trajectory
+
+EDIT_LABELS = {"box": "wrong box", "target_image": "wrong box", "frames": "wrong frame"}
+KEPT = "kept from a fork"  # the comment that marks an annotation made by Keep as correction
+
+
+def fork_edit(kind: str, box: list[float] | None = None, frames: str = "", text: str = "") -> Edit:
+    """The edit a user asked for: a box drawn on the original image (the crop then targets it), typed
+    frames ("3, 5, 7") or a whole new text. Raises ForkError with a one-line reason."""
+    if kind == "box":
+        if not box or len(box) != 4:
+            raise ForkError("draw the new box first: two clicks on the picture")
+        return Edit(box=[round(float(v), 4) for v in box], target_image=1)
+    if kind == "frames":
+        try:
+            numbers = [int(v) for v in frames.replace(",", " ").split()]
+        except ValueError:
+            raise ForkError(f"frames are whole numbers such as 3, 5, 7, not {frames[:40]!r}") from None
+        return Edit(frames=numbers)
+    if kind == "text":
+        if not text.strip():
+            raise ForkError("type the step's new text")
+        return Edit(text=text)
+    raise ForkError(f"unknown kind of edit {kind!r}")
+
+
+def correction_of(fork: Trajectory) -> dict:
+    """The annotation that makes a fork training data: its edited step carries the corrected text (the
+    call as edited); the steps after it, unannotated, are trained as they are. Only a fork that ends
+    right qualifies (ValueError otherwise)."""
+    link = fork.meta.get("fork_of")
+    if not isinstance(link, dict) or not isinstance(link.get("step"), int):
+        raise ValueError("this session is not a fork")
+    if fork.correct is not True:
+        verdict = "no known truth" if fork.correct is None else "a wrong answer"
+        raise ValueError(f"only a fork that ends right can be kept as a correction; this one has {verdict}")
+    k = link["step"]
+    edit = fork.meta.get("fork_edit") or {}
+    label = next((EDIT_LABELS[key] for key in edit if key in EDIT_LABELS), "other")
+    return {"step_idx": k, "label": label, "corrected_text": fork.steps[k].text,
+            "comment": f"{KEPT} of {str(link.get('session'))[:12]} at step {k}"}
+
+
+def keep_as_correction(log, fork_id: str) -> tuple[int, bool]:
+    """Annotate the fork (see `correction_of`); returns the annotation id and whether it is new (keeping
+    the same fork twice adds nothing)."""
+    ann = correction_of(log.get_trajectory(fork_id))
+    for old in log.list_annotations(fork_id):
+        if old["step_idx"] == ann["step_idx"] and old["corrected_text"] == ann["corrected_text"]:
+            return old["id"], False
+    return log.add_annotation(fork_id, **ann), True
