@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from app.export import export_annotated
-from app.forks import correction_of, fork_edit, keep_as_correction
-from app.studio_log import StudioLog
+from app.annotate.export import export_annotated
+from app.inspecting.forks import correction_of, fork_edit, keep_as_correction
+from app.shared.studio_log import StudioLog
 from core.backends.replay import ReplayBackend
 from core.fork import Edit, ForkError, fork_to_end, task_of
 from core.loop import Task, run_to_end
