@@ -95,6 +95,10 @@ class SessionQueries:
             args.extend([q, q])
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
+    LIST_COLUMNS = ("s.id, s.created_at, s.question, s.media_kind, s.model, s.backend, s.client, s.status, s.answer, "
+                    "s.ground_truth, s.correct, s.scorer, s.n_steps, s.n_ops, s.n_errors, s.seconds, s.tools_enabled, "
+                    "s.compare_of, s.fork_of, s.fork_step")
+
     def list_sessions(self, f: SessionFilter | None = None) -> tuple[list[dict], int]:
         """One page of sessions (newest first) and the total count matching the filter."""
         f = f or SessionFilter()
@@ -102,22 +106,19 @@ class SessionQueries:
         db = self.db
         total = db.execute(f"SELECT count(*) FROM sessions s{where}", args).fetchone()[0]
         rows = list(db.query(
-            "SELECT s.id, s.created_at, s.question, s.media_kind, s.model, s.backend, s.client, s.status, s.answer, "
-            "s.ground_truth, s.correct, s.scorer, s.n_steps, s.n_ops, s.n_errors, s.seconds, s.tools_enabled, "
-            f"s.compare_of, s.fork_of, s.fork_step{self.LIST_EXTRA} FROM sessions s{where} ORDER BY s.created_at DESC, s.id LIMIT ? OFFSET ?",
-            [*args, f.limit, f.offset]))
+            f"SELECT {self.LIST_COLUMNS}{self.LIST_EXTRA} FROM sessions s{where} "
+            "ORDER BY s.created_at DESC, s.id LIMIT ? OFFSET ?", [*args, f.limit, f.offset]))
         return rows, total
 
-    def forks(self, session_ids: list[str]) -> dict[str, list[dict]]:
-        """The forks of each given session (oldest first), with their step, answer and verdict: the
-        branches the Inspect table shows under their parent."""
+    def forks(self, session_ids: list[str], owner: str | None = None) -> dict[str, list[dict]]:
+        """The forks of each given session (oldest first; `owner`: that visitor's only), as rows of
+        `list_sessions`: the branches the Inspect table shows under their parent."""
         out: dict[str, list[dict]] = {sid: [] for sid in session_ids}
         for i in range(0, len(session_ids), 500):
             chunk = session_ids[i:i + 500]
-            for row in self.db.query(
-                    "SELECT id, fork_of, fork_step, created_at, model, status, answer, ground_truth, correct, n_ops, "
-                    f"meta_json FROM sessions WHERE fork_of IN ({', '.join('?' * len(chunk))}) "
-                    "ORDER BY created_at, id", chunk):
+            where = f" WHERE s.fork_of IN ({', '.join('?' * len(chunk))})" + (" AND s.owner = ?" if owner is not None else "")
+            for row in self.db.query(f"SELECT {self.LIST_COLUMNS}{self.LIST_EXTRA} FROM sessions s{where} "
+                                     "ORDER BY s.created_at, s.id", [*chunk, *([owner] if owner is not None else [])]):
                 out[row["fork_of"]].append(row)
         return out
 

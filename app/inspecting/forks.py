@@ -57,3 +57,41 @@ def keep_as_correction(log, fork_id: str) -> tuple[int, bool]:
         if old["step_idx"] == ann["step_idx"] and old["corrected_text"] == ann["corrected_text"]:
             return old["id"], False
     return log.add_annotation(fork_id, **ann), True
+
+
+# ---- the sessions table: forks under their parent -------------------------------------------------------
+
+MAX_DEPTH = 4  # forks of forks shown nested this deep; deeper ones stay where the page lists them
+
+
+def nest_forks(log, rows: list[dict], owner: str | None = None) -> list[tuple[dict, int]]:
+    """The page's rows with each session's forks right under it (depth 1, their forks depth 2, ...):
+    a fork whose parent is on the page moves under it; a fork of a parent elsewhere stays in place."""
+    on_page = {r["id"] for r in rows}
+    children: dict[str, list[dict]] = {}
+    level = [r["id"] for r in rows]
+    for _ in range(MAX_DEPTH):
+        found = log.forks(level, owner) if level else {}
+        level = []
+        for parent, forks in found.items():
+            children[parent] = forks
+            level += [f["id"] for f in forks]
+    out: list[tuple[dict, int]] = []
+
+    def add(row: dict, depth: int) -> None:
+        out.append((row, depth))
+        for child in children.get(row["id"], []) if depth < MAX_DEPTH else []:
+            add(child, depth + 1)
+
+    for row in rows:
+        if row.get("fork_of") not in on_page:
+            add(row, 0)
+    return out
+
+
+def fork_label(row: dict, depth: int) -> str:
+    """The question cell's prefix of a fork: where it branched (indented under its parent)."""
+    if not row.get("fork_of"):
+        return ""
+    where = f"fork at step {(row.get('fork_step') or 0) + 1}"
+    return ("\u2003" * max(depth - 1, 0) + f"↳ {where} · ") if depth else f"[{where} of {row['fork_of'][:8]}] "
