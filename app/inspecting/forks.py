@@ -5,8 +5,16 @@ Pure functions over rows and trajectories where they can be; `keep_as_correction
 """
 from __future__ import annotations
 
-from core.fork import Edit, ForkError
-from core.trajectory import Trajectory
+from typing import Iterator
+
+from PIL import Image
+
+from app.shared.session import source_image, step_picture
+from core.backends.base import Backend, GenerationParams
+from core.fork import Edit, ForkError, run_fork, start_fork, task_of
+from core.loop import Done, StepDone, StepStart, TextDelta
+from core.recorder import Recorder
+from core.trajectory import Step, Trajectory
 
 EDIT_LABELS = {"box": "wrong box", "target_image": "wrong box", "frames": "wrong frame"}
 KEPT = "kept from a fork"  # the comment that marks an annotation made by Keep as correction
@@ -95,3 +103,62 @@ def fork_label(row: dict, depth: int) -> str:
         return ""
     where = f"fork at step {(row.get('fork_step') or 0) + 1}"
     return ("\u2003" * max(depth - 1, 0) + f"↳ {where} · ") if depth else f"[{where} of {row['fork_of'][:8]}] "
+
+
+
+# ---- one fork, streamed and logged -------------------------------------------------------------------------
+
+def step_markdown(step: Step, edited: bool) -> str:
+    """One finished step of the fork: what it called and got back, then its raw text."""
+    head = f"**Step {step.index + 1}**" + (" · ✏️ edited" if edited else "")
+    if step.error:
+        head += f" · ⚠️ {step.error}"
+    elif step.frames:
+        head += f" · select_frames {step.frames}"
+    elif step.tool:
+        size = f" → {step.images[0].width}×{step.images[0].height}" if step.images else ""
+        head += f" · {step.tool} of image {step.target_image}, box {step.box_px} px{size}"
+    return f"{head}\n\n```text\n{step.text.strip()}\n```"
+
+
+def answer_markdown(traj: Trajectory) -> str:
+    mark = {True: " ✅", False: " ❌"}.get(traj.correct, "")
+    truth = f" (truth: {traj.ground_truth})" if traj.ground_truth is not None else ""
+    return f"**Answer: {traj.answer}**{mark}{truth} · {traj.status} · fork session `{traj.id}`"
+
+
+def stream_fork(log, backend: Backend, parent_id: str, k: int, edit: Edit, max_pixels: int,
+                owner: str | None = None, params: GenerationParams | None = None
+                ) -> Iterator[tuple[str, Image.Image | None, Trajectory]]:
+    """Fork session `parent_id` at step K and run it, logging each step as it finishes; yields (the
+    fork's steps as markdown, the edited step's picture, the trajectory) after every event. Raises
+    ForkError or MediaError (before anything is logged) when the fork cannot be made."""
+    parent = log.get_trajectory(parent_id)
+    task = task_of(parent, log.image_path, max_pixels)
+    episode, text = start_fork(backend, parent, k, edit, task, log.images)
+    traj = episode.trajectory
+    recorder = Recorder(log, "app")
+    recorder.start(traj, owner=owner)
+    done: list[str] = [f"Fork of `{parent.id}` at step {k + 1} · {backend.name} `{backend.model_id}`"]
+    pending, picture, finished = "", None, False
+    try:
+        for event in run_fork(backend, episode, text, params or GenerationParams(max_new_tokens=512),
+                              scorer=parent.scorer or "text"):
+            if isinstance(event, StepStart):
+                pending = f"**Step {event.index + 1}** …\n\n"
+            elif isinstance(event, TextDelta):
+                pending += event.text
+            elif isinstance(event, StepDone):
+                recorder.step(traj.id, event.step)
+                done.append(step_markdown(event.step, event.step.index == k))
+                pending = ""
+                if event.step.index == k:
+                    picture = step_picture(log, traj, k, source_image(log, parent))
+            elif isinstance(event, Done):
+                recorder.finish(traj)
+                finished = True
+                done.append(answer_markdown(traj))
+            yield "\n\n".join(done + ([pending] if pending else [])), picture, traj
+    finally:
+        if not finished:
+            log.set_status(traj.id, "unfinished")
