@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from core.media import load_image
 from core.protocol import format_tool_call
 from core.recorder import Recorder
 from core.scoring import judge_trajectory
-from tests.test_app_browser import CHROMIUM, EXAMPLES
+from tests.test_app_browser import CHROMIUM, EXAMPLES, page, serve  # noqa: F401 (page: the browser fixture)
 
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() or shutil.which("chromium")),
                                 reason="Debian's chromium is not installed (apt-get install -y chromium)")
@@ -32,7 +31,6 @@ GOES_ON = ["(the fork's edited step)", "Now I can see it: the tag reads 3. \\box
 @pytest.fixture(scope="module")
 def studio_url(tmp_path_factory):
     from app import Studio
-    from app.ui import build_app, launch_kwargs
 
     data = tmp_path_factory.mktemp("fork-browser")
     (data / "goes_on.json").write_text(json.dumps(GOES_ON))
@@ -43,23 +41,7 @@ def studio_url(tmp_path_factory):
     failed = run_to_end(ReplayBackend(MISSED), task, config=LoopConfig(), store=studio.log.images)
     judge_trajectory(failed)
     studio.failed = Recorder(studio.log).write(failed)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_app(studio)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs())
-    yield demo.local_url, studio
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def page():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
-        yield browser.new_page(viewport={"width": 1400, "height": 1100})
-        browser.close()
+    yield from serve(studio)
 
 
 def test_fork_a_failed_example_at_its_crop_keep_it_and_find_it_in_the_export(studio_url, page):

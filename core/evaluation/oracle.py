@@ -14,6 +14,7 @@ from core import protocol as P
 from core.backends.base import Generation
 from core.fork import Edit, edit_text
 from core.loop import Episode
+from core.trajectory import Step
 
 ORACLE_KEY = "oracle_first_crop"
 
@@ -42,7 +43,7 @@ class OracleEpisode(Episode):
         super().__init__(*args, **kw)
         self.target, self.frames = target, frames
 
-    def advance(self, gen: Generation) -> object:
+    def advance(self, gen: Generation) -> Step:
         if ORACLE_KEY not in self.trajectory.meta and self.config.tools:
             found = oracle_edit(P.clean_text(gen.text), self.task.video is not None, self.target, self.frames)
             if found is not None:
