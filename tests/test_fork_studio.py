@@ -72,3 +72,34 @@ def test_edits_from_the_form():
                               ("text", {"text": " "}, "new text")]:
         with pytest.raises(ForkError, match=message):
             fork_edit(kind, **kw)
+
+
+def test_a_video_fork_streams_and_is_logged_step_by_step(tmp_path, video_path):
+    from app.inspecting.forks import stream_fork
+    from core.media import Video
+    from tests.test_fork import frames_call
+
+    log = StudioLog(tmp_path / "studio.db")
+    turns = [frames_call([3, 5]), "\\boxed{5}"]
+    task = Task(question="Which number?", video=Video.from_file(video_path, n=16), media_path=str(video_path),
+                answer="9")
+    parent = run_to_end(ReplayBackend(turns), task, store=log.images)
+    Recorder(log).write(parent)
+    views = list(stream_fork(log, ReplayBackend(["-", "\\boxed{9}"]), parent.id, 0, fork_edit("frames", frames="9, 10"),
+                             40_000_000))
+    markdown, picture, fork = views[-1]
+    assert "select_frames [9, 10]" in markdown and "Answer: 9** ✅" in markdown
+    assert picture is not None and picture.width > picture.height  # the strip of the two frames
+    row = log.session(fork.id)
+    assert (row["fork_of"], row["fork_step"], row["status"], row["correct"]) == (parent.id, 0, "done", 1)
+    assert [s.frames for s in log.get_trajectory(fork.id).steps] == [[9, 10], None]
+
+
+def test_a_fork_that_cannot_be_made_logs_nothing(logged):
+    from app.inspecting.forks import stream_fork
+
+    log, parent, fork = logged
+    before = log.list_sessions()[1]
+    with pytest.raises(ForkError, match="calls crop_image_normalized"):
+        next(stream_fork(log, ReplayBackend(TURNS), parent.id, 0, Edit(frames=[1]), 40_000_000))
+    assert log.list_sessions()[1] == before
