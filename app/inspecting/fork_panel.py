@@ -88,7 +88,7 @@ class ForkPanel:
                                  self.studio.max_image_pixels, owner=owner)
             markdown, picture, traj = next(events)
         except KeyError:
-            yield "⚠️ open a session first", None, "", ""
+            yield f"⚠️ no session {sid[:80]!r} (open one first)", None, "", ""
             return
         except (ForkError, MediaError, BackendError) as e:
             yield f"⚠️ {e}", None, "", ""
@@ -118,7 +118,8 @@ class ForkPanel:
         self.run_btn.click(self.run, [session_id, step_no, self.kind, self.box, self.frames, self.text],
                            [self.stream, self.picture, self.fork_id, self.keep_md], api_name="fork") \
             .then(**refresh)
-        self.keep_btn.click(self.keep, self.fork_id, self.keep_md, api_name="fork_keep").then(**refresh)
+        if self.studio.admin:  # annotations are an operator's, as in Annotate (off in public mode)
+            self.keep_btn.click(self.keep, self.fork_id, self.keep_md, api_name="fork_keep").then(**refresh)
 
 
 def sid_of(value) -> str:
