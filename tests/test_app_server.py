@@ -243,7 +243,7 @@ def test_server_killed_mid_session_keeps_finished_steps(tmp_path, photo_path, re
         assert log.session(row["id"])["status"] == "unfinished"
         assert len(log.steps(row["id"])) == len(kept)
         traj = log.get_trajectory(row["id"])
-        assert traj.steps[0].source_box_px == [15, 72, 304, 288]
+        assert traj.steps[0].source_box_px == [16, 72, 304, 288]  # the view box mapped back to the picture
     finally:
         proc.terminate()
         proc.wait(20)
