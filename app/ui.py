@@ -37,7 +37,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Ask", id="ask"):
                 ask_model = ask_tab.build(studio)
             with gr.Tab("Inspect", id="inspect"):
-                inspect = inspect_tab.build(studio)
+                inspect = inspect_tab.build(studio, backend=lambda: ask_session.default_backend(studio))
             with gr.Tab("Annotate", id="annotate"):
                 if studio.admin:
                     annotate_tab.build(studio, session_id=inspect.session_id, demo=demo)

@@ -51,6 +51,21 @@ def bench_batching(backend, n: int, runs: int) -> dict:
             "speedup_same_engine": rate["group_cached"] / rate["one_cached"]}
 
 
+def bench_model_turn(backend, repeats: int) -> dict:
+    """One turn of the embedded model (the first turn of a zoom item: it writes the crop call), median."""
+    from core.loop import Episode
+
+    config = LoopConfig(pixels=PixelLimits.preset(backend.pixel_preset or "tiny"))
+    params = GenerationParams(max_new_tokens=256)
+    times = []
+    for task in zoom_tasks(repeats + 1, seed=700):
+        messages = Episode(task, config).messages
+        t0 = time.perf_counter()
+        backend.generate_batch([messages], params)
+        times.append(time.perf_counter() - t0)
+    return {"turn_ms": statistics.median(times[1:]) * 1e3, "turns": repeats}  # the first warms up
+
+
 def bench_overhead(backend, runs: int) -> dict:
     """The streaming loop (the app's path) outside model.generate, as a share of the episode."""
     config = LoopConfig(pixels=PixelLimits.preset(backend.pixel_preset or "tiny"))

@@ -28,7 +28,7 @@ configure_threads()  # before torch loads
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "sft_tiny_robust.json"
-MODES = {"baseline": {"fast": False, "bf16": False, "num_workers": 1}, "fast": {}}
+MODES = {"baseline": {"fast": False, "bf16": False, "num_workers": 1}, "fast": {"num_workers": 1}}
 
 
 def bench_data(records: int, out: Path) -> Path:

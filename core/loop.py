@@ -68,7 +68,7 @@ class TextDelta:
 class StepDone:
     step: Step
     images: list[Image.Image]  # what the operation returned, as the model saw it
-    source: Image.Image | None  # the full-resolution image a crop was taken from
+    source: Image.Image | None  # the image a crop was cut from (a view or full resolution: PixelLimits.from_view)
 
 
 @dataclass
@@ -121,15 +121,17 @@ class Episode:
             media.overview = [self._ref(f) for f in view]
             media.frame_times, media.fps = list(task.video.times), task.video.fps
             first: dict = {"type": "video", "video": view}
-            self.raw: list[Image.Image | RawCrop] = []  # images added by operations, full resolution
+            self.overview_view = view
+            self.raw: list[Image.Image | RawCrop] = []  # the images operations added, as crops see them
         else:
             view_img = ops.resize_for_model(task.image, px.first_min, px.first_max)
             media.image, media.model_view = self._ref(task.image), self._ref(view_img)
             first = {"type": "image", "image": view_img}
-            self.raw = [task.image]
-        # each raw image's box in the original input's pixels (None for video frames)
-        self.origin_boxes: list[tuple[int, int, int, int] | None] = \
-            [] if is_video else [(0, 0, task.image.width, task.image.height)]
+            self.raw = [view_img if px.from_view else task.image]
+        # where each raw image lies in the original input: its left, top and pixel scale (x, y);
+        # None for video frames
+        self.origins: list[tuple[float, float, float, float] | None] = [] if is_video else \
+            [(0.0, 0.0, task.image.width / self.raw[0].width, task.image.height / self.raw[0].height)]
         tools = P.tools_for(is_video, config.prompt_variant, task.video.n_frames if is_video else 16) \
             if config.tools else None
         self.messages: list[dict] = [
@@ -203,29 +205,39 @@ class Episode:
             if name not in args:
                 raise P.ToolCallError(f"Missing argument `{name}` in `{call.name}` operation.")
         target = P.require_number(args["target_image"], "target_image")
-        # On a video with nothing added yet, target_image picks an overview frame (the release's rule).
+        # On a video with nothing added yet, target_image picks an overview frame; after that the added
+        # images count from 2, the video being image 1 (the release's rules).
         frame_mode = video is not None and not self.raw
-        n = video.n_frames if frame_mode else len(self.raw)
-        if target != int(target) or not 1 <= target <= n:
-            raise ops.target_index_error(call.name, n)
-        k = int(target)
-        source = video.frames([k])[0] if frame_mode else self._raw_image(k - 1)
-        px = self.config.pixels
+        first = 2 if video is not None and not frame_mode else 1
+        n = video.n_frames if frame_mode else len(self.raw) + first - 1
+        if target != int(target) or not first <= target <= n:
+            raise ops.target_index_error(n, args["target_image"], "frame" if frame_mode else
+                                         "added" if first == 2 else "image")
+        k, px = int(target), self.config.pixels
+        if frame_mode:
+            source = self.overview_view[k - 1] if px.from_view else video.frames([k])[0]
+        else:
+            source = self._raw_image(k - first)
         box = ops.crop_box(args["bbox_2d"], source.width, source.height, call.name)
-        box = ops.fit_box(box, source.width, source.height, px.crop_min, px.crop_max)
         view = ops.crop_view(source, box, px.crop_min, px.crop_max)  # may refuse: before any state changes
-        origin = None if frame_mode else self.origin_boxes[k - 1]
         step.target_image, step.box_norm, step.box_px = k, list(box.norm), list(box.px)
+        # the model's view is what a later crop cuts (the release); else the crop, cut out when targeted
+        added = view if px.from_view else RawCrop(source, box.px)
+        origin = None if frame_mode else self.origins[k - first]
         if origin is not None:
-            ox, oy = origin[0], origin[1]
-            step.source_box_px = [ox + box.px[0], oy + box.px[1], ox + box.px[2], oy + box.px[3]]
-        self.raw.append(RawCrop(source, box.px))  # cut out only if a later call targets it
-        self.origin_boxes.append(tuple(step.source_box_px) if step.source_box_px else None)
+            ox, oy, sx, sy = origin
+            x0, y0, x1, y1 = box.px
+            step.source_box_px = [round(ox + x0 * sx), round(oy + y0 * sy), round(ox + x1 * sx), round(oy + y1 * sy)]
+            width, height = (added.size if isinstance(added, Image.Image) else (x1 - x0, y1 - y0))
+            origin = (ox + x0 * sx, oy + y0 * sy, sx * (x1 - x0) / width, sy * (y1 - y0) / height)
+        self.raw.append(added)
+        self.origins.append(origin)
         self.last_source = source
         return [view], P.crop_observation(view.width, view.height)
 
     def _raw_image(self, i: int) -> Image.Image:
-        """Full-resolution image i (0-based) of those the operations can target."""
+        """Image i (0-based) of those the operations can target; a full-resolution crop is cut out
+        when first targeted."""
         raw = self.raw[i]
         if isinstance(raw, RawCrop):
             raw = self.raw[i] = raw.source.crop(raw.box)
@@ -238,13 +250,13 @@ class Episode:
         if "target_frames" not in call.arguments:
             raise P.ToolCallError(f"Missing argument `target_frames` in `{P.FRAMES_TOOL}` operation.")
         frames = ops.parse_frames(call.arguments["target_frames"], video.n_frames)
-        full = video.frames(frames)
         px = self.config.pixels
+        full = [self.overview_view[k - 1] for k in frames] if px.from_view else video.frames(frames)
         views = [ops.resize_for_model(f, px.frame_min, px.frame_max) for f in full]
         first = 1 + len(self.raw)  # the release numbers from len([video] + added images)
         step.frames = frames
-        self.raw.extend(full)
-        self.origin_boxes.extend([None] * len(full))
+        self.raw.extend(views if px.from_view else full)
+        self.origins.extend([None] * len(full))
         w, h = views[0].size
         return views, P.frames_observation(w, h, first, first + len(views) - 1)
 

@@ -5,8 +5,11 @@ released implementation (docs/protocol.md, section 1):
 
 * normalized when all four values are < 1, else absolute pixels of the target image;
 * padding 0.1 on each side; `zoom_in` caps it at min(0.1, 600/W) and min(0.1, 600/H);
-* clamp to [0, 1], then truncate to ints: (int(x1*W), int(y1*H), int(x2*W), int(y2*H));
-* a crop of 28 px or less in either side is an error.
+* clamp to [0, 1], then to pixels: `crop_image_normalized` (and `crop_image`) hand the float box
+  (x1*W, y1*H, x2*W, y2*H) to PIL's crop, which rounds each value; `zoom_in` truncates with int();
+* a crop of 28 px or less in either side is an error;
+* what the model sees is the crop at the target's own resolution, then one bicubic resize to
+  `smart_resize`'s size (`crop_view`), byte for byte (tests/test_release_golden.py).
 
 Where we are stricter than the release (it would silently crop): raw boxes that are inverted,
 zero-area, negative, or wholly outside an absolute-pixel image are errors fed back to the model.
@@ -37,7 +40,12 @@ class PixelLimits:
     crop_max: int = 1000 * PATCH * PATCH
     frame_min: int = 4 * PATCH * PATCH
     frame_max: int = 400 * PATCH * PATCH
-    video_frame_max: int = 128 * PATCH * PATCH  # each overview frame
+    video_frame_max: int = 512 * PATCH * PATCH  # each overview frame (the release sets 512 on every video)
+    # the operations work on the images as the model was shown them, as the release does: a crop cuts
+    # the first view, an earlier crop's view or an overview frame; select_frames resizes overview
+    # frames. False: they read the full-resolution picture and decode frames at full resolution
+    # (the embedded model is trained that way)
+    from_view: bool = True
 
     @classmethod
     def preset(cls, name: str) -> "PixelLimits":
@@ -58,7 +66,7 @@ PIXEL_PRESETS = {
         first_min=4 * PATCH * PATCH, first_max=64 * PATCH * PATCH,
         crop_min=4 * PATCH * PATCH, crop_max=64 * PATCH * PATCH,
         frame_min=4 * PATCH * PATCH, frame_max=64 * PATCH * PATCH,
-        video_frame_max=16 * PATCH * PATCH,
+        video_frame_max=16 * PATCH * PATCH, from_view=False,
     ),
 }
 
@@ -100,16 +108,23 @@ def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Im
     return resample(image, (w, h))
 
 
-REDUCING_GAP = 2.0  # downscales of 4x or more on both sides reduce first (PIL's reducing_gap)
 STRIP_MIN_PIXELS = 400_000  # source box + output pixels from which resampling runs in parallel strips
 _STRIP_THREADS = max(1, min(4, os.cpu_count() or 1))
 _strip_pool: ThreadPoolExecutor | None = None
 
 
+def _forget_strip_pool() -> None:
+    """A forked child has none of the parent's threads: it starts a pool of its own when needed."""
+    global _strip_pool
+    _strip_pool = None
+
+
+os.register_at_fork(after_in_child=_forget_strip_pool)
+
+
 def resample(image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None,
              threads: int | None = None) -> Image.Image:
-    """Bicubic resize of `box` (default: the whole image) to `size`: PIL's own result, pixel for pixel
-    (downscales of 4x or more use PIL's `reducing_gap`).
+    """Bicubic resize of `box` (default: the whole image) to `size`: PIL's own result, pixel for pixel.
 
     Large resizes run PIL's two passes by hand, each cut into strips resized in parallel (PIL
     releases the GIL): the horizontal pass by source rows, the vertical one by output columns
@@ -118,10 +133,6 @@ def resample(image: Image.Image, size: tuple[int, int], box: tuple[float, float,
     global _strip_pool
     w, h = size
     x0, y0, x1, y1 = box if box is not None else (0, 0, image.width, image.height)
-    if x1 - x0 >= 2 * REDUCING_GAP * w and y1 - y0 >= 2 * REDUCING_GAP * h:
-        # a large downscale: PIL's box reduction by an integer factor first, then bicubic from
-        # at least REDUCING_GAP times the output size (2x faster; mean change < 0.1 level)
-        return image.resize(size, Image.Resampling.BICUBIC, box=(x0, y0, x1, y1), reducing_gap=REDUCING_GAP)
     n = min(threads or _STRIP_THREADS, w, h)
     if n < 2 or w * h + (x1 - x0) * (y1 - y0) < STRIP_MIN_PIXELS:
         return image.resize(size, Image.Resampling.BICUBIC, box=(x0, y0, x1, y1))
@@ -177,7 +188,7 @@ class CropBox:
 
 
 def crop_box(bbox, width: int, height: int, tool_name: str = "crop_image_normalized") -> CropBox:
-    """Pure box maths of the released crop: normalize, pad, clamp, truncate, size check."""
+    """Pure box maths of the released crop: normalize, pad, clamp, to pixels, size check."""
     x1, y1, x2, y2 = parse_bbox(bbox)
     if not (x1 < 1 and y1 < 1 and x2 < 1 and y2 < 1):
         if x1 >= width or y1 >= height:
@@ -192,7 +203,8 @@ def crop_box(bbox, width: int, height: int, tool_name: str = "crop_image_normali
     if nx2 <= nx1 or ny2 <= ny1:
         raise ToolCallError(f"`bbox_2d` must satisfy x1 < x2 and y1 < y2 (each side widened by the "
                             f"{px_pad:g}/{py_pad:g} padding), got {list(bbox)}.")
-    px = (int(nx1 * width), int(ny1 * height), int(nx2 * width), int(ny2 * height))
+    to_px = int if tool_name == "zoom_in" else round  # PIL's crop rounds the float box it is given
+    px = (to_px(nx1 * width), to_px(ny1 * height), to_px(nx2 * width), to_px(ny2 * height))
     w, h = px[2] - px[0], px[3] - px[1]
     if w <= MIN_CROP_SIDE or h <= MIN_CROP_SIDE:
         raise ToolCallError(f"Cropped image is too small: {max(w, 0)}x{max(h, 0)}")
@@ -205,40 +217,16 @@ def crop(image: Image.Image, bbox, tool_name: str = "crop_image_normalized") -> 
     return image.crop(box.px), box
 
 
-SNAP_TOLERANCE = 0.02  # largest relative change of a crop side that fit_box makes instead of resampling
-
-
-def fit_box(box: CropBox, width: int, height: int, min_pixels: int, max_pixels: int) -> CropBox:
-    """The box grown or shrunk about its centre to the model's view size when that size is within
-    SNAP_TOLERANCE of the box on both sides (only the rounding to 28-px multiples differs): the view
-    is then the crop's own pixels, sharper than a near-identity bicubic pass and ~10x cheaper on
-    large crops. Other boxes come back unchanged."""
-    x0, y0, x1, y1 = box.px
-    bw, bh = x1 - x0, y1 - y0
-    h, w = smart_resize(bh, bw, min_pixels, max_pixels)
-    if (w, h) == (bw, bh) or w > width or h > height:
-        return box
-    if abs(w - bw) > SNAP_TOLERANCE * bw or abs(h - bh) > SNAP_TOLERANCE * bh:
-        return box
-    nx0 = min(max(0, round((x0 + x1 - w) / 2)), width - w)
-    ny0 = min(max(0, round((y0 + y1 - h) / 2)), height - h)
-    px = (nx0, ny0, nx0 + w, ny0 + h)
-    return CropBox(norm=(px[0] / width, px[1] / height, px[2] / width, px[3] / height), px=px)
-
-
 def crop_view(image: Image.Image, box: CropBox, min_pixels: int, max_pixels: int) -> Image.Image:
-    """What the model sees of a crop, resampled straight from the source box (no intermediate
-    full-resolution copy): equal to resize_for_model(image.crop(box.px)) except that edge pixels
-    also weigh the source just outside the box (a difference of at most a few levels)."""
-    image = image if image.mode == "RGB" else image.convert("RGB")
-    x0, y0, x1, y1 = box.px
-    h, w = smart_resize(y1 - y0, x1 - x0, min_pixels, max_pixels)
-    if (w, h) == (x1 - x0, y1 - y0):
-        return image.crop(box.px)
-    return resample(image, (w, h), box.px)
+    """What the model sees of a crop, as the release makes it: the box cut out at the image's own
+    resolution, then one bicubic resize to `smart_resize`'s size (none when it already fits)."""
+    return resize_for_model(image.crop(box.px), min_pixels, max_pixels)
 
 
 # ---- select_frames ---------------------------------------------------------------------------
+
+RELEASE_ERROR = "Execution Error: "  # the release starts its own operation errors with this
+CROP_NAME_IN_ERRORS = "crop_image_normalized"
 
 def parse_frames(value, n_frames: int) -> list[int]:
     """Validate `target_frames` (1-based, at most 8, within the overview) with the release's messages."""
@@ -254,24 +242,32 @@ def parse_frames(value, n_frames: int) -> list[int]:
         frames.append(int(f))
     if len(frames) > MAX_FRAMES_PER_CALL:
         raise ToolCallError(
-            f"You have selected {len(frames)} frames in total. Think again which frames you need to check "
+            f"{RELEASE_ERROR}You have selected {len(frames)} frames in total. Think again which frames you need to check "
             f"in details (no more than {MAX_FRAMES_PER_CALL} frames)"
         )
     if min(frames) < 1 or max(frames) > n_frames:
         raise ToolCallError(
-            f"There are {n_frames} frames numbered in range [1,{n_frames}]. "
+            f"{RELEASE_ERROR}There are {n_frames} frames numbered in range [1,{n_frames}]. "
             f"Your selection `target_frames={frames}` is out of range."
         )
     return frames
 
 
 SELECT_ON_IMAGE_ERROR = (
-    f"You attempted to `{FRAMES_TOOL}` from **image** not **video**. "
+    f"{RELEASE_ERROR}You attempted to `{FRAMES_TOOL}` from **image** not **video**. "
     "You should use `crop_image_normalized` instead for inspecting **image**."
 )
 
 
-def target_index_error(tool_name: str, n: int) -> ToolCallError:
-    return ToolCallError(
-        f"Incorrect `target_image` argument in `{tool_name}` operation. You can only pick an image within [1,{n}]"
-    )
+def target_index_error(n: int, target, where: str = "image") -> ToolCallError:
+    """The release's message for a bad `target_image` (it names `crop_image_normalized` whatever the
+    tool): `where` is "image" (an image's list), "frame" (a video's frames) or "added" (the images
+    added after a video, numbered from 2)."""
+    head = f"{RELEASE_ERROR}Incorrect `target_image` argument in `{CROP_NAME_IN_ERRORS}` operation. "
+    if where == "frame":
+        return ToolCallError(f"{head}You can only pick an image **from** the video within [1,{n}], "
+                             f"but the current argument `target_image={target}`.")
+    if where == "added":
+        return ToolCallError(f"{head}You can only pick an image within range [2,{n}], "
+                             f"but the current argument `target_image={target}`.")
+    return ToolCallError(f"{head}You can only pick an image within [1,{n}]")

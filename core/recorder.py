@@ -67,6 +67,7 @@ class Recorder:
         the visitor who asked (public mode shows visitors their own sessions only)."""
         m = traj.media
         media_ref = m.image or (m.overview[0] if m.overview else None)
+        fork = traj.meta.get("fork_of") if isinstance(traj.meta.get("fork_of"), dict) else {}
         row = {
             "id": traj.id, "created_at": traj.created_at, "question": traj.question, "choices": _js(traj.choices),
             "media_kind": m.kind, "media_path": m.path, "media_sha": media_ref.sha if media_ref else None,
@@ -74,7 +75,7 @@ class Recorder:
             "status": "running", "ground_truth": traj.ground_truth, "tools_enabled": int(traj.tools_enabled),
             "guideline": traj.guideline, "config_json": json.dumps(traj.config), "meta_json": json.dumps(traj.meta),
             "compare_of": compare_of or traj.meta.get("compare_of"), "host": self.log.host, "pid": os.getpid(),
-            "owner": owner,
+            "owner": owner, "fork_of": fork.get("session"), "fork_step": fork.get("step"),
         }
         db = self.log.db
         rows = self._image_rows([m.image, m.model_view, *m.overview])

@@ -35,6 +35,8 @@ class SessionFilter:
     question: str | None = None  # exact question (side-by-side comparison)
     tool: str | None = None  # sessions with at least one step calling this operation
     owner: str | None = None  # only this visitor's sessions (public mode)
+    fork_of: str | None = None  # only the forks of this session
+    forks: bool | None = None  # True: forks only; False: no forks (the sessions asked afresh)
     limit: int = 50
     offset: int = 0
 
@@ -77,6 +79,10 @@ class SessionQueries:
             clauses.append("s.question = ?"), args.append(f.question)
         if f.owner is not None:
             clauses.append("s.owner = ?"), args.append(f.owner)
+        if f.fork_of:
+            clauses.append("s.fork_of = ?"), args.append(f.fork_of)
+        if f.forks is not None:
+            clauses.append("s.fork_of IS NOT NULL" if f.forks else "s.fork_of IS NULL")
         if f.tool:
             clauses.append("EXISTS (SELECT 1 FROM steps t WHERE t.session_id = s.id AND t.tool = ? "
                            "AND t.error IS NULL)"), args.append(f.tool)
@@ -89,6 +95,10 @@ class SessionQueries:
             args.extend([q, q])
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
+    LIST_COLUMNS = ("s.id, s.created_at, s.question, s.media_kind, s.model, s.backend, s.client, s.status, s.answer, "
+                    "s.ground_truth, s.correct, s.scorer, s.n_steps, s.n_ops, s.n_errors, s.seconds, s.tools_enabled, "
+                    "s.compare_of, s.fork_of, s.fork_step")
+
     def list_sessions(self, f: SessionFilter | None = None) -> tuple[list[dict], int]:
         """One page of sessions (newest first) and the total count matching the filter."""
         f = f or SessionFilter()
@@ -96,11 +106,21 @@ class SessionQueries:
         db = self.db
         total = db.execute(f"SELECT count(*) FROM sessions s{where}", args).fetchone()[0]
         rows = list(db.query(
-            "SELECT s.id, s.created_at, s.question, s.media_kind, s.model, s.backend, s.client, s.status, s.answer, "
-            "s.ground_truth, s.correct, s.scorer, s.n_steps, s.n_ops, s.n_errors, s.seconds, s.tools_enabled, "
-            f"s.compare_of{self.LIST_EXTRA} FROM sessions s{where} ORDER BY s.created_at DESC, s.id LIMIT ? OFFSET ?",
-            [*args, f.limit, f.offset]))
+            f"SELECT {self.LIST_COLUMNS}{self.LIST_EXTRA} FROM sessions s{where} "
+            "ORDER BY s.created_at DESC, s.id LIMIT ? OFFSET ?", [*args, f.limit, f.offset]))
         return rows, total
+
+    def forks(self, session_ids: list[str], owner: str | None = None) -> dict[str, list[dict]]:
+        """The forks of each given session (oldest first; `owner`: that visitor's only), as rows of
+        `list_sessions`: the branches the Inspect table shows under their parent."""
+        out: dict[str, list[dict]] = {sid: [] for sid in session_ids}
+        for i in range(0, len(session_ids), 500):
+            chunk = session_ids[i:i + 500]
+            where = f" WHERE s.fork_of IN ({', '.join('?' * len(chunk))})" + (" AND s.owner = ?" if owner is not None else "")
+            for row in self.db.query(f"SELECT {self.LIST_COLUMNS}{self.LIST_EXTRA} FROM sessions s{where} "
+                                     "ORDER BY s.created_at, s.id", [*chunk, *([owner] if owner is not None else [])]):
+                out[row["fork_of"]].append(row)
+        return out
 
     def models(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT model FROM sessions WHERE model IS NOT NULL "

@@ -124,3 +124,15 @@ def m004_narrow_fts_triggers(db) -> None:
         db.execute(f'CREATE TRIGGER "{name}" AFTER UPDATE OF {quoted} ON "{table}" BEGIN\n'
                    f'  INSERT INTO "{table}_fts" ("{table}_fts", rowid, {quoted}) VALUES(\'delete\', old.rowid, {old});\n'
                    f'  INSERT INTO "{table}_fts" (rowid, {quoted}) VALUES (new.rowid, {new});\nEND')
+
+
+@MIGRATIONS()
+def m005_fork_of(db) -> None:
+    """A fork's parent session and the step it was forked at (core/fork.py, `meta.fork_of`); rows
+    logged before the columns existed are filled from their meta."""
+    db.execute("ALTER TABLE sessions ADD COLUMN fork_of TEXT")
+    db.execute("ALTER TABLE sessions ADD COLUMN fork_step INTEGER")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_sessions_fork ON sessions(fork_of)")
+    db.execute("UPDATE sessions SET fork_of = json_extract(meta_json, '$.fork_of.session'), "
+               "fork_step = json_extract(meta_json, '$.fork_of.step') "
+               "WHERE json_valid(meta_json) AND json_type(meta_json, '$.fork_of.session') = 'text'")

@@ -64,7 +64,6 @@ def shots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     from app import Studio
-    from app.ui import build_app, launch_kwargs
     from train.synth.build import BuildConfig, build
 
     data = tmp_path_factory.mktemp("browser")
@@ -79,6 +78,13 @@ def app_url(tmp_path_factory):
                                                                   store=studio.log.images))
     studio.one = Recorder(studio.log, "test").write(run_to_end(ReplayBackend(["Just \\boxed{1}"]), task,
                                                                 config=LoopConfig(), store=studio.log.images))
+    yield from serve(studio)
+
+
+def serve(studio):
+    """The Studio on a free local port: yields (its URL, the studio), and closes it after."""
+    from app.ui import build_app, launch_kwargs
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

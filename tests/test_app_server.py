@@ -105,7 +105,7 @@ def test_question_streams_steps_and_logs_rows(server, photo_path, replay_file):
     assert row["status"] == "done" and row["answer"] == "WOOLSHOPS" and row["client"] == "app"
     assert (row["n_steps"], row["n_ops"], row["n_errors"]) == (4, 2, 1)
     steps = studio.log.steps(sid)
-    assert [s["idx"] for s in steps] == [0, 1, 2, 3] and json.loads(steps[0]["box_px"]) == [15, 72, 304, 288]
+    assert [s["idx"] for s in steps] == [0, 1, 2, 3] and json.loads(steps[0]["box_px"]) == [16, 71, 309, 282]  # on the 812x588 view
     # the session is found through the Inspect API with full-text search on the reasoning
     rows, info = client.predict("zoom", "any", "any", None, None, "yes", "any", "", "", 1, api_name="/sessions")[:2]
     assert sid in [r[0] for r in rows["data"]] and "sessions" in info
@@ -235,7 +235,7 @@ def test_server_killed_mid_session_keeps_finished_steps(tmp_path, photo_path, re
     (row,) = log.list_sessions()[0]
     assert row["status"] == "running" and row["question"] == "crash mid-way"
     kept = log.steps(row["id"])
-    assert len(kept) >= 2 and json.loads(kept[0]["box_px"]) == [15, 72, 304, 288] and kept[1]["error"]
+    assert len(kept) >= 2 and json.loads(kept[0]["box_px"]) == [16, 71, 309, 282] and kept[1]["error"]
     # the restarted app marks it unfinished and keeps every finished step
     proc = _start(db, replay_file, port, tmp_path / "server.log")
     try:
@@ -243,7 +243,7 @@ def test_server_killed_mid_session_keeps_finished_steps(tmp_path, photo_path, re
         assert log.session(row["id"])["status"] == "unfinished"
         assert len(log.steps(row["id"])) == len(kept)
         traj = log.get_trajectory(row["id"])
-        assert traj.steps[0].source_box_px == [15, 72, 304, 288]
+        assert traj.steps[0].source_box_px == [16, 72, 304, 288]  # the view box mapped back to the picture
     finally:
         proc.terminate()
         proc.wait(20)

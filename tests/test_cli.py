@@ -24,7 +24,7 @@ def test_ask_json_with_replay(tmp_path, photo_path):
     s = d["steps"][0]
     assert s["tool"] == "crop_image_normalized" and s["error"] is None
     assert s["arguments"] == {"bbox_2d": [0.1, 0.2, 0.3, 0.4], "target_image": 1}
-    assert s["box_px"] == [0, 60, 320, 300]
+    assert s["box_px"] == [0, 59, 325, 294] and s["source_box_px"] == [0, 60, 320, 300]  # on the 812x588 view
     assert d["steps"][1]["tool"] is None
     assert "step 1" in out.stderr  # steps streamed to the terminal (stderr when --json)
 

@@ -21,20 +21,19 @@ def crop_call(bbox, target=1, name="crop_image_normalized"):
 
 
 def test_released_example_gives_the_release_crop(photo_path):
-    image = load_image(photo_path)  # 800x600 photo-like JPEG
+    image = load_image(photo_path)  # 800x600 photo-like JPEG; the train preset shows it at 812x588
     store = MemoryImageStore()
     traj = run_to_end(ReplayBackend([RELEASED_OUTPUT, "It is a sheep. \\boxed{B}"]),
                       Task(question="What animal?", image=image), store=store)
     step = traj.steps[0]
-    # The release: pad 0.1, clamp, int(): (0.0*800, 0.1*600, 0.4*800, 0.5*600)
-    assert step.box_px == [0, 60, 320, 300] and step.source_box_px == [0, 60, 320, 300]
-    expected_view = ops.resize_for_model(image.crop((0, 60, 320, 300)), *(ops.PixelLimits().crop_min,
-                                                                           ops.PixelLimits().crop_max))
-    # one resampling straight from the source box: the release's pixels inside, edges within a level or two
+    shown = image.resize((812, 588), Image.Resampling.BICUBIC)
+    assert store.get(traj.media.model_view.sha).tobytes() == shown.tobytes()
+    # The release crops what it showed: pad 0.1, clamp, PIL's crop rounds (0.1*588 = 58.8 -> 59, ...)
+    assert step.box_px == [0, 59, 325, 294] and step.source_box_px == [0, 60, 320, 300]
+    expected_view = shown.crop((0, 59, 325, 294)).resize((336, 224), Image.Resampling.BICUBIC)  # smart_resize
     view = store.get(step.images[0].sha)
-    diff = np.abs(np.asarray(view, np.int16) - np.asarray(expected_view, np.int16))
-    assert view.size == expected_view.size and diff.max() <= 2 and not diff[3:-3, 3:-3].any()
-    assert step.observation == f"\nHere is the cropped image (Image Size: {expected_view.width}x{expected_view.height}):"
+    assert view.tobytes() == expected_view.tobytes()  # the release's pixels: crop, then one bicubic resize
+    assert step.observation == "\nHere is the cropped image (Image Size: 336x224):"
     assert traj.answer == "B" and traj.status == "done" and traj.n_ops == 1
 
 
@@ -43,11 +42,27 @@ def test_crop_of_a_crop_maps_back_to_the_source_image(photo_path):
     turns = [crop_call([0.3, 0.3, 0.6, 0.6]), crop_call([0.5, 0.5, 0.9, 0.9], target=2), "\\boxed{x}"]
     traj = run_to_end(ReplayBackend(turns), Task(question="Q", image=image))
     first, second = traj.steps[0], traj.steps[1]
-    assert first.box_px == [160, 119, 560, 420]  # (0.3 - 0.1) * 600 = 119.99.. truncates to 119, as in the release
+    assert first.box_px == [162, 118, 568, 412]  # on the 812x588 view: 0.2 * 812 = 162.4, 0.7 * 588 = 411.6
+    assert first.source_box_px == [160, 120, 560, 420]  # back on the 800x600 picture
     assert second.target_image == 2
+    # the second crop cut the first one's view: its box maps back through both resizes
+    vw, vh = first.images[0].width, first.images[0].height
+    sx, sy = (568 - 162) / vw * 800 / 812, (412 - 118) / vh * 600 / 588
+    ox, oy = 162 * 800 / 812, 118 * 600 / 588
+    x0, y0, x1, y1 = second.box_px
+    assert second.source_box_px == [round(ox + x0 * sx), round(oy + y0 * sy), round(ox + x1 * sx), round(oy + y1 * sy)]
+    assert Trajectory.from_json(traj.to_json()).to_dict() == traj.to_dict()
+
+
+def test_tiny_preset_crops_the_full_resolution_picture(photo_path):
+    image = load_image(photo_path)
+    turns = [crop_call([0.3, 0.3, 0.6, 0.6]), crop_call([0.5, 0.5, 0.9, 0.9], target=2), "\\boxed{x}"]
+    traj = run_to_end(ReplayBackend(turns), Task(question="Q", image=image),
+                      config=LoopConfig(pixels=ops.PixelLimits.preset("tiny")))
+    first, second = traj.steps[0], traj.steps[1]
+    assert first.box_px == first.source_box_px == [160, 120, 560, 420]  # 0.2 * 600 = 119.99..: rounded
     ox, oy = first.box_px[:2]
     assert second.source_box_px == [ox + second.box_px[0], oy + second.box_px[1], ox + second.box_px[2], oy + second.box_px[3]]
-    assert Trajectory.from_json(traj.to_json()).to_dict() == traj.to_dict()
 
 
 BAD_TURNS = {
@@ -92,10 +107,10 @@ def test_select_frames_on_a_real_video(video_path):
     s0, s1 = traj.steps[0], traj.steps[1]
     assert s0.frames == [2, 9, 16] and len(s0.images) == 3
     assert "Numbered 1 to 3" in s0.observation
-    # selected frames are decoded at full resolution from the file
+    # selected frames are the overview frames as shown (308x252), resized to the frame limits
     assert (s0.images[0].width, s0.images[0].height) == ops.smart_resize(240, 320, ops.PixelLimits().frame_min,
                                                                           ops.PixelLimits().frame_max)[::-1]
-    # after frames were added, target_image 2 is the second selected frame (the release's numbering)
+    # after frames were added, they count from 2: target_image 2 is the first selected frame (the release)
     assert s1.error is None and s1.target_image == 2 and s1.source_box_px is None
     assert traj.media.kind == "video" and len(traj.media.overview) == 16 and traj.n_ops == 2
 
@@ -104,7 +119,7 @@ def test_crop_on_a_video_before_any_selection_picks_an_overview_frame(video_path
     video = Video.from_file(video_path)
     traj = run_to_end(ReplayBackend([crop_call([0.2, 0.2, 0.6, 0.6], target=16), "\\boxed{1}"]),
                       Task(question="Q", video=video))
-    assert traj.steps[0].error is None and traj.steps[0].box_px == [32, 24, 224, 168]
+    assert traj.steps[0].error is None and traj.steps[0].box_px == [31, 25, 216, 176]  # on the 308x252 view
     bad = run_to_end(ReplayBackend([crop_call([0.2, 0.2, 0.6, 0.6], target=17), "\\boxed{1}"]),
                      Task(question="Q", video=video))
     assert "within [1,16]" in bad.steps[0].error
@@ -240,7 +255,8 @@ def test_run_takes_a_task_or_an_episode_not_both():
 
 
 def test_large_crop_records_the_box_the_model_saw():
-    """At the eval preset a large crop is fitted, not resampled: box_px is exactly the view's pixels."""
+    """At the eval preset a crop of a 4000x3000 photo cuts the 2296x1708 first view, as the release
+    does: box_px is on that view, source_box_px on the photo, the view one resize of the box."""
     rng = np.random.default_rng(5)
     image = Image.fromarray(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8))
     store = MemoryImageStore()
@@ -248,6 +264,10 @@ def test_large_crop_records_the_box_the_model_saw():
     traj = run_to_end(ReplayBackend([crop_call([0.12, 0.22, 0.28, 0.38]), "\\boxed{x}"]),
                       Task(question="Q", image=image), config=config, store=store)
     step = traj.steps[0]
+    shown = store.get(traj.media.model_view.sha)
+    assert shown.size == (2296, 1708)
+    assert step.box_px == [46, 205, 872, 820]
+    assert step.source_box_px == [80, 360, 1519, 1440]
     view = store.get(step.images[0].sha)
-    assert view.tobytes() == image.crop(tuple(step.box_px)).tobytes()
-    assert step.observation.endswith(f"(Image Size: {view.width}x{view.height}):")
+    assert view.tobytes() == shown.crop((46, 205, 872, 820)).resize((840, 616), Image.Resampling.BICUBIC).tobytes()
+    assert step.observation.endswith("(Image Size: 840x616):")

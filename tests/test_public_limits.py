@@ -24,7 +24,7 @@ from tests.test_security_server import TURNS, photo, stop  # noqa: F401 - photo 
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "someone-studio.hf.space"
-DOCUMENTED = {"/ask", "/stop", "/sessions", "/open_session", "/compare", "/charts"}
+DOCUMENTED = {"/ask", "/stop", "/sessions", "/open_session", "/compare", "/charts", "/fork"}
 
 
 def serve(tmp: Path, *flags: str):

@@ -32,7 +32,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TURNS = ["Zoom.\n\n" + format_tool_call("crop_image_normalized", {"bbox_2d": [0.1, 0.2, 0.3, 0.4], "target_image": 1}),
          "It reads WOOLSHOPS. \\boxed{WOOLSHOPS}"]
-ADMIN_ENDPOINTS = ("/import", "/export", "/export_preview", "/annotate_save", "/annotate_delete", "/annotate_queue")
+ADMIN_ENDPOINTS = ("/import", "/export", "/export_preview", "/annotate_save", "/annotate_delete", "/annotate_queue",
+                   "/fork_keep")
 
 
 def start(tmp: Path, *flags: str, env: dict | None = None):
@@ -131,8 +132,14 @@ def test_a_second_visitor_sees_none_of_the_first_visitors_sessions(public, photo
     assert "no session" in bob.predict(sid, sid, api_name="/compare")
     header, *_ = alice.predict(sid, api_name="/open_session")
     assert "What does the sign say?" in header
+    fork_args = (sid, 1, "text", "", "It reads \\boxed{X}.")  # session, step, kind, frames, text
+    assert "no session" in bob.predict(*fork_args, api_name="/fork")[0]  # nor can bob fork it
+    stream, _, fork_id, _ = alice.predict(*fork_args, api_name="/fork")
+    assert "Answer: X" in stream and fork_id
     rows = sqlite3.connect(data / "studio.db").execute("SELECT owner FROM sessions WHERE id = ?", [sid]).fetchall()
     assert rows[0][0]  # the visitor is recorded on the row
+    fork_owner = sqlite3.connect(data / "studio.db").execute("SELECT owner FROM sessions WHERE id = ?", [fork_id])
+    assert fork_owner.fetchall() == rows  # alice's fork is alice's
 
 
 def test_admin_and_training_endpoints_do_not_exist_in_public_mode(public):

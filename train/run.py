@@ -240,8 +240,10 @@ class ResumesSavedWeights:
 
 
 def last_checkpoint(out: Path) -> str | None:
-    """Resume from the newest checkpoint-N of a previous run in the same folder."""
-    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    """Resume from the newest complete checkpoint-N of a previous run in the same folder (one a kill cut
+    off while saving has no trainer_state.json yet and is passed over)."""
+    ckpts = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),  # written last
+                   key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
     return str(ckpts[-1]) if ckpts else None
 
 
@@ -283,6 +285,8 @@ def train_or_finish(trainer, out: Path, max_steps: int) -> tuple[int, float | No
         logging.getLogger(__name__).info("%s already reached step %d: no further training", resume, steps)
         load_saved_weights(trainer.model, resume)
         return steps, None
+    if resume:
+        logging.getLogger(__name__).info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     return result.global_step, result.training_loss
 

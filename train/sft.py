@@ -51,7 +51,8 @@ class SFTRunConfig(TrainerRunConfig):
     pixel_preset: str = option("tiny", "core.operations.PIXEL_PRESETS: how record images are sized")
     freeze_vision: bool = False
     fast: bool = option(True, "the fast forward (train/shared_prefix.py): the system/tool prefix rows share runs once "
-                              "per batch and rows run in length groups without padding; the same loss and gradients")
+                              "per batch and rows run in length groups without padding; the same loss and gradients "
+                              "(a single-process run; a distributed one takes the plain forward)")
     bf16: bool | None = option(None, "bf16 autocast with fp32 master weights; null (default): on where the hardware "
                                      "computes bf16 natively (a CUDA GPU with bf16, a CPU with avx512_bf16 or AMX)")
     save_minutes: float | None = option(10.0, "also save a resumable checkpoint (weights, optimizer, scheduler, data "
@@ -111,8 +112,8 @@ def _trainer_class():
         fast = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.fast and not return_outputs:
-                return self.fast_loss(model, inputs, num_items_in_batch)
+            if self.fast and not return_outputs and model is self.accelerator.unwrap_model(model):
+                return self.fast_loss(model, inputs, num_items_in_batch)  # a DDP/DeepSpeed wrapper syncs in forward
             weights = inputs.pop("loss_weights", None)
             if weights is None or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -174,11 +175,12 @@ def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path, main: bo
         log.info("start checkpoint built: %s", source)
     else:
         kwargs = {"dtype": torch.float32}  # fp32 master weights; bf16=true trains under autocast (or DeepSpeed's bf16)
-        if cfg.attn_implementation:
-            kwargs["attn_implementation"] = cfg.attn_implementation
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.model, **kwargs)
         encoder = VisionTextEncoder.from_pretrained(cfg.model)
         source = Path(cfg.model) if Path(cfg.model).is_dir() else None
+    attn = cfg.attn_implementation or ("eager" if cfg.fast and not torch.cuda.is_available() else None)
+    if attn:
+        model.set_attn_implementation(attn)  # on CPU: bf16 SDPA's backward measured 1.5x slower than fp32's
     if cfg.freeze_vision:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)

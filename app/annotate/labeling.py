@@ -13,19 +13,16 @@ import json
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from app.annotate import corrections as C
 from app.shared.filters import ANY, make_filter
-from app.shared.render import draw_boxes
-from app.shared.session import first_picture, header_markdown, iou
+from app.shared.session import CORRECTED_COLOR, MAX_SIDE, first_picture, header_markdown, iou, overlay  # noqa: F401
 from app.shared.studio_log import StudioLog
 from core import protocol as P
 from core.operations import crop_box
 
 WHOLE = "whole trajectory"
-CORRECTED_COLOR = (0, 200, 0)
-MAX_SIDE = 1000
 STATUSES = ("unlabelled", "labelled", "exported")
 
 
@@ -87,31 +84,6 @@ def box_iou(traj, step_idx: int | None, box: list[float] | None, size: tuple[int
     except ValueError as e:
         return f"⚠️ {e}"
     return f"IoU with the model's box (both padded): **{iou(padded, model_box):.2f}** · corrected crop {padded} px"
-
-
-def overlay(original: Image.Image | None, traj, step_idx: int | None, box: list[float] | None,
-            corner: list[float] | None = None) -> Image.Image | None:
-    """The original with the model's boxes (the chosen step's thick) and the corrected box in green."""
-    if original is None:
-        return None
-    scale = min(1.0, MAX_SIDE / max(original.size))
-    shown = original.convert("RGB").resize((round(original.width * scale), round(original.height * scale)))
-    steps = [s for s in traj.steps if s.source_box_px and not s.error]
-    out = draw_boxes(shown, [[v * scale for v in s.source_box_px] for s in steps],
-                     [f"step {s.index + 1}" for s in steps]) if steps else shown
-    draw = ImageDraw.Draw(out)
-    for s in steps:
-        if s.index == step_idx:
-            x0, y0, x1, y1 = (v * scale for v in s.source_box_px)
-            draw.rectangle([x0 - 3, y0 - 3, x1 + 3, y1 + 3], outline=(255, 255, 255), width=2)
-    w, h = out.size
-    if box:
-        draw.rectangle([box[0] * w, box[1] * h, box[2] * w, box[3] * h], outline=CORRECTED_COLOR, width=4)
-        draw.text((box[0] * w + 4, box[3] * h + 3), "corrected", fill=CORRECTED_COLOR)
-    if corner:
-        x, y = corner[0] * w, corner[1] * h
-        draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=CORRECTED_COLOR, width=3)
-    return out
 
 
 def annotations_table(log: StudioLog, session_id: str) -> list[list]:

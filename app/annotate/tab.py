@@ -22,10 +22,10 @@ from app import UI_ONLY, Studio
 from app.annotate import corrections as C
 from app.annotate import export as E
 from app.annotate.keys import SHORTCUTS
-from app.annotate.labeling import (MAX_SIDE, WHOLE, annotations_table, box_iou, open_view, overlay, parse_box,
+from app.annotate.labeling import (WHOLE, annotations_table, box_iou, open_view, overlay, parse_box,
                                    parse_frames, queue_ids, queue_rows, record_export, save, step_of, target_fields)
 from app.shared.filters import ANY, OUTCOMES
-from app.shared.session import source_image, step_picture
+from app.shared.session import clicked_point, source_image, step_picture, two_clicks
 from core.paths import PathError, under
 
 QUEUES = ("unannotated", "annotated", "all")
@@ -242,13 +242,11 @@ class AnnotateTab:
         original = source_image(self.log, traj)
         if original is None:
             return (gr.update(),) * 7
-        scale = min(1.0, MAX_SIDE / max(original.size))
-        w, h = round(original.width * scale), round(original.height * scale)
-        x, y = min(max(evt.index[0] / w, 0.0), 1.0), min(max(evt.index[1] / h, 0.0), 1.0)
+        point = clicked_point(original, evt.index)
         idx = step_of(tgt)
-        if c is None:
-            return (overlay(original, traj, idx, None, [x, y]), [x, y]) + (gr.update(),) * 4 + ("second corner…",)
-        box = [round(min(c[0], x), 4), round(min(c[1], y), 4), round(max(c[0], x), 4), round(max(c[1], y), 4)]
+        corner, box = two_clicks(c, point)
+        if box is None:
+            return (overlay(original, traj, idx, None, corner), corner) + (gr.update(),) * 4 + ("second corner…",)
         return (overlay(original, traj, idx, box), None, *box, box_iou(traj, idx, box, original.size))
 
     # ---- saving, this session's annotations, export ---------------------------------------------------------

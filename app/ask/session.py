@@ -102,6 +102,11 @@ def get_backend(studio: Studio, settings: AskSettings) -> Backend:
         return _BACKENDS[key]
 
 
+def default_backend(studio: Studio) -> Backend:
+    """The Studio's own model (the one given on the command line), as Ask loads it."""
+    return get_backend(studio, AskSettings(backend=studio.backend, model=studio.model or ""))
+
+
 def preload_backend(studio: Studio) -> threading.Thread | None:
     """Load the default model in a background thread at start (importing torch and transformers
     takes seconds), so the first Ask is as fast as later ones; an Ask made meanwhile waits for it.
@@ -112,7 +117,7 @@ def preload_backend(studio: Studio) -> threading.Thread | None:
     def work() -> None:
         t0 = time.perf_counter()
         try:
-            backend = get_backend(studio, AskSettings(backend=studio.backend, model=studio.model or ""))
+            backend = default_backend(studio)
             logger.info("%s model loaded in the background in %.1f s", studio.backend, time.perf_counter() - t0)
             if backend.name == "transformers":
                 warm_up(backend)

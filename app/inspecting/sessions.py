@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from datetime import datetime
 
+from app.inspecting.forks import fork_label, nest_forks
 from app.shared import charts
 from app.shared.session import header_markdown, iou, source_image, step_picture, stored_image
 from core.sessionlog import SessionLog
@@ -33,12 +34,15 @@ def row_id(cell: str) -> str:
     return (cell or "").removeprefix(SELECTED).strip()
 
 
-def table_rows(rows: list[dict], selected: str | None = None) -> list[list]:
-    """Table cells; the open session's id is marked, a compare run (tools off) says so."""
+def table_rows(rows: list[dict] | list[tuple[dict, int]], selected: str | None = None) -> list[list]:
+    """Table cells; the open session's id is marked, a compare run (tools off) says so, a fork says
+    where it branched (rows given as (row, depth) pairs sit indented under their parent)."""
     out = []
-    for r in rows:
+    for item in rows:
+        r, depth = item if isinstance(item, tuple) else (item, 0)
         correct = {1: "✅", 0: "❌"}.get(r["correct"], "")
-        question = (f"[compare of {r['compare_of'][:8]}, tools off] " if r.get("compare_of") else "") + r["question"]
+        question = (f"[compare of {r['compare_of'][:8]}, tools off] " if r.get("compare_of") else "") + \
+            fork_label(r, depth) + r["question"]
         out.append([(SELECTED if selected and r["id"] == selected else "") + r["id"],
                     datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S"),
                     question[:120], short_model(r["model"]), r["status"], (r["answer"] or "")[:40], correct,
@@ -58,7 +62,7 @@ def sessions_page(log: SessionLog, f: SessionFilter, selected: str | None = None
     page = f.offset // f.limit + 1
     info = (f"{total} sessions · page {page} of {pages}" + (f" (there is no page {asked})" if asked > pages else "")
             + f" · {(time.perf_counter() - t0) * 1000:.0f} ms")
-    return table_rows(rows, selected), info
+    return table_rows(nest_forks(log, rows, f.owner), selected), info
 
 
 # ---- one session ------------------------------------------------------------------------------------

@@ -3,24 +3,30 @@ session's panel, side by side, charts, and (for operators) the import of runs ma
 the events show is computed in app/inspecting/sessions.py and app/shared/."""
 from __future__ import annotations
 
+from typing import Callable
+
 import gradio as gr
 
 from app import UI_ONLY, Studio
 from app.inspecting import sessions as I
+from app.inspecting.fork_panel import ForkPanel
 from app.inspecting.charts import stats_figures
 from app.public.names import public_model_name
 from app.shared import importers
 from app.shared.filters import ANY, OUTCOMES, make_filter
 from app.shared.visitors import visitor
+from core.backends.base import Backend
 
 YES_NO = [ANY, "yes", "no"]
 
 
-def build(studio: Studio) -> "InspectTab":
-    """The tab's content (inside its gr.Tab); the page's load event and Annotate use what it returns."""
+def build(studio: Studio, backend: Callable[[], Backend] | None = None) -> "InspectTab":
+    """The tab's content (inside its gr.Tab); the page's load event and Annotate use what it returns.
+    `backend()` gives the model forks run on (the Studio's default)."""
     tab = InspectTab(studio)
     tab.sessions_table()
     tab.session_panel()
+    tab.fork_panel(backend)
     tab.side_by_side()
     tab.charts()
     if studio.admin:
@@ -171,6 +177,15 @@ class InspectTab:
         except (KeyError, TypeError, ValueError):
             return gr.update(), gr.update(), gr.update()
         return v["replay"], v["picture"], v["raw"]
+
+    def fork_panel(self, backend: Callable[[], Backend] | None) -> None:
+        """Fork from the step shown (app/inspecting/fork_panel.py); the table redraws after a fork."""
+        self.fork = ForkPanel(self.studio, backend, self.scope)
+        self.fork.build()
+        header, step_no = self.session_outputs[0], self.session_outputs[2]
+        refresh = {"fn": self.list_sessions, "inputs": self.filters + [self.session_id],
+                   "outputs": [self.table, self.table_info, self.f_model], **UI_ONLY}
+        self.fork.wire(self.session_id, step_no, header, refresh)
 
     # ---- side by side, charts, import -------------------------------------------------------------------
 

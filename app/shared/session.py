@@ -7,14 +7,17 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from app.shared.render import crop_beside_source, frame_label, frame_strip
+from app.shared.render import crop_beside_source, draw_boxes, frame_label, frame_strip
 from core.media import MediaError, load_image
 from core.sessionlog import SessionLog
 from core.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
+
+CORRECTED_COLOR = (0, 200, 0)
+MAX_SIDE = 1000  # the longest side of the picture a box is drawn on
 
 
 def stored_image(log: SessionLog, sha: str | None) -> Image.Image | None:
@@ -94,3 +97,45 @@ def iou(a, b) -> float | None:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def overlay(original: Image.Image | None, traj, step_idx: int | None, box: list[float] | None,
+            corner: list[float] | None = None) -> Image.Image | None:
+    """The original with the model's boxes (the chosen step's thick) and the corrected box in green."""
+    if original is None:
+        return None
+    scale = min(1.0, MAX_SIDE / max(original.size))
+    shown = original.convert("RGB").resize((round(original.width * scale), round(original.height * scale)))
+    steps = [s for s in traj.steps if s.source_box_px and not s.error]
+    out = draw_boxes(shown, [[v * scale for v in s.source_box_px] for s in steps],
+                     [f"step {s.index + 1}" for s in steps]) if steps else shown
+    draw = ImageDraw.Draw(out)
+    for s in steps:
+        if s.index == step_idx:
+            x0, y0, x1, y1 = (v * scale for v in s.source_box_px)
+            draw.rectangle([x0 - 3, y0 - 3, x1 + 3, y1 + 3], outline=(255, 255, 255), width=2)
+    w, h = out.size
+    if box:
+        draw.rectangle([box[0] * w, box[1] * h, box[2] * w, box[3] * h], outline=CORRECTED_COLOR, width=4)
+        draw.text((box[0] * w + 4, box[3] * h + 3), "corrected", fill=CORRECTED_COLOR)
+    if corner:
+        x, y = corner[0] * w, corner[1] * h
+        draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=CORRECTED_COLOR, width=3)
+    return out
+
+
+def clicked_point(original: Image.Image, index: tuple[int, int]) -> list[float]:
+    """A click on the `overlay` picture (its pixels) as a point in [0, 1] of the original."""
+    scale = min(1.0, MAX_SIDE / max(original.size))
+    w, h = round(original.width * scale), round(original.height * scale)
+    return [min(max(index[0] / w, 0.0), 1.0), min(max(index[1] / h, 0.0), 1.0)]
+
+
+def two_clicks(corner: list[float] | None, point: list[float]) -> tuple[list[float] | None, list[float] | None]:
+    """The two-click box: the first click is a corner (kept), the second closes the box. Returns
+    (the corner to keep, the box or None)."""
+    if corner is None:
+        return point, None
+    x, y = point
+    return None, [round(min(corner[0], x), 4), round(min(corner[1], y), 4), round(max(corner[0], x), 4),
+                  round(max(corner[1], y), 4)]

@@ -60,6 +60,8 @@ class EvalItem:
     category: str = ""
     image_bytes: bytes | None = None  # an image embedded in the parquet (HF Image feature)
     meta: dict = field(default_factory=dict)
+    target: list[float] | None = None  # TinyZoom: meta.task.target, the normalized box holding the answer
+    visible_frames: list[int] | None = None  # TinyZoom videos: the overview frames that show the answer
 
     def task(self, task_id: str | None = None, frames: int = OVERVIEW_FRAMES) -> Task:
         """Load the media (full resolution) into a loop Task. Raises core.media.MediaError."""
@@ -281,7 +283,7 @@ def load_tinyzoom(data: str | Path, split: str = "test", limit: int | None = Non
             raise EvalDataError(f"{where}: media file not found: {media}")
         items.append(EvalItem(id=str(rec.get("id", lineno)), question=task.question, truth=str(task.answer),
                               kind="video" if task.kind == "video" else "image", media=[str(media)], choices=task.choices, score_choices=task.choices,
-                              category=task.category))
+                              category=task.category, target=task.target, visible_frames=task.visible_frames))
         if limit and len(items) >= limit:
             break
     if not items:

@@ -123,3 +123,38 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {cat} | {s['n']} | {_pct(s['accuracy'])} | {_pct(s['rapr'])} | {_pct(s['no_tool_share'])} "
                      f"| {_pct(s['clean_tool_call_share'])} | {s['mean_ops']} |")
     return "\n".join(lines) + "\n"
+
+
+def oracle_split(own: list[dict], oracle: list[dict]) -> dict[str, dict]:
+    """Per category (and "all"), the same items run with the model's own first look and with the oracle's:
+    accuracies, and the wrong answers split by what the oracle look did to them. `wrong_place`: wrong with
+    its own look, right with the right one; `cannot_read`: wrong with both, the look replaced; `no_look`:
+    wrong with both, the model never looked (nothing to replace); `oracle_hurt`: right, then wrong."""
+    theirs = {(r["id"], r.get("sample", 0)): r for r in oracle}
+    pairs = [(r, theirs[(r["id"], r.get("sample", 0))]) for r in own if (r["id"], r.get("sample", 0)) in theirs]
+    groups = defaultdict(list)
+    for a, b in pairs:
+        groups[a.get("category") or "all"].append((a, b))
+        groups["all"].append((a, b))
+    out = {}
+    for cat, rows in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        right = [(bool(a["correct"]), bool(b["correct"]), b.get("oracle_step") is not None) for a, b in rows]
+        out[cat] = {"n": len(rows), "own": _mean(x for x, _, _ in right), "oracle": _mean(y for _, y, _ in right),
+                    "replaced": sum(looked for _, _, looked in right),
+                    "wrong_place": sum(not x and y for x, y, _ in right),
+                    "cannot_read": sum(not x and not y and looked for x, y, looked in right),
+                    "no_look": sum(not x and not y and not looked for x, y, looked in right),
+                    "oracle_hurt": sum(x and not y for x, y, _ in right)}
+    return out
+
+
+def oracle_markdown(split: dict[str, dict]) -> str:
+    """`oracle_split` as a markdown table (accuracies in percent)."""
+    lines = ["| category | n | own first crop | oracle first crop | change | looks replaced | wrong place | "
+             "cannot read | wrong, no look | oracle hurt |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for cat, s in split.items():
+        change = None if s["own"] is None else s["oracle"] - s["own"]
+        lines.append(f"| {'**all**' if cat == 'all' else cat} | {s['n']} | {_pct(s['own'])} | {_pct(s['oracle'])} | "
+                     f"{'–' if change is None else f'{100 * change:+.1f}'} | {s['replaced']} | {s['wrong_place']} | "
+                     f"{s['cannot_read']} | {s['no_look']} | {s['oracle_hurt']} |")
+    return "\n".join(lines) + "\n"

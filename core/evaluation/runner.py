@@ -30,6 +30,7 @@ from core.trajectory import Trajectory
 from core.evaluation.benches import BENCHES
 from core.evaluation.chart import write_chart
 from core.evaluation.data import EvalItem
+from core.evaluation.oracle import ORACLE_KEY, OracleEpisode
 from core.evaluation.report import item_stats, summarize, to_markdown
 from core.evaluation.store import RunFolder, item_key
 
@@ -82,11 +83,14 @@ def _media_error_record(bench: str, item: EvalItem, sample: int, message: str) -
 
 def evaluate(backend: Backend, items: list[EvalItem], bench: str, out: str | Path, config: LoopConfig,
              params: GenerationParams, samples: int = 1, batch: int = 8, session_log: SessionLog | None = None,
-             progress: bool = True, data: str = "", details: dict | None = None) -> EvalResult:
-    """Run (or resume) an evaluation in `out` and write its report; see the module docstring."""
+             progress: bool = True, data: str = "", details: dict | None = None,
+             oracle_first_crop: bool = False) -> EvalResult:
+    """Run (or resume) an evaluation in `out` and write its report; see the module docstring. With
+    `oracle_first_crop`, each item's first crop is its target box (core/evaluation/oracle.py)."""
     if bench not in BENCHES:
         raise ValueError(f"unknown bench {bench!r}; choose one of {', '.join(BENCHES)}")
-    identity = {"bench": bench, "model": backend.model_id, "tools": config.tools, "samples": samples, "data": data}
+    identity = {"bench": bench, "model": backend.model_id, "tools": config.tools, "samples": samples, "data": data,
+                "oracle_first_crop": True if oracle_first_crop else None}
     folder = RunFolder(out, identity, details)
     timed = _TimedBackend(backend)
     keys = [(item, k) for item in items for k in range(samples)]
@@ -104,7 +108,9 @@ def evaluate(backend: Backend, items: list[EvalItem], bench: str, out: str | Pat
         for item, k in chunk:
             try:
                 task = item.task(task_id=f"eval-{folder.run_id}-{item_key(item.id, k)}")
-                ep = Episode(task, config, store, backend.name, backend.model_id)
+                ep = OracleEpisode(task, config, store, backend.name, backend.model_id, target=item.target,
+                                   frames=item.visible_frames) if oracle_first_crop else \
+                    Episode(task, config, store, backend.name, backend.model_id)
             except (MediaError, ValueError) as e:
                 broken.append(_media_error_record(bench, item, k, str(e)))
                 continue
@@ -122,6 +128,8 @@ def evaluate(backend: Backend, items: list[EvalItem], bench: str, out: str | Pat
             return
         seconds = timed.seconds.pop(id(ep.messages), 0.0) + sum(s.tool_seconds for s in traj.steps)
         record = _record(bench, item, k, traj, seconds)
+        if oracle_first_crop:  # the step whose look was replaced; None: the model never looked
+            record["oracle_step"] = traj.meta.get(ORACLE_KEY, {}).get("step")
         if recorder is not None:  # first the log (idempotent by id), then the item file
             recorder.write(traj)
         folder.items.append(record)
@@ -161,6 +169,8 @@ def evaluate(backend: Backend, items: list[EvalItem], bench: str, out: str | Pat
               "data": data, "guideline": config.guideline if config.tools else "notool",
               "max_ops": config.max_ops, "pixels": vars(config.pixels),
               "temperature": params.temperature, "max_new_tokens": params.max_new_tokens, **(details or {})}
+    if oracle_first_crop:
+        header[ORACLE_KEY] = {"replaced": sum(1 for r in records if r.get("oracle_step") is not None)}
     report = summarize(records, header)
     out = Path(out)
     write_report(report, out)

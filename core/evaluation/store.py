@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-IDENTITY = ("bench", "model", "tools", "samples", "data")  # what must match to resume a folder
+IDENTITY = ("bench", "model", "tools", "samples", "data", "oracle_first_crop")  # what must match to resume a folder
 
 
 class RunFolderError(RuntimeError):

@@ -165,9 +165,24 @@ def _make_records(cfg: BuildConfig, jobs: list[tuple]) -> list[dict]:
         return pool.map(_build_item, jobs, chunksize=4)
 
 
+def built_with(folder: Path, **expected) -> dict | None:
+    """The folder's dataset.json (written last) when it has every expected value: the build is done."""
+    path = folder / "dataset.json"
+    if not path.exists():
+        return None
+    made = json.loads(path.read_text(encoding="utf-8"))
+    return made if all(made.get(k) == v for k, v in expected.items()) else None
+
+
 def build(cfg: BuildConfig) -> dict[str, int]:
+    """Write the dataset; a folder already built with the same config is left as it is (a rerun of a
+    recipe skips it), and a killed build resumes from its finished parts (build_split)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    done = built_with(out, config={k: v for k, v in vars(cfg).items() if k not in ("workers", "progress")})
+    if done:
+        log.info("%s: already built with this config", out)
+        return done["sizes"]
     sizes = {}
     for split, n in (("test", cfg.test), ("validation", cfg.validation), ("train", cfg.train)):
         t0 = time.perf_counter()
@@ -197,6 +212,9 @@ def build_suite(out: str | Path, per_shift: int = 60, names: list[str] | None = 
         shift = SHIFTS[name]
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
+        if built_with(folder, shift=name, seed=seed, sizes={"test": per_shift}):
+            sizes[name] = per_shift
+            continue
         cfg = BuildConfig(out=str(folder), train=0, validation=0, test=per_shift, seed=seed, workers=workers,
                           variety=f"shift:{name}", correction_rate=0.0, notool_rate=0.0)
         records = build_split(cfg, f"shift-{name}", per_shift, shift_categories(shift, per_shift))

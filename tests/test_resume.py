@@ -1,0 +1,66 @@
+"""Runs cut off by `kill -9` go on where they stopped: SFT from its last checkpoint (at most one
+save interval lost), the whole robust recipe from its last finished stage."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from train.synth.build import BuildConfig, build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kill_when(cmd: list[str], ready, env: dict | None = None, timeout: float = 600) -> None:
+    """Start `cmd`, wait until `ready()` holds, then kill -9 its whole process group."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"{cmd[:4]} ended before it could be killed"
+        assert time.time() - t0 < timeout, "never got ready"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def complete_checkpoints(run: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+
+
+def test_sft_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path):
+    data = tmp_path / "data"
+    build(BuildConfig(out=str(data), train=24, validation=0, test=0, seed=5, progress=False))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train", "sft", f"data={data}", "model=assets/pixel-reasoner-tiny", f"out={run}",
+           "max_steps=10", "batch_size=2", "save_minutes=0.003", "save_steps=1000", "save_total_limit=3",
+           "logging_steps=1", "eval_split=null", "report_to=[]", "disable_tqdm=true", "learning_rate=1e-4"]
+    kill_when(cmd, lambda: any(s >= 2 for s in complete_checkpoints(run)))
+    resumed_from = complete_checkpoints(run)[-1]
+    assert resumed_from < 10
+    logged_before = len((run / "metrics.jsonl").read_text().splitlines())
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 10  # not one step more, not fewer
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rerun = [r["step"] for r in rows[logged_before:] if "train_runtime" not in r]
+    assert rerun == list(range(resumed_from + 1, 11))  # the rerun starts right after the checkpoint
+    assert (Path(summary["final_dir"]) / "model.safetensors").exists()
+
+
+def test_the_robust_recipe_killed_during_sft_finishes_on_rerun(tmp_path):
+    env = {**os.environ, "SCALE": "0.002", "WORKERS": "2", "RUNS": str(tmp_path / "runs"),
+           "DATA": str(tmp_path / "data"), "SHIFTS": str(tmp_path / "shifts")}
+    cmd = ["bash", "scripts/train_robust.sh"]
+    kill_when(cmd, lambda: bool(complete_checkpoints(tmp_path / "runs" / "sft")), env=env)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "already built with this config" in done.stderr  # the data was kept, not made again
+    sft = tmp_path / "runs" / "sft" / "checkpoint-"
+    assert f"resuming from {sft}" in done.stderr or "already reached step" in done.stderr  # killed at the last save
+    assert (tmp_path / "runs" / "shifts" / "report.md").exists()
+    assert (tmp_path / "runs" / "final" / "model.safetensors").exists()
