@@ -1,6 +1,7 @@
 """Forks: earlier steps kept byte for byte, the edited call run through the real operations, the model
 going on from the new observation (replay and the embedded model), on images, crops of crops and videos."""
 import json
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -36,6 +37,12 @@ def parent(photo_path):
     return run_to_end(ReplayBackend(TURNS), task)
 
 
+def shown_size(step) -> tuple[int, int]:
+    """The size of the picture a step added, as its observation told the model."""
+    w, h = re.search(r"Image Size: (\d+)x(\d+)", step.observation).groups()
+    return int(w), int(h)
+
+
 def steps_json(traj: Trajectory, upto: int) -> list[str]:
     return [json.dumps(asdict(s)) for s in traj.steps[:upto]]
 
@@ -51,7 +58,7 @@ def test_the_edited_crop_is_the_release_crop_of_the_edited_box(parent, photo_pat
     forked = fork_to_end(ReplayBackend(TURNS), parent, 1, Edit(box=[0.5, 0.5, 0.9, 0.9]), task_of(parent),
                          store=store)
     step, first = forked.steps[1], parent.steps[0]
-    w, h = first.box_px[2] - first.box_px[0], first.box_px[3] - first.box_px[1]  # image 2 is the first crop
+    w, h = shown_size(first)  # image 2 is the first crop as the model was shown it
     assert step.arguments == {"bbox_2d": [0.5, 0.5, 0.9, 0.9], "target_image": 2}
     assert tuple(step.box_px) == release_crop_px([0.5, 0.5, 0.9, 0.9], w, h)
     # the same pixels as a run whose model had written that box: the loop's one crop path
@@ -75,16 +82,16 @@ def test_forking_the_first_crop_renumbers_nothing_and_crops_the_new_crop(parent)
     forked = fork_to_end(ReplayBackend(TURNS), parent, 0, Edit(box=[0.6, 0.1, 0.9, 0.4]), task_of(parent))
     first, second = forked.steps[0], forked.steps[1]
     assert first.box_px != parent.steps[0].box_px and second.target_image == 2
-    ox, oy = first.box_px[:2]
-    assert second.source_box_px == [ox + second.box_px[0], oy + second.box_px[1], ox + second.box_px[2],
-                                    oy + second.box_px[3]]
+    assert second.box_px == list(release_crop_px([0.2, 0.2, 0.6, 0.6], *shown_size(first)))  # cut from the new crop
+    inner, outer = second.source_box_px, first.source_box_px
+    assert outer[0] <= inner[0] < inner[2] <= outer[2] and outer[1] <= inner[1] < inner[3] <= outer[3]
 
 
 def test_a_new_target_image_crops_the_original(parent):
     forked = fork_to_end(ReplayBackend(TURNS), parent, 1, Edit(target_image=1), task_of(parent))
     step = forked.steps[1]
-    assert step.target_image == 1 and step.box_px == step.source_box_px
-    assert step.arguments["bbox_2d"] == [0.2, 0.2, 0.6, 0.6]
+    assert step.target_image == 1 and step.arguments["bbox_2d"] == [0.2, 0.2, 0.6, 0.6]
+    assert step.source_box_px != parent.steps[1].source_box_px  # the original's region, not the crop's
 
 
 def test_a_text_edit_can_answer_at_once(parent):
@@ -114,9 +121,9 @@ def test_video_steps_before_the_fork_are_kept(video_path):
     turns = [frames_call([3, 5]), crop_call([0.1, 0.1, 0.5, 0.5], target=2), "\\boxed{5}"]
     task = Task(question="Which number?", video=Video.from_file(video_path, n=16), media_path=str(video_path))
     parent = run_to_end(ReplayBackend(turns), task)
-    forked = fork_to_end(ReplayBackend(turns), parent, 1, Edit(target_image=1), task_of(parent))
+    forked = fork_to_end(ReplayBackend(turns), parent, 1, Edit(target_image=3), task_of(parent))
     assert steps_json(forked, 1) == steps_json(parent, 1)
-    assert forked.steps[1].images[0] != parent.steps[1].images[0]  # frame 3, not frame 5
+    assert forked.steps[1].images[0] != parent.steps[1].images[0]  # image 3 is frame 5, image 2 frame 3
 
 
 class Recording(Backend):
