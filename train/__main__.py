@@ -16,6 +16,7 @@ COMMANDS = {
     "rl": "train.rl",  # curiosity-driven GRPO with tool-loop rollouts
     "vision": "train.vision",  # pre-train the tiny vision tower on per-token labels (before sft)
     "shift-report": "train.shift_report",  # evaluate a model over the robustness shift suite
+    "familiarity": "train.familiarity",  # compute a checkpoint's familiarity reference (unfamiliar pictures)
 }
 
 
