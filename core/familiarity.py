@@ -124,16 +124,16 @@ def load_reference(folder: str | Path) -> FamiliarityReference | None:
     path = Path(folder) / REFERENCE_FILE
     if not path.is_file():
         return None
-    try:
-        from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
+    try:
         with safe_open(str(path), "np") as f:
             meta = json.loads(f.metadata()["familiarity"])
             arrays = {k: f.get_tensor(k).astype(np.float64) for k in ("mean", "components", "variances")}
         return FamiliarityReference(**arrays, residual_variance=float(meta["residual_variance"]),
                                     threshold=float(meta["threshold"]), pixel_preset=meta["pixel_preset"],
                                     n_pictures=int(meta.get("n_pictures", 0)))
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, KeyError, ValueError, TypeError, SafetensorError) as e:
         log.warning("ignoring unreadable familiarity reference %s: %s", path, e)
         return None
 

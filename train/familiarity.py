@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def record_pictures(records: list[SFTRecord]) -> list[Path]:
-    """The first image of each record's first user message, as a file path."""
-    out = []
+    """The first image of each record's first user message, as a file path (each file once)."""
+    out: list[Path] = []
     for rec in records:
         user = next((m for m in rec.messages if m["role"] == "user"), None)
         if user is None or isinstance(user["content"], str):
@@ -31,7 +31,7 @@ def record_pictures(records: list[SFTRecord]) -> list[Path]:
         first = next((p for p in user["content"] if p["type"] in ("image", "video")), None)
         if first is not None and first["type"] == "image" and isinstance(first["image"], str):
             out.append(rec.root / first["image"])
-    return out
+    return list(dict.fromkeys(out))
 
 
 def save_for_run(model, encoder, pictures: list, final: Path, pixel_preset: str) -> None:

@@ -26,6 +26,7 @@ from core import protocol as P
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.operations import PIXEL_PRESETS
 from core.records import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
+from train.familiarity import record_pictures
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
 from train.run import (ResumesSavedWeights, SaveEveryMinutes, TimeBudgetCallback, TrainerRunConfig, native_bf16,
@@ -237,7 +238,7 @@ def train(cfg: SFTRunConfig) -> dict:
     steps, loss = train_or_finish(trainer, out, cfg.max_steps)
     seconds = time.time() - t0
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
-    save_final(trainer, encoder, cfg, source, final)
+    save_final(trainer, encoder, cfg, source, final, pictures=record_pictures(records))
     summary = {"steps": steps, "train_loss": loss, "seconds": round(seconds, 1),
                "processes": args.world_size, "train_records": len(records), "final_dir": str(final), "metrics": str(out / "metrics.jsonl")}
     if trainer.is_world_process_zero():
