@@ -25,7 +25,8 @@ import torch
 from core import protocol as P
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.operations import PIXEL_PRESETS
-from core.records import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
+from core.records import (DataError, SFTRecord, load_sft_records, newest_dataset, record_answer, record_to_messages,
+                          repeat_by_category)
 from train.familiarity import record_pictures
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
@@ -195,6 +196,10 @@ def train(cfg: SFTRunConfig) -> dict:
     """Run SFT; returns a summary (steps, final loss, seconds, paths)."""
     from trl import SFTConfig
 
+    try:
+        cfg.data = str(newest_dataset(cfg.data, cfg.train_split))
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
     out = start_run(cfg, "sft")
     bf16 = native_bf16() if cfg.bf16 is None else cfg.bf16
     records = repeat_by_category(load_sft_records(cfg.data, cfg.train_split, cfg.limit), cfg.repeat)
