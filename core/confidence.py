@@ -4,7 +4,7 @@ Studio shows (pure functions of plain lists; the backends supply the tokens and 
 - `step_uncertainty`: a turn's mean log-probability per token and its least sure tokens (p < 0.5),
   each with its character offset in the turn's text, so a viewer can highlight them.
 - `answer_confidence`: the probability the model gave its final answer, the product of the
-  probabilities of the tokens that spell the answer inside the turn's text.
+  probabilities of the tokens that spell the answer where the turn first decides it.
 
 The probabilities are those of the distribution each token was drawn from (temperature applied;
 greedy decoding reads the model's own distribution).
@@ -70,28 +70,36 @@ def step_uncertainty(pieces: list[str], logprobs: list[float], text: str, unsure
     return mean, [UnsureToken(at=starts[i], text=pieces[i], p=round(math.exp(logprobs[i]), 4)) for i in low]
 
 
-def answer_span(text: str, answer: str | None) -> tuple[int, int] | None:
-    """[start, end) of the final answer's last occurrence in the turn's text."""
+def answer_spans(text: str, answer: str | None) -> list[tuple[int, int]]:
+    """[start, end) of each place the final answer is written in the turn's text, as a whole word
+    (a "3" inside "13" or "x3" does not count)."""
     if not answer:
-        return None
-    start = text.rfind(answer)
-    return None if start == -1 else (start, start + len(answer))
+        return []
+    spans, at = [], text.find(answer)
+    while at != -1:
+        end = at + len(answer)
+        if not (at > 0 and text[at - 1].isalnum() and answer[0].isalnum()) and \
+                not (end < len(text) and text[end].isalnum() and answer[-1].isalnum()):
+            spans.append((at, end))
+        at = text.find(answer, at + 1)
+    return spans
 
 
 def answer_confidence(pieces: list[str], logprobs: list[float], text: str, answer: str | None) -> float | None:
-    """The probability the model gave the tokens that spell `answer` in `text`; None when the answer
-    or the probabilities are missing."""
-    span = answer_span(text, answer)
+    """The probability the model gave its answer: for each place the turn writes `answer`, the product
+    of the probabilities of the tokens spelling it; the least of these. A turn that states the answer
+    ("The tag reads 7.") and then boxes it (`\\boxed{7}`) copies it the second time with near
+    certainty: the first writing is where the model decided. None when the answer or the
+    probabilities are missing."""
+    spans = answer_spans(text, answer)
     n = min(len(pieces), len(logprobs))
-    if span is None or n == 0:
+    if not spans or n == 0:
         return None
     starts = token_starts(pieces[:n], text)
-    total, hit = 0.0, False
-    for i in range(n):
-        if starts[i] is None or not pieces[i]:
-            continue
-        a, b = starts[i], starts[i] + len(pieces[i])
-        if a < span[1] and b > span[0]:
-            total += logprobs[i]
-            hit = True
-    return round(math.exp(total), 4) if hit else None
+    found = []
+    for lo, hi in spans:
+        inside = [logprobs[i] for i in range(n) if starts[i] is not None and pieces[i]
+                  and starts[i] < hi and starts[i] + len(pieces[i]) > lo]
+        if inside:
+            found.append(sum(inside))
+    return round(math.exp(min(found)), 4) if found else None

@@ -38,13 +38,21 @@ def test_step_uncertainty_is_the_mean_and_the_tokens_under_one_half():
     assert [(u.at, u.text, u.p) for u in unsure] == [(5, " 7", 0.25), (16, "7", 0.4)]
 
 
-def test_answer_confidence_multiplies_the_answer_tokens_probabilities():
+def test_answer_confidence_is_where_the_model_decided_not_where_it_copied():
     text = "It says 12. \\boxed{12}"
     pieces = ["It", " says", " 12", ".", " \\boxed{", "1", "2", "}"]
-    logprobs = [0.0, 0.0, math.log(0.1), 0.0, 0.0, math.log(0.5), math.log(0.8), 0.0]
-    assert answer_confidence(pieces, logprobs, text, "12") == pytest.approx(0.4)  # the last "12" only
+    logprobs = [0.0, 0.0, math.log(0.3), 0.0, 0.0, math.log(0.9), math.log(0.99), 0.0]
+    assert answer_confidence(pieces, logprobs, text, "12") == pytest.approx(0.3)  # " 12", not the boxed copy
+    assert answer_confidence(pieces[4:], logprobs[4:], text[11:], "12") == pytest.approx(0.891)
     assert answer_confidence(pieces, logprobs, text, None) is None
     assert answer_confidence([], [], text, "12") is None
+
+
+def test_an_answer_inside_another_word_or_number_is_not_the_answer():
+    text = "Frame 13 shows it: 3"
+    pieces = ["Frame", " 13", " shows", " it", ":", " 3"]
+    logprobs = [0.0, math.log(0.1), 0.0, 0.0, 0.0, math.log(0.8)]
+    assert answer_confidence(pieces, logprobs, text, "3") == pytest.approx(0.8)
 
 
 @pytest.fixture(scope="module")

@@ -107,3 +107,23 @@ def gain_inputs(run: str, tinyzoom: str) -> tuple[str, str, list[str]]:
     if cfg.get("data") and (Path(cfg["data"]) / "test.jsonl").exists() and cfg["data"] not in data:
         data.append(cfg["data"])
     return cfg["model"], tuned, data
+
+
+def size_warning(kind: str, config: str | None, cmd: list[str]) -> str | None:
+    """The tiny-data warning of an SFT command (app.training.gain.training_size_warning), its data
+    resolved as `train sft` resolves it."""
+    from app.training import gain as G
+    from core.records import DataError, newest_dataset
+
+    if kind != "sft":
+        return None
+    overrides = [c for c in cmd if "=" in c and not c.startswith("-")]
+    data = next((c.split("=", 1)[1] for c in overrides if c.startswith("data=")), None)
+    if data is None and config and (ROOT / config).is_file():
+        data = json.loads((ROOT / config).read_text(encoding="utf-8")).get("data")
+    try:
+        folder = newest_dataset(ROOT / data) if data else None
+    except (DataError, OSError):
+        return None
+    config_path = str(ROOT / config) if config else None
+    return G.training_size_warning(config_path, overrides, G.count_records(str(folder) if folder else None))

@@ -21,8 +21,9 @@ from app.training import alarms as AL
 from app.training import charts as C
 from app.training import gain as G
 from app.training import jobs as J
-from app.training.commands import BENCHES, KIND_HELP, build_command, configs, datasets, default_config
-from app.training.watch import JOB_COLUMNS, job_markdown, jobs_table, progress_html, rl_alarms, rl_curves
+from app.training.commands import BENCHES, KIND_HELP, build_command, configs, datasets, default_config, size_warning
+from app.training.watch import (JOB_COLUMNS, gain_of, job_markdown, jobs_table, progress_html, rl_alarms,
+                                rl_curves)
 
 POLL_SECONDS = 2.0
 
@@ -107,13 +108,15 @@ class TrainTab:
         self.cancel_btn.click(self.cancel, self.job_id, [self.launch_md, self.table], api_name="train_cancel")
 
     def preview(self, k, cfg, ds, b, m, lim, ex, cu, plan):
-        """The command Launch will run, with the out folder it will use (kept in `planned`)."""
+        """The command Launch will run, with the out folder it will use (kept in `planned`), and a
+        warning line where the run would overfit tiny data."""
         plan = plan if plan and plan.split("-")[2] == k else self.runner.new_out_dir(k)[0]
         try:
-            out = str(self.runner.runs_dir / plan)
-            return J.preview(build_command(self.studio, k, cfg, ds, b, m, lim, ex, cu, out)), plan
+            cmd = build_command(self.studio, k, cfg, ds, b, m, lim, ex, cu, str(self.runner.runs_dir / plan))
         except ValueError as e:
             return f"# {e}", plan
+        warning = size_warning(k, cfg, cmd)
+        return J.preview(cmd) + (f"\n# {warning}" if warning else ""), plan
 
     def launch(self, k, cfg, ds, b, m, lim, ex, cu, plan, allow_parallel):
         running = self.studio.log.list_jobs(status="running")
@@ -128,7 +131,8 @@ class TrainTab:
         except ValueError as e:
             return f"⚠️ {e}", gr.update(), gr.update(), plan
         self.runner.launch(k, cmd, out, dataset=(ds or "").strip() or None, job_id=job)
-        return f"launched `{job}`", jobs_table(self.studio), job, None
+        warning = size_warning(k, cfg, cmd)
+        return f"launched `{job}`" + (f"\n\n{warning}" if warning else ""), jobs_table(self.studio), job, None
 
     def cancel(self, jid):
         jid = (jid or "").strip()
@@ -182,6 +186,11 @@ class TrainTab:
         except ValueError as e:
             return f"⚠️ {e}", gr.update()
         final = str(Path(job["out_dir"]) / "final")
+        gain = gain_of(self.studio, final)
+        if G.is_worse(gain):
+            return (f"the Ask tab now uses `{final}` (this browser tab only). ⚠️ Its gain view shows it worse "
+                    f"than its start model ({100 * gain['all']['gain']['mean']:+.1f} points): compare its answers "
+                    "before relying on it"), final
         return (f"the Ask tab now uses `{final}` (this browser tab only; for the whole app: "
                 f"`python app.py --model {final}`)"), final
 
