@@ -110,7 +110,7 @@ def test_question_streams_steps_and_logs_rows(server, photo_path, replay_file):
     rows, info = client.predict("zoom", "any", "any", None, None, "yes", "any", "", "", 1, api_name="/sessions")[:2]
     assert sid in [r[0] for r in rows["data"]] and "sessions" in info
     header = client.predict(sid, api_name="/open_session")[0]
-    assert "WOOLSHOPS" in header and "2 operations, 1 errors" in header
+    assert "WOOLSHOPS" in header and "2 operations, 1 error ·" in header
 
 
 def test_compare_runs_tools_off_beside_and_links_it(server, photo_path, replay_file):

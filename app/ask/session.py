@@ -26,6 +26,7 @@ from app.ask.examples import VIDEO_SUFFIXES
 from app.public.limits import question_problem, quote
 from app.public.names import public_model_name, scrub
 from app.public.quotas import QuotaError, make_room
+from app.shared.confidence import confidence_line, plural
 from app.shared.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
@@ -280,9 +281,10 @@ class ChatView:
         mark = ""
         if traj.correct is not None:
             mark = " ✅" if traj.correct else " ❌"
+        sure = confidence_line(traj.answer_confidence, traj.familiar)
         self.messages.append({"role": "assistant", "content":
-                              f"### {self.prefix}Answer: {answer}{mark}\n\n{traj.n_ops} operations · {status} · "
-                              f"session `{traj.id}`"})
+                              f"### {self.prefix}Answer: {answer}{mark}\n\n" + (f"{sure}\n\n" if sure else "")
+                              + f"{plural(traj.n_ops, 'operation')} · {status} · session `{traj.id}`"})
 
 
 # ---- the run ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from app.shared.confidence import confidence_line, plural
 from app.shared.render import crop_beside_source, draw_boxes, frame_label, frame_strip
 from core.media import MediaError, load_image
 from core.sessionlog import SessionLog
@@ -80,10 +81,12 @@ def header_markdown(row: dict, traj: Trajectory) -> str:
     when = datetime.fromtimestamp(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
     correct = {1: " ✅ correct", 0: " ❌ incorrect"}.get(row["correct"], "")
     link = f" · compared with `{row['compare_of']}`" if row.get("compare_of") else ""
+    sure = confidence_line(traj.answer_confidence, traj.familiar)
     return (f"**{traj.question}**\n\n"
             f"answer **{traj.answer}**{correct} (truth: {traj.ground_truth or '—'}) · status **{traj.status}** · "
-            f"{traj.n_ops} operations, {traj.n_errors} errors · {row['tokens_in']} → {row['tokens_out']} tokens · "
-            f"{row['seconds']:.2f} s\n\n"
+            f"{plural(traj.n_ops, 'operation')}, {plural(traj.n_errors, 'error')} · "
+            f"{row['tokens_in']} → {row['tokens_out']} tokens · {row['seconds']:.2f} s\n\n"
+            + (f"{sure}\n\n" if sure else "") +
             f"`{traj.id}` · {when} · {traj.backend} · `{traj.model}` · client {row['client']} · tools "
             f"{'on' if traj.tools_enabled else 'off'}{link}")
 
