@@ -45,3 +45,22 @@ def test_fifteen_passes_over_four_records_warn_before_launch(tmp_path):
     (many / "train.jsonl").write_text("{}\n" * 400)
     assert size_warning("sft", "configs/sft_corrections.json", cmd[:-1] + [f"data={many}"]) is None
     assert size_warning("rl", "configs/rl_tiny.json", cmd) is None
+
+
+def test_evaluating_a_run_without_held_out_items_says_so_before_launch(tmp_path):
+    import pytest
+
+    from app import Studio
+    from app.shared.studio_log import StudioLog
+    from app.training.commands import build_command
+
+    studio = Studio(log=StudioLog(tmp_path / "studio.db"), data_dir=tmp_path)
+    run = tmp_path / "runs" / "sft-1"
+    run.mkdir(parents=True)
+    (run / "sft_config.json").write_text(json.dumps({"model": "assets/pixel-reasoner-tiny", "data": str(tmp_path)}))
+    with pytest.raises(ValueError, match="no held-out items"):
+        build_command(studio, "gain", None, "", None, str(run), 16, "", "", str(tmp_path / "runs" / "gain-1"))
+    (tmp_path / "tinyzoom").mkdir()
+    (tmp_path / "tinyzoom" / "test.jsonl").write_text("{}\n")
+    cmd = build_command(studio, "gain", None, "", None, str(run), 16, "", "", str(tmp_path / "runs" / "gain-1"))
+    assert "app.training.gain" in " ".join(cmd)

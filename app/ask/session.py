@@ -26,7 +26,7 @@ from app.ask.examples import VIDEO_SUFFIXES
 from app.public.limits import question_problem, quote
 from app.public.names import public_model_name, scrub
 from app.public.quotas import QuotaError, make_room
-from app.shared.confidence import confidence_line, plural
+from app.shared.confidence import honesty_line, plural
 from app.shared.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
@@ -232,11 +232,12 @@ class ChatView:
             meta["title"] = f"{self.prefix}Step {n} · stopped"
             meta["log"] = foot
         elif step.error:
-            meta["title"] = f"{self.prefix}Step {n} · ⚠️ error"
+            meta["title"] = f"{self.prefix}Step {n} · ⚠️ error in the model's call"
             short = step.error if len(step.error) <= 70 else step.error[:67] + "…"
             meta["log"] = f"{short} · {foot}"  # in view even while the step is folded
             call = step.text[step.text.find(P.TOOL_CALL_START):] if P.TOOL_CALL_START in step.text else ""
-            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model is told so and may retry."
+            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model wrote a call that cannot run as "
+                        "written (its mistake, not the app's); it is told so and may retry."
                         + (f"\n\nThe call as written:\n```\n{call.strip()}\n```" if call else ""))
         elif step.tool == P.FRAMES_TOOL and step.frames:
             times = self.traj.media.frame_times
@@ -281,7 +282,7 @@ class ChatView:
         mark = ""
         if traj.correct is not None:
             mark = " ✅" if traj.correct else " ❌"
-        sure = confidence_line(traj.answer_confidence, traj.familiar)
+        sure = honesty_line(traj)
         self.messages.append({"role": "assistant", "content":
                               f"### {self.prefix}Answer: {answer}{mark}\n\n" + (f"{sure}\n\n" if sure else "")
                               + f"{plural(traj.n_ops, 'operation')} · {status} · session `{traj.id}`"})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from app.shared.confidence import confidence_line, plural
+from app.shared.confidence import honesty_line, plural
 from app.shared.render import crop_beside_source, draw_boxes, frame_label, frame_strip
 from core.media import MediaError, load_image
 from core.sessionlog import SessionLog
@@ -81,7 +81,7 @@ def header_markdown(row: dict, traj: Trajectory) -> str:
     when = datetime.fromtimestamp(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
     correct = {1: " ✅ correct", 0: " ❌ incorrect"}.get(row["correct"], "")
     link = f" · compared with `{row['compare_of']}`" if row.get("compare_of") else ""
-    sure = confidence_line(traj.answer_confidence, traj.familiar)
+    sure = honesty_line(traj)
     return (f"**{traj.question}**\n\n"
             f"answer **{traj.answer}**{correct} (truth: {traj.ground_truth or '—'}) · status **{traj.status}** · "
             f"{plural(traj.n_ops, 'operation')}, {plural(traj.n_errors, 'error')} · "

@@ -82,6 +82,9 @@ def build_command(studio: Studio, kind: str, config: str | None, dataset: str | 
             raise ValueError("give the run to evaluate (data/runs/<job>) in the Model field, or select a finished "
                              "fine-tune job and press 'Evaluate against its start model'")
         base, tuned, data = gain_inputs(model, dataset or held_out(studio))
+        if not any((ROOT / d / "test.jsonl").is_file() for d in data):
+            raise ValueError(f"no held-out items to compare on: {', '.join(data)} has no test.jsonl. Build TinyZoom "
+                             "first (the 'data' job writes its test split there), or give a dataset with a test.jsonl")
         return J.gain_command(out, base, tuned, data, int(limit) if limit else None, extra_args)
     if kind == "custom":
         cmd = shlex.split(custom or "")

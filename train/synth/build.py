@@ -270,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-EXAMPLES = (("zoom_needed", 101, "zoom needed: small tag"), ("zoom_needed", 102, "zoom needed: small tag 2"),
-            ("zoom_optional", 103, "zoom optional: large shape"), ("counting", 104, "counting"),
-            ("video", 105, "video: sign in a few frames"))
+# captions short enough for the gallery's narrow thumbnails, each one different
+EXAMPLES = (("zoom_needed", 101, "tag 1 (zoom)"), ("zoom_needed", 102, "tag 2 (zoom)"),
+            ("zoom_optional", 103, "colour"), ("counting", 104, "count"), ("video", 105, "video sign"))
 
 
 def write_examples(out: str | Path = "assets/examples", seed: int = 12345) -> list[dict]:

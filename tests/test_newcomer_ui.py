@@ -1,0 +1,23 @@
+"""Papercuts a newcomer met in the Studio, each pinned: example captions that tell the examples apart,
+a learning-rate panel that shows its value."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_example_captions_are_short_and_each_different():
+    labels = [e["label"] for e in json.loads((ROOT / "assets" / "examples" / "examples.json").read_text())]
+    assert len(set(labels)) == len(labels)
+    assert all(len(label) <= 12 for label in labels), labels  # the gallery cuts captions at about a dozen characters
+
+
+def test_a_constant_learning_rate_is_drawn_around_its_value():
+    from app.training.charts import job_curves
+
+    fig = job_curves([{"step": s, "learning_rate": 1e-4, "loss": 2.0 - s / 10} for s in range(1, 6)])
+    lr_axis = next(a for name, a in fig.layout.to_plotly_json().items()
+                   if name.startswith("yaxis") and a.get("range") and a["range"][0] > 0)
+    assert lr_axis["range"][0] < 1e-4 < lr_axis["range"][1] and lr_axis["exponentformat"] == "e"
