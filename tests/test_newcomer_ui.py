@@ -21,3 +21,17 @@ def test_a_constant_learning_rate_is_drawn_around_its_value():
     lr_axis = next(a for name, a in fig.layout.to_plotly_json().items()
                    if name.startswith("yaxis") and a.get("range") and a["range"][0] > 0)
     assert lr_axis["range"][0] < 1e-4 < lr_axis["range"][1] and lr_axis["exponentformat"] == "e"
+
+
+def test_asking_a_model_not_loaded_yet_says_it_is_loading_first(tmp_path):
+    from app import Studio
+    from app.ask.session import AskSettings, ask_stream
+    from app.shared.studio_log import StudioLog
+
+    studio = Studio(log=StudioLog(tmp_path / "studio.db"), data_dir=tmp_path, backend="transformers")
+    picture = ROOT / "assets" / "examples" / "zoom_needed_101.png"
+    missing = str(tmp_path / "no-such-model")
+    first, *rest = ask_stream(studio, str(picture), "What is on the tag?",
+                              AskSettings(backend="transformers", model=missing), "k")
+    assert first[2].startswith(f"loading `{missing}` (transformers)")
+    assert rest and rest[-1][2].startswith("⚠️") and "does not exist" in rest[-1][2]

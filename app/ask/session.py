@@ -108,6 +108,15 @@ def default_backend(studio: Studio) -> Backend:
     return get_backend(studio, AskSettings(backend=studio.backend, model=studio.model or ""))
 
 
+def loading_note(settings: AskSettings) -> str | None:
+    """The status line while a model not yet loaded loads (a hub id downloads first), None when it is."""
+    name, model = settings.backend, (settings.model or "").strip() or None
+    if name == "replay" or (name, model) in _BACKENDS:
+        return None
+    what = f"`{model}`" if model else "the embedded model"
+    return f"loading {what} ({name}); a hub id downloads first, which can take minutes…"
+
+
 def preload_backend(studio: Studio) -> threading.Thread | None:
     """Load the default model in a background thread at start (importing torch and transformers
     takes seconds), so the first Ask is as fast as later ones; an Ask made meanwhile waits for it.
@@ -383,6 +392,9 @@ def ask_stream(studio: Studio, media_path: str | None, question: str, settings: 
     try:
         task = load_task(studio, media_path, question)
         task.answer = expected
+        note = loading_note(settings)
+        if note:
+            yield [], [], note
         backend = get_backend(studio, settings)
         make_room(studio, owner)  # public mode: the store's per-visitor and total quotas
     except (MediaError, BackendError, QuotaError) as e:
