@@ -41,6 +41,22 @@ def datasets(studio: Studio) -> list[str]:
     return list(found)
 
 
+def newest_export(studio: Studio) -> str | None:
+    """The annotation export made last (<data>/exports/<name> with a train.jsonl), None before any."""
+    root = studio.data_dir / "exports"
+    found = [d for d in root.iterdir() if (d / "train.jsonl").is_file()] if root.is_dir() else []
+    return _short(max(found, key=lambda d: (d / "train.jsonl").stat().st_mtime)) if found else None
+
+
+def dataset_choice(studio: Studio, current: str | None) -> tuple[list[str], str | None]:
+    """(choices, value) of the Dataset field when the Train tab is shown: the newest export is
+    pre-selected unless another dataset was chosen (a chosen export gives way to a newer one)."""
+    newest = newest_export(studio)
+    exports = _short(studio.data_dir / "exports")
+    chosen_other = bool(current) and not str(current).startswith(exports)
+    return datasets(studio), (current if chosen_other or newest is None else newest)
+
+
 def _short(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(ROOT))

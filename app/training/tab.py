@@ -21,15 +21,17 @@ from app.training import alarms as AL
 from app.training import charts as C
 from app.training import gain as G
 from app.training import jobs as J
-from app.training.commands import BENCHES, KIND_HELP, build_command, configs, datasets, default_config, size_warning
+from app.training.commands import (BENCHES, KIND_HELP, build_command, configs, dataset_choice, datasets, default_config,
+                                   size_warning)
 from app.training.watch import (JOB_COLUMNS, gain_of, job_markdown, jobs_table, progress_html, rl_alarms,
                                 rl_curves)
 
 POLL_SECONDS = 2.0
 
 
-def build(studio: Studio, demo=None, ask_model=None) -> None:
-    """The tab's content (inside its gr.Tab); `ask_model` is Ask's Model field, for 'Use this model in Ask'."""
+def build(studio: Studio, demo=None, ask_model=None, page=None) -> None:
+    """The tab's content (inside its gr.Tab `page`); `ask_model` is Ask's Model field, for 'Use this model in
+    Ask'. Showing the tab offers the datasets made meanwhile, the newest export chosen."""
     tab = TrainTab(studio)
     with gr.Column(elem_id="train-root"):
         tab.job_form()
@@ -40,6 +42,8 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
     tab.wire_view()
     if demo is not None:
         demo.load(tab.preview, tab.inputs + [tab.planned], [tab.command, tab.planned], **UI_ONLY)
+    if page is not None:
+        page.select(tab.show_datasets, tab.dataset, tab.dataset, **UI_ONLY)
 
 
 def visibility(k: str) -> tuple:
@@ -62,6 +66,10 @@ class TrainTab:
     def __init__(self, studio: Studio):
         self.studio = studio
         self.runner = studio.jobs
+
+    def show_datasets(self, current):
+        choices, value = dataset_choice(self.studio, current)
+        return gr.update(choices=choices, value=value)
 
     # ---- the job form: what to run, the exact command, Launch -------------------------------------------
 
