@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 from app.shared.filters import make_filter
 from app.shared.studio_log import StudioLog
+from tests.browser_kit import CHROMIUM, page, serve  # noqa: F401 - page is a fixture
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() or shutil.which("chromium")),
                                 reason="Debian's chromium is not installed (apt-get install -y chromium)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
@@ -26,30 +25,13 @@ expect = sync_api.expect
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     from app import Studio
-    from app.ui import build_app, launch_kwargs
     from bench.familiarity_bench import sample_photo
 
     data = tmp_path_factory.mktemp("honest")
     sample_photo("coffee").save(data / "coffee.png")
     studio = Studio(log=StudioLog(data / "studio.db"), data_dir=data, backend="transformers")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_app(studio)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs())
-    yield demo.local_url, studio
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def page():
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
-        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
-        yield pg
-        browser.close()
+    with serve(studio) as url:
+        yield url, studio
 
 
 def test_ask_and_inspect_say_how_sure_the_model_was(app_url, page, tmp_path):
