@@ -91,3 +91,26 @@ def test_the_session_carries_the_check_and_a_model_without_a_reference_shows_non
     assert traj.familiar is True and 0 < traj.familiarity <= 1
     assert load_backend("transformers", model=str(tiny_checkpoint)).familiarity([picture]) is None
     assert run_to_end(ReplayBackend(["\\boxed{3}"]), Task(question="q", image=picture), config=config).familiar is None
+
+
+def test_the_familiarity_command_writes_a_reference_into_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    import json
+    import shutil
+
+    from core.records import load_sft_records
+    from train.familiarity import main, record_pictures
+    from train.synth.build import BuildConfig, build
+
+    data = tmp_path / "data"
+    build(BuildConfig(out=str(data), train=30, validation=0, test=0, seed=2, progress=False))
+    pictures = record_pictures(load_sft_records(data))
+    assert 20 <= len(pictures) < 30 and all(p.is_file() for p in pictures)  # images only: videos add none
+    model = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, model)
+    assert main(["--model", str(model), "--data", str(data), "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["pictures"] == len(pictures) and out["pixel_preset"] == "tiny"
+    backend = load_backend("transformers", model=str(model))
+    checks = backend.familiarity([own_test_pictures(1)[0]])
+    assert len(checks) == 1 and isinstance(checks[0][0], bool)
+    assert main(["--model", str(model), "--data", str(tmp_path / "none"), "--device", "cpu"]) == 2
