@@ -3,8 +3,9 @@ Studio shows (pure functions of plain lists; the backends supply the tokens and 
 
 - `step_uncertainty`: a turn's mean log-probability per token and its least sure tokens (p < 0.5),
   each with its character offset in the turn's text, so a viewer can highlight them.
-- `answer_confidence`: the probability the model gave its final answer, the product of the
-  probabilities of the tokens that spell the answer where the turn first decides it.
+- `answer_confidence`: the probability the model gave its final answer: over each place the turn
+  writes it, the product of the probabilities of the tokens that spell it; the least of these (a
+  copy of an answer already written is near-certain, the writing where it decided is not).
 
 The probabilities are those of the distribution each token was drawn from (temperature applied;
 greedy decoding reads the model's own distribution).
