@@ -91,7 +91,7 @@ class TrainTab:
                                    visible=False, elem_id="train-limit")
             self.extra = gr.Textbox(label="Extra arguments (key=value … or --flags)", scale=3, elem_id="train-extra")
         self.custom = gr.Textbox(label="Custom command (kind 'custom'; argv, no shell)", visible=False)
-        self.command = gr.Code(label="Command that will run (exactly)", language="shell", lines=2,
+        self.command = gr.Code(label="Command that will run (exactly)", language="shell", lines=2, wrap_lines=True,
                                elem_id="train-command")
         self.planned = gr.State(None)  # the job id (and out folder) the preview shows and Launch uses
         with gr.Row():
