@@ -41,7 +41,7 @@ def build(studio: Studio, demo=None, ask_model=None, page=None) -> None:
     tab.wire_jobs(ask_model)
     tab.wire_view()
     if demo is not None:
-        demo.load(tab.preview, tab.inputs + [tab.planned], [tab.command, tab.planned], **UI_ONLY)
+        demo.load(tab.preview, tab.inputs + [tab.planned], tab.previewed, **UI_ONLY)
     if page is not None:
         page.select(tab.show_datasets, tab.dataset, tab.dataset, **UI_ONLY)
 
@@ -93,7 +93,9 @@ class TrainTab:
         self.custom = gr.Textbox(label="Custom command (kind 'custom'; argv, no shell)", visible=False)
         self.command = gr.Code(label="Command that will run (exactly)", language="shell", lines=2, wrap_lines=True,
                                elem_id="train-command")
+        self.warning = gr.Markdown(elem_id="train-warning")  # before launch: a run that would overfit tiny data
         self.planned = gr.State(None)  # the job id (and out folder) the preview shows and Launch uses
+        self.previewed = [self.command, self.warning, self.planned]
         with gr.Row():
             self.launch_btn = gr.Button("Launch", variant="primary", elem_id="train-launch")
             self.parallel = gr.Checkbox(False, label="Allow beside a running job")
@@ -106,25 +108,24 @@ class TrainTab:
         """Every field redraws the command; a kind shows its fields; Launch and Cancel."""
         inputs, planned = self.inputs, self.planned
         for c in inputs:
-            c.change(self.preview, inputs + [planned], [self.command, planned], **UI_ONLY)
+            c.change(self.preview, inputs + [planned], self.previewed, **UI_ONLY)
         self.kind.change(on_kind, self.kind,
                          [self.config, self.bench, self.model, self.limit, self.custom, self.kind_md], **UI_ONLY)
         self.refresh_ds.click(lambda: gr.update(choices=datasets(self.studio)), None, self.dataset, **UI_ONLY)
         self.launch_btn.click(self.launch, inputs + [planned, self.parallel],
                               [self.launch_md, self.table, self.job_id, planned], api_name="train_launch") \
-            .then(self.preview, inputs + [planned], [self.command, planned], **UI_ONLY)
+            .then(self.preview, inputs + [planned], self.previewed, **UI_ONLY)
         self.cancel_btn.click(self.cancel, self.job_id, [self.launch_md, self.table], api_name="train_cancel")
 
     def preview(self, k, cfg, ds, b, m, lim, ex, cu, plan):
-        """The command Launch will run, with the out folder it will use (kept in `planned`), and a
-        warning line where the run would overfit tiny data."""
+        """The command Launch will run, a warning where the run would overfit tiny data, and the out
+        folder it will use (kept in `planned`)."""
         plan = plan if plan and plan.split("-")[2] == k else self.runner.new_out_dir(k)[0]
         try:
             cmd = build_command(self.studio, k, cfg, ds, b, m, lim, ex, cu, str(self.runner.runs_dir / plan))
         except ValueError as e:
-            return f"# {e}", plan
-        warning = size_warning(k, cfg, cmd)
-        return J.preview(cmd) + (f"\n# {warning}" if warning else ""), plan
+            return f"# {e}", "", plan
+        return J.preview(cmd), size_warning(k, cfg, cmd) or "", plan
 
     def launch(self, k, cfg, ds, b, m, lim, ex, cu, plan, allow_parallel):
         running = self.studio.log.list_jobs(status="running")
