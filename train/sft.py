@@ -31,7 +31,7 @@ from train.familiarity import record_pictures
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
 from train.run import (ResumesSavedWeights, SaveEveryMinutes, TimeBudgetCallback, TrainerRunConfig, native_bf16,
-                       option, run_main, save_final, start_run, train_or_finish)
+                       option, refuse_shipped, run_main, save_final, start_run, train_or_finish)
 from train.shared_prefix import token_log_probs
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ def train(cfg: SFTRunConfig) -> dict:
     """Run SFT; returns a summary (steps, final loss, seconds, paths)."""
     from trl import SFTConfig
 
+    refuse_shipped(cfg)  # before anything else is read: a run into assets/ is refused whatever its data
     try:
         cfg.data = str(newest_dataset(cfg.data, cfg.train_split))
     except DataError as e:

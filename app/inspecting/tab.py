@@ -140,24 +140,23 @@ class InspectTab:
                                          scale=4, elem_id="session-id")
             open_btn = gr.Button("Open", scale=1)
         header = gr.Markdown()
-        with gr.Row():
-            replay = gr.Plot(label="Source image with every crop box (hover: original pixels)", visible=False,
-                             elem_id="session-replay")
-            with gr.Column():
-                step_no = gr.Slider(1, 2, value=1, step=1, label="Step", elem_id="step-no", visible=False)
-                picture = gr.Image(label="What this step did", type="pil", height=360, visible=False)
-        # nothing of a session shows before one is opened (a wall of empty boxes otherwise)
-        raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8, elem_id="step-raw",
-                      visible=False)
-        unsure = gr.HighlightedText(label="Where the model was unsure: tokens it gave p < 0.5 (none marked: sure "
-                                          "throughout; empty: the backend gave no probabilities)",
-                                    show_legend=False, combine_adjacent=False, elem_id="step-unsure", visible=False)
-        steps = gr.Dataframe(headers=I.STEP_COLUMNS, interactive=False, visible=False,
-                             label="Steps: tokens, how sure (mean log-probability per token), timings")
-        with gr.Row():
-            timeline = gr.Plot(visible=False, elem_id="session-timeline")  # shown for a video session only
-            timings = gr.Plot(visible=False, elem_id="session-timings")
-        self.session_outputs = [header, replay, step_no, picture, raw, unsure, steps, timeline, timings]
+        with gr.Column(visible=False) as details:  # nothing of a session shows before one is opened
+            with gr.Row():
+                replay = gr.Plot(label="Source image with every crop box (hover: original pixels)",
+                                 elem_id="session-replay")
+                with gr.Column():
+                    step_no = gr.Slider(1, 2, value=1, step=1, label="Step", elem_id="step-no")
+                    picture = gr.Image(label="What this step did", type="pil", height=360)
+            raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8, elem_id="step-raw")
+            unsure = gr.HighlightedText(label="Where the model was unsure: tokens it gave p < 0.5 (none marked: "
+                                              "sure throughout; empty: the backend gave no probabilities)",
+                                        show_legend=False, combine_adjacent=False, elem_id="step-unsure")
+            steps = gr.Dataframe(headers=I.STEP_COLUMNS, interactive=False,
+                                 label="Steps: tokens, how sure (mean log-probability per token), timings")
+            with gr.Row():
+                timeline = gr.Plot(visible=False, elem_id="session-timeline")  # shown for a video session only
+                timings = gr.Plot(elem_id="session-timings")
+        self.session_outputs = [header, replay, step_no, picture, raw, unsure, steps, timeline, timings, details]
         step_no.input(self.show_step, [self.session_id, step_no], [replay, picture, raw, unsure],
                       trigger_mode="always_last", **UI_ONLY)
         self.open_btn = open_btn
@@ -167,7 +166,7 @@ class InspectTab:
             sid = self.owned(sid, request)
             v = I.session_view(self.log, sid, step)
         except KeyError as e:
-            return (f"⚠️ {e}",) + (gr.update(),) * 10
+            return (f"⚠️ {e}",) + (gr.update(),) * 11
         owner = self.scope(request)
         partners = [p for p in I.same_question(self.log, sid)
                     if owner is None or (self.log.session(p) or {}).get("owner") == owner]
@@ -175,9 +174,8 @@ class InspectTab:
         slider = gr.update(minimum=1, maximum=max(2, n), value=min(step, max(n, 1)), visible=n > 1,
                            label=f"Step (1–{n})")
         video = bool(v["trajectory"].media.frame_times)
-        shown = lambda value: gr.update(value=value, visible=True)  # noqa: E731
-        return (v["header"], shown(v["replay"]), slider, shown(v["picture"]), shown(v["raw"]), shown(v["unsure"]),
-                shown(v["steps"]), gr.update(value=v["timeline"], visible=video), shown(v["timings"]), sid.strip(),
+        return (v["header"], v["replay"], slider, v["picture"], v["raw"], v["unsure"], v["steps"],
+                gr.update(value=v["timeline"], visible=video), v["timings"], gr.Column(visible=True), sid.strip(),
                 gr.update(choices=partners, value=partners[0] if partners else None))
 
     def show_step(self, sid, step, request: gr.Request):
