@@ -22,6 +22,8 @@ CSS = """
 #sessions th, #sessions th *, #jobs th, #jobs th *, #annot-queue th, #annot-queue th * {
   word-break: normal !important; overflow-wrap: normal !important; white-space: nowrap !important}
 .gradio-container {max-width: 1500px !important}
+#chat label[data-testid=block-label], #chat-off label[data-testid=block-label] {position: static !important}
+#chat video, #chat-off video {max-width: 420px !important; max-height: 320px !important}
 """
 ANNOTATE_OFF = ("Annotation, export and import are off in public mode. The operator turns them on by requiring a "
                 "login: `python app.py --public --auth user:password` (see docs/public.md).")
@@ -43,9 +45,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                     annotate_tab.build(studio, session_id=inspect.session_id, demo=demo)
                 else:
                     gr.Markdown(ANNOTATE_OFF)
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_page:
                 if studio.enable_training:
-                    train_tab.build(studio, demo=demo, ask_model=ask_model)
+                    train_tab.build(studio, demo=demo, ask_model=ask_model, page=train_page)
                 else:
                     gr.Markdown(TRAIN_OFF)
         wire_page(studio, demo, tabs, inspect)

@@ -18,11 +18,11 @@ from core.trajectory import Trajectory
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
     """The model and how it samples: shared by `ask`, `eval` and `fork`."""
-    p.add_argument("--backend", choices=BACKENDS, default="transformers")
+    p.add_argument("--backend", choices=BACKENDS, default="transformers", help="how the model runs (docs/backends.md)")
     p.add_argument("--model", help="hub id or local path (default: the embedded model); for openai, the base URL")
     p.add_argument("--replay", help="JSON list of assistant turns, for --backend replay")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default)")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="most tokens the model writes per turn")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (transformers backend)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (transformers, vllm)")
     p.add_argument("--device-map", default=None,
@@ -36,8 +36,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """Backend, sampling and loop options shared by `ask` and `eval` (a fork keeps its parent's loop)."""
     add_backend_args(p)
     p.add_argument("--no-tools", action="store_true", help="no tools block; the model answers from the input alone")
-    p.add_argument("--max-ops", type=int, default=4)
-    p.add_argument("--guideline", choices=["vcot", "default"], default="vcot")
+    p.add_argument("--max-ops", type=int, default=4,
+                   help="most operations (crops, frame selections) per answer; the release runs at most 4")
+    p.add_argument("--guideline", choices=["vcot", "default"], default="vcot",
+                   help="the instruction after the question: vcot (the release's, asks for visual reasoning)")
     p.add_argument("--pixels", choices=sorted(PIXEL_PRESETS), default=None,
                    help="resolution preset (default: the model's own, else 'train')")
 
@@ -183,7 +185,7 @@ def cmd_eval(args) -> int:
 
     if args.data is None and args.bench != "tinyzoom":
         print(f"error: --bench {args.bench} needs --data (the released parquet, or the folder holding it and its "
-              "images); see the Evaluation section of README.md", file=sys.stderr)
+              "images); see docs/evaluation.md", file=sys.stderr)
         return 2
     data = Path(args.data or "data/tinyzoom").resolve()
     extra = {}
@@ -242,7 +244,8 @@ def add_eval_parser(sub) -> None:
     from core.evaluation.benches import BENCHES
 
     ev = sub.add_parser("eval", help="run a benchmark; resumable (re-run the same command to continue)",
-                        description="Evaluate a model on a benchmark; see the Evaluation section of README.md.")
+                        description="Evaluate a model on a benchmark; data layouts, the run folder and the report: "
+                                    "docs/evaluation.md.")
     ev.add_argument("--bench", required=True, choices=list(BENCHES))
     ev.add_argument("--data", help="the released parquet (or its folder), or the TinyZoom folder "
                                    "(default for tinyzoom: data/tinyzoom)")
@@ -273,11 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="ask one question about an image or a video")
-    ask.add_argument("--image")
+    ask.add_argument("--image", help="a picture file (PNG, JPEG, WebP, ...)")
     ask.add_argument("--video", help="a video file, or a folder of extracted frames")
     ask.add_argument("--frames", type=int, default=16, help="overview frames for a video")
-    ask.add_argument("--question", required=True)
-    ask.add_argument("--json", action="store_true", help="print the whole trajectory as JSON on stdout")
+    ask.add_argument("--question", required=True, help="the question about the picture or video")
+    ask.add_argument("--json", action="store_true",
+                     help="print the whole trajectory as JSON on stdout, with answer_confidence (0-1, null where the "
+                          "backend gives no probabilities) and familiar (true/false, null where the model ships no "
+                          "familiarity reference)")
     add_model_args(ask)
     ask.set_defaults(func=cmd_ask)
     add_eval_parser(sub)

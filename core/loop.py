@@ -20,6 +20,8 @@ from PIL import Image
 from core import operations as ops
 from core import protocol as P
 from core.backends.base import Backend, ContextFull, Generation, GenerationParams
+from core.confidence import answer_confidence, step_uncertainty
+from core.familiarity import mark_familiarity
 from core.media import ImageStore, MemoryImageStore, Video
 from core.runtime import parallel_map
 from core.scoring import extract_answer
@@ -150,6 +152,7 @@ class Episode:
         self.n_images = 1
         self.last_images: list[Image.Image] = []
         self.last_source: Image.Image | None = None
+        self.last_probs: tuple[list[str], list[float]] | None = None  # the latest turn's tokens, log-probs
         self.done = False
 
     def _ref(self, image: Image.Image) -> ImageRef:
@@ -163,6 +166,7 @@ class Episode:
                     gen_seconds=gen.seconds, finish_reason=gen.finish_reason,
                     started_at=time.time() - gen.seconds)
         traj.steps.append(step)
+        self.last_probs = self._uncertainty(gen, step)
         self.messages.append({"role": "assistant", "content": [{"type": "text", "text": gen.text}]})
         self.last_images, self.last_source = [], None
         if gen.finish_reason == "cancelled":
@@ -193,6 +197,16 @@ class Episode:
         if gen.tokens_in + gen.tokens_out > cfg.max_context_tokens:
             return self._finish("max_tokens")
         return step
+
+    @staticmethod
+    def _uncertainty(gen: Generation, step: Step) -> tuple[list[str], list[float]] | None:
+        """Record the turn's mean log-probability and least sure tokens; its tokens and their
+        log-probabilities, for the answer's confidence (None where the backend gave none)."""
+        if not gen.logprobs or not gen.tokens:
+            return None
+        step.mean_logprob, unsure = step_uncertainty(gen.tokens, gen.logprobs, step.text)
+        step.unsure = [u.to_dict() for u in unsure]
+        return gen.tokens, gen.logprobs
 
     def _execute(self, call: P.ToolCall, step: Step) -> tuple[list[Image.Image], str]:
         if call.name == P.FRAMES_TOOL:
@@ -264,6 +278,8 @@ class Episode:
         traj = self.trajectory
         traj.status = status
         traj.answer = extract_answer(traj.steps[-1].text) if traj.steps else None
+        if self.last_probs is not None and traj.answer is not None:
+            traj.answer_confidence = answer_confidence(*self.last_probs, traj.steps[-1].text, traj.answer)
         self.done = True
         return traj.steps[-1]
 
@@ -291,6 +307,8 @@ def run(backend: Backend, task: Task | None = None, config: LoopConfig | None = 
     if episode is None:
         episode = Episode(task, config or LoopConfig(), store, backend.name, backend.model_id)
     params = replace(params or GenerationParams(), max_context_tokens=episode.config.max_context_tokens)
+    if not episode.trajectory.steps:
+        mark_familiarity(backend, [episode])
     while not episode.done:
         index = len(episode.trajectory.steps)
         yield StepStart(index)
@@ -344,6 +362,7 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
         episodes = parallel_map(lambda t: Episode(t, config, store, backend.name, backend.model_id), tasks)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    mark_familiarity(backend, [e for e in episodes if not e.trajectory.steps])
     waiting = deque(e for e in episodes if not e.done)
     active: list[Episode] = []
     while True:

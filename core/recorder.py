@@ -25,9 +25,13 @@ from core.trajectory import ImageRef, Step, Trajectory
 
 _STEP_COLS = ("session_id", "idx", "text", "tool", "arguments", "error", "observation", "target_image", "box_norm",
               "box_px", "source_box_px", "frames", "image_shas", "tokens_in", "tokens_out", "gen_seconds",
-              "tool_seconds", "finish_reason", "started_at")
+              "tool_seconds", "finish_reason", "started_at", "mean_logprob", "unsure")
 _STEP_SQL = (f"INSERT OR REPLACE INTO steps ({', '.join(_STEP_COLS)}) "
              f"VALUES ({', '.join('?' * len(_STEP_COLS))})")
+
+
+def _bit(value: bool | None) -> int | None:
+    return None if value is None else int(value)
 
 
 class Recorder:
@@ -76,6 +80,7 @@ class Recorder:
             "guideline": traj.guideline, "config_json": json.dumps(traj.config), "meta_json": json.dumps(traj.meta),
             "compare_of": compare_of or traj.meta.get("compare_of"), "host": self.log.host, "pid": os.getpid(),
             "owner": owner, "fork_of": fork.get("session"), "fork_step": fork.get("step"),
+            "familiar": _bit(traj.familiar), "familiarity": traj.familiarity,
         }
         db = self.log.db
         rows = self._image_rows([m.image, m.model_view, *m.overview])
@@ -90,7 +95,8 @@ class Recorder:
             session_id, step.index, step.text, step.tool, _js(step.arguments), step.error, step.observation,
             step.target_image, _js(step.box_norm), _js(step.box_px), _js(step.source_box_px), _js(step.frames),
             json.dumps([[r.sha, r.width, r.height] for r in step.images]), step.tokens_in, step.tokens_out,
-            step.gen_seconds, step.tool_seconds, step.finish_reason, step.started_at])
+            step.gen_seconds, step.tool_seconds, step.finish_reason, step.started_at, step.mean_logprob,
+            _js(step.unsure)])
 
     def step(self, session_id: str, step: Step) -> None:
         """One transaction: the step row, its image rows, and the session's running counters."""
@@ -118,11 +124,12 @@ class Recorder:
             db.execute(
                 "UPDATE sessions SET status = ?, error = ?, answer = ?, ground_truth = ?, correct = ?, scorer = ?, "
                 "ended_at = ?, n_steps = ?, n_ops = ?, n_errors = ?, tokens_in = ?, tokens_out = ?, seconds = ?, "
-                "meta_json = ? WHERE id = ?",
+                "meta_json = ?, answer_confidence = ?, familiar = ?, familiarity = ? WHERE id = ?",
                 [traj.status if traj.status != "running" else "done", traj.error, traj.answer, traj.ground_truth,
-                 None if traj.correct is None else int(traj.correct), traj.scorer, time.time(), len(traj.steps),
+                 _bit(traj.correct), traj.scorer, time.time(), len(traj.steps),
                  traj.n_ops, traj.n_errors, sum(s.tokens_in for s in traj.steps), sum(s.tokens_out for s in traj.steps),
-                 sum(s.gen_seconds + s.tool_seconds for s in traj.steps), json.dumps(traj.meta), traj.id])
+                 sum(s.gen_seconds + s.tool_seconds for s in traj.steps), json.dumps(traj.meta),
+                 traj.answer_confidence, _bit(traj.familiar), traj.familiarity, traj.id])
 
     def write(self, traj: Trajectory) -> str:
         """Store a whole trajectory at once (imports, eval). Re-importing the same id replaces it."""

@@ -177,6 +177,21 @@ def repeat_by_category(records: list[SFTRecord], repeat: dict[str, float]) -> li
     return [rec for k in range(max(copies, default=0)) for rec, n in zip(records, copies) if n > k]
 
 
+def newest_dataset(path: str | Path, split: str = "train") -> Path:
+    """`path` itself when it holds `<split>.jsonl` (or is a file); for a folder of datasets (such as
+    data/exports) the newest one that holds it; a DataError saying what to give when there is none."""
+    path = Path(path)
+    if path.is_file() or (path / f"{split}.jsonl").is_file():
+        return path
+    found = sorted((d / f"{split}.jsonl" for d in path.iterdir() if (d / f"{split}.jsonl").is_file()),
+                   key=lambda f: f.stat().st_mtime) if path.is_dir() else []
+    if not found:
+        raise DataError(f"{path}: no {split}.jsonl there nor in a folder inside it; give data=<a dataset folder> "
+                        "(an annotation export: the Annotate tab's Export, or `python -m train synth`)")
+    log.info("data: the newest dataset in %s: %s", path, found[-1].parent)
+    return found[-1].parent
+
+
 def load_sft_records(path: str | Path, split: str = "train", limit: int | None = None) -> list[SFTRecord]:
     """Records from a dataset folder (<path>/<split>.jsonl) or a .jsonl / .json file."""
     path = Path(path)

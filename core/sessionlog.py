@@ -208,12 +208,14 @@ class SessionLog(SessionQueries):
             source_box_px=_unjs(s["source_box_px"]), frames=_unjs(s["frames"]), tokens_in=s["tokens_in"] or 0,
             tokens_out=s["tokens_out"] or 0, gen_seconds=s["gen_seconds"] or 0.0,
             tool_seconds=s["tool_seconds"] or 0.0, finish_reason=s["finish_reason"] or "stop",
-            started_at=s["started_at"] or 0.0) for s in self.steps(session_id)]
+            started_at=s["started_at"] or 0.0, mean_logprob=s["mean_logprob"], unsure=_unjs(s["unsure"]))
+            for s in self.steps(session_id)]
         status = row["status"]
         return Trajectory(
             question=row["question"], media=media, choices=_unjs(row["choices"]), answer=row["answer"],
             ground_truth=row["ground_truth"], correct=None if row["correct"] is None else bool(row["correct"]),
-            scorer=row["scorer"],
+            scorer=row["scorer"], answer_confidence=row["answer_confidence"],
+            familiar=None if row["familiar"] is None else bool(row["familiar"]), familiarity=row["familiarity"],
             steps=steps, status=status, error=row["error"], tools_enabled=bool(row["tools_enabled"]),
             guideline=row["guideline"] or "vcot", backend=row["backend"] or "", model=row["model"] or "",
             config=_unjs(row["config_json"]) or {}, id=row["id"], created_at=row["created_at"],

@@ -37,6 +37,7 @@ class SessionFilter:
     owner: str | None = None  # only this visitor's sessions (public mode)
     fork_of: str | None = None  # only the forks of this session
     forks: bool | None = None  # True: forks only; False: no forks (the sessions asked afresh)
+    unsure: str | None = None  # "answer": answer confidence under 0.5 | "picture": unlike the training pictures
     limit: int = 50
     offset: int = 0
 
@@ -83,6 +84,10 @@ class SessionQueries:
             clauses.append("s.fork_of = ?"), args.append(f.fork_of)
         if f.forks is not None:
             clauses.append("s.fork_of IS NOT NULL" if f.forks else "s.fork_of IS NULL")
+        if f.unsure == "answer":
+            clauses.append("s.answer_confidence < 0.5")
+        elif f.unsure == "picture":
+            clauses.append("s.familiar = 0")
         if f.tool:
             clauses.append("EXISTS (SELECT 1 FROM steps t WHERE t.session_id = s.id AND t.tool = ? "
                            "AND t.error IS NULL)"), args.append(f.tool)

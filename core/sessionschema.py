@@ -136,3 +136,15 @@ def m005_fork_of(db) -> None:
     db.execute("UPDATE sessions SET fork_of = json_extract(meta_json, '$.fork_of.session'), "
                "fork_step = json_extract(meta_json, '$.fork_of.step') "
                "WHERE json_valid(meta_json) AND json_type(meta_json, '$.fork_of.session') = 'text'")
+
+
+@MIGRATIONS()
+def m006_confidence_and_familiarity(db) -> None:
+    """How sure the model was (core/confidence.py) and whether the picture was like its training
+    pictures (core/familiarity.py): per session the answer's probability and the familiarity check,
+    per step the mean log-probability and the least sure tokens."""
+    db.execute("ALTER TABLE sessions ADD COLUMN answer_confidence REAL")
+    db.execute("ALTER TABLE sessions ADD COLUMN familiar INTEGER")
+    db.execute("ALTER TABLE sessions ADD COLUMN familiarity REAL")
+    db.execute("ALTER TABLE steps ADD COLUMN mean_logprob REAL")
+    db.execute("ALTER TABLE steps ADD COLUMN unsure TEXT")

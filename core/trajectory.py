@@ -42,6 +42,8 @@ class Step:
     tool_seconds: float = 0.0
     finish_reason: str = "stop"  # stop | length | cancelled
     started_at: float = 0.0
+    mean_logprob: float | None = None  # mean log-probability of the turn's tokens (None: backend gave none)
+    unsure: list[dict] | None = None  # tokens under p = 0.5: {"at": char offset in text, "text", "p"}
 
     @property
     def is_operation(self) -> bool:
@@ -77,6 +79,9 @@ class Trajectory:
     ground_truth: str | None = None
     correct: bool | None = None
     scorer: str | None = None  # the rule that judged `correct` (core.scoring.SCORERS)
+    answer_confidence: float | None = None  # probability the model gave its final answer (None: no probabilities)
+    familiar: bool | None = None  # the picture is like the model's training pictures (None: no reference)
+    familiarity: float | None = None  # the picture's distance from them over the reference's threshold (> 1: unlike)
     steps: list[Step] = field(default_factory=list)
     status: str = "running"  # running | done | max_ops | max_images | max_tokens | cancelled | error
     error: str | None = None

@@ -88,6 +88,14 @@ class Server:
         yield text, stop_reason, gen
 
 
+def logprobs(body: dict, gen: Generation) -> dict | None:
+    """The choice's `logprobs` as vLLM sends them, when the request asks (None otherwise)."""
+    if not body.get("logprobs") or not gen.logprobs or not gen.tokens:
+        return None
+    return {"content": [{"token": t, "logprob": lp, "bytes": None, "top_logprobs": []}
+                        for t, lp in zip(gen.tokens, gen.logprobs)]}
+
+
 def send_json(handler: BaseHTTPRequestHandler, obj: dict, status: int = 200) -> None:
     """One JSON response (the test servers' non-streamed answers and errors)."""
     data = json.dumps(obj).encode()
@@ -122,7 +130,8 @@ def make_handler(server: Server):
                 message["tool_calls"] = [{"id": "call_0", "type": "function", "function": call}]
             self._json({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
                         "choices": [{"index": 0, "message": message, "stop_reason": stop_reason,
-                                     "finish_reason": "tool_calls" if call else gen.finish_reason}],
+                                     "finish_reason": "tool_calls" if call else gen.finish_reason,
+                                     "logprobs": logprobs(body, gen)}],
                         "usage": self._usage(gen)})
 
         def _stream(self, body: dict, parse: bool) -> None:
@@ -155,7 +164,7 @@ def make_handler(server: Server):
                                        "function": {"name": call["name"], "arguments": ""}}]})
                 for i in range(0, len(args), 10):
                     event({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 10]}}]})
-            event({}, "tool_calls" if call else gen.finish_reason, stop_reason=stop_reason)
+            event({}, "tool_calls" if call else gen.finish_reason, stop_reason=stop_reason, logprobs=logprobs(body, gen))
             if (body.get("stream_options") or {}).get("include_usage"):
                 self.wfile.write(f"data: {json.dumps({**base, 'choices': [], 'usage': self._usage(gen)})}\n\n"
                                  .encode())

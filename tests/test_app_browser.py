@@ -284,7 +284,8 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     page.locator("#train-dataset input").first.fill(str(folder))
     page.keyboard.press("Enter")
     page.locator("#train-extra textarea, #train-extra input").first.fill("max_steps=2")
-    page.wait_for_timeout(800)
+    expect(page.locator("#train-command .cm-content")).to_contain_text("max_steps=2", timeout=20_000)
+    expect(page.locator("#train-warning")).to_contain_text("2 training records")  # tiny data, said before launch
     shown = page.locator("#train-command .cm-content").inner_text()
     page.locator("#train-launch").click()
     job_id = page.locator("#job-id textarea, #job-id input").first

@@ -85,7 +85,7 @@ def test_question_streams_steps_and_logs_rows(server, photo_path, replay_file):
     chat, chat_off, status = job.result()
     assert updates >= 8 and {"s0", "s1", "s2", "s3"} <= seen_pending  # every step was shown while running
     parents = [m["metadata"] for m in chat if (m.get("metadata") or {}).get("title")]
-    assert [p["title"] for p in parents] == ["Step 1 · crop_image_normalized", "Step 2 · ⚠️ error",
+    assert [p["title"] for p in parents] == ["Step 1 · crop_image_normalized", "Step 2 · ⚠️ error in the model's call",
                                              "Step 3 · crop_image_normalized", "Step 4 · answer"]
     assert all(p["status"] == "done" and "duration" in p for p in parents)
     children = [m for m in chat if (m.get("metadata") or {}).get("parent_id") == "s0"]
@@ -98,7 +98,7 @@ def test_question_streams_steps_and_logs_rows(server, photo_path, replay_file):
     shown = Image.open(file if isinstance(file, str) else file["path"])  # downloaded by the client
     assert shown.width > shown.height  # source and crop side by side
     err = [m for m in chat if (m.get("metadata") or {}).get("parent_id") == "s1"]
-    assert "Operation failed" in err[0]["content"][0]["text"]
+    assert "Operation failed" in err[0]["content"][0]["text"] and "its mistake, not the app's" in err[0]["content"][0]["text"]
     assert "Answer: WOOLSHOPS" in chat[-1]["content"][0]["text"] and chat_off == []
     sid = session_id_of(status)
     row = studio.log.session(sid)
@@ -110,7 +110,7 @@ def test_question_streams_steps_and_logs_rows(server, photo_path, replay_file):
     rows, info = client.predict("zoom", "any", "any", None, None, "yes", "any", "", "", 1, api_name="/sessions")[:2]
     assert sid in [r[0] for r in rows["data"]] and "sessions" in info
     header = client.predict(sid, api_name="/open_session")[0]
-    assert "WOOLSHOPS" in header and "2 operations, 1 errors" in header
+    assert "WOOLSHOPS" in header and "2 operations, 1 error ·" in header
 
 
 def test_compare_runs_tools_off_beside_and_links_it(server, photo_path, replay_file):

@@ -46,7 +46,12 @@ def test_tinyzoom_with_and_without_tools_on_the_tiny_model(tmp_path):
     for cat in report["by_category"].values():
         assert set(cat) == {"n", "accuracy", "rapr", "no_tool_share", "clean_tool_call_share", "mean_ops"}
     assert report["tokens_per_item"] > 0 and report["seconds_per_item"] > 0
+    # every answer has a confidence, every picture (the video's aside) the familiarity check
+    assert report["calibration"]["n"] == 5 and sum(b["n"] for b in report["calibration"]["bins"]) == 5
+    assert report["unfamiliar_share"] == 0.0
+    assert "Calibration (5 items" in (out_tools / "report.md").read_text()
     items = [json.loads(x) for x in (out_tools / "items.jsonl").read_text().splitlines()]
+    assert [r["familiar"] is None for r in items].count(True) == 1  # the video
     assert len(items) == 5 and all(r["trajectory"]["steps"] for r in items)
     assert all(r["status"] in ("done", "max_ops", "max_tokens", "max_images") for r in items)
 

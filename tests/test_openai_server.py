@@ -82,3 +82,17 @@ def test_the_cli_names_the_served_model(server_url):
     traj = json.loads(out.stdout)
     assert traj["answer"] == "3" and traj["steps"][0]["tool"] == P.CROP_TOOL
     assert traj["model"] == f"pixel-reasoner-tiny-toolcalls@{server_url}"
+
+
+def test_a_server_that_returns_logprobs_gives_the_answer_a_confidence(server_url):
+    """The server answers `logprobs`: the answer's confidence and each step's uncertainty are the
+    transformers backend's own (the same model, greedy), streamed or not."""
+    from core.backends import load_backend
+
+    streamed = ask(OpenAIBackend(server_url, model_name="pixel-reasoner-tiny"))
+    whole = ask(OpenAIBackend(server_url, model_name="pixel-reasoner-tiny", stream=False))
+    local = ask(load_backend("transformers"))
+    assert streamed.answer == local.answer and streamed.answer_confidence is not None
+    assert abs(streamed.answer_confidence - local.answer_confidence) < 1e-3
+    assert whole.answer_confidence == streamed.answer_confidence
+    assert [s.unsure for s in streamed.steps] == [s.unsure for s in local.steps]

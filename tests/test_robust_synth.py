@@ -246,3 +246,17 @@ def test_shift_report_command_evaluates_every_shift_folder(tmp_path, capsys):
     assert rows[0]["accuracy"] == round(truths.count("left") / 3, 4) and rows[1]["accuracy"] == 0.0
     assert (out / "control" / "items.jsonl").is_file() and "| video_short | 3 |" in capsys.readouterr().out
     assert main(["--suite", str(tmp_path / "nowhere"), "--backend", "replay", "--replay", str(replay)]) == 2
+
+
+def test_the_report_gives_each_shift_its_confidence_and_unfamiliar_share_and_the_suite_a_reliability_table():
+    from train.shift_report import suite_calibration
+
+    records = [record(0, 1), record(1, 0), record(2, 1)]
+    for r, conf, familiar in zip(records, (0.95, 0.3, 0.99), (True, False, None)):
+        r["answer_confidence"], r["familiar"] = conf, familiar
+    row = shift_row("x", records, n_boot=100)
+    assert row["confidence"] == round((0.95 + 0.3 + 0.99) / 3, 4) and row["unfamiliar"] == 0.5
+    assert to_markdown([row]).splitlines()[-1].endswith("| 75 | 50 |")
+    table = suite_calibration(records)
+    assert "| 0.2–0.4 | 1 | 30.0 | 0.0 |" in table and "| 0.9–1.0 | 2 | 97.0 | 100.0 |" in table
+    assert suite_calibration([record(0, 1)]) == ""

@@ -59,7 +59,7 @@ def browser():
 
 def ask_the_example(page, question: str | None = None) -> None:
     """Pick the small-tag example (optionally with another question), press Ask, wait for the answer."""
-    page.get_by_text("zoom needed: small tag", exact=True).first.click(timeout=60_000)
+    page.get_by_text("tag 1", exact=True).first.click(timeout=60_000)
     box = page.locator("#question textarea")
     sync_api.expect(box).to_have_value(re.compile("blue tag"), timeout=20_000)
     if question:

@@ -376,7 +376,7 @@ def train(cfg: RLRunConfig) -> dict:
     seconds = time.time() - t0
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     source = Path(cfg.model) if Path(cfg.model).is_dir() else None
-    save_final(trainer, encoder, cfg, source, final)
+    save_final(trainer, encoder, cfg, source, final, pictures=[t.image for t in tasks if t.image is not None])
     summary = {"steps": steps, "seconds": round(seconds, 1), "processes": args.world_size,
                "queries": len(tasks),
                "final_dir": str(final), "metrics": str(metrics_path)}

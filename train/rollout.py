@@ -217,13 +217,15 @@ class PolicyBackend(TransformersBackend):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids if text.rstrip().endswith(P.TOOL_CALL_END) else ids + [self.tokenizer.convert_tokens_to_ids(P.IM_END)]
 
-    def _run_generate(self, inputs: dict, params: GenerationParams, criteria, streamer=None):
+    def _run_generate(self, inputs: dict, params: GenerationParams, criteria, streamer=None, probs=None):
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         kw = self._generate_kwargs(params)
+        processors = [probs] if probs is not None else []  # None here: RL asks for logprobs, kept as logits
         if self._forced is not None and any(s is not None for s in self._forced):
-            kw["logits_processor"] = LogitsProcessorList(
-                [ForcedTurns(self._forced, inputs["input_ids"].shape[1], self.encoder.pad_token_id)])
+            processors.insert(0, ForcedTurns(self._forced, inputs["input_ids"].shape[1], self.encoder.pad_token_id))
+        if processors:
+            kw["logits_processor"] = LogitsProcessorList(processors)
         with self._lock, torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)

@@ -186,8 +186,9 @@ def copy_processor_files(source: Path, final: Path) -> None:
             shutil.copy(source / name, final / name)
 
 
-def save_final(trainer, encoder, cfg, source: Path | None, final: Path) -> None:
-    """A plain HF folder: weights, config, tokenizer, processor configs (copied from the start)."""
+def save_final(trainer, encoder, cfg, source: Path | None, final: Path, pictures: list | None = None) -> None:
+    """A plain HF folder: weights, config, tokenizer, processor configs (copied from the start), and
+    the familiarity reference of the model over its training `pictures` (train/familiarity.py)."""
     if cfg.save_dtype:
         trainer.model.to(getattr(torch, cfg.save_dtype))
     trainer.save_model(str(final))
@@ -198,6 +199,10 @@ def save_final(trainer, encoder, cfg, source: Path | None, final: Path) -> None:
         copy_processor_files(source, final)
     if not (final / "studio.json").exists():
         (final / "studio.json").write_text(json.dumps({"pixel_preset": cfg.pixel_preset}, indent=2))
+    if pictures:
+        from train.familiarity import save_for_run
+
+        save_for_run(trainer.model, encoder, pictures, final, cfg.pixel_preset or "train")
 
 
 def is_main_process() -> bool:

@@ -25,11 +25,13 @@ import torch
 from core import protocol as P
 from core.encoding import IGNORE_INDEX, VisionTextEncoder
 from core.operations import PIXEL_PRESETS
-from core.records import SFTRecord, load_sft_records, record_answer, record_to_messages, repeat_by_category
+from core.records import (DataError, SFTRecord, load_sft_records, newest_dataset, record_answer, record_to_messages,
+                          repeat_by_category)
+from train.familiarity import record_pictures
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
 from train.run import (ResumesSavedWeights, SaveEveryMinutes, TimeBudgetCallback, TrainerRunConfig, native_bf16,
-                       option, run_main, save_final, start_run, train_or_finish)
+                       option, refuse_shipped, run_main, save_final, start_run, train_or_finish)
 from train.shared_prefix import token_log_probs
 
 log = logging.getLogger(__name__)
@@ -194,6 +196,11 @@ def train(cfg: SFTRunConfig) -> dict:
     """Run SFT; returns a summary (steps, final loss, seconds, paths)."""
     from trl import SFTConfig
 
+    refuse_shipped(cfg)  # before anything else is read: a run into assets/ is refused whatever its data
+    try:
+        cfg.data = str(newest_dataset(cfg.data, cfg.train_split))
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
     out = start_run(cfg, "sft")
     bf16 = native_bf16() if cfg.bf16 is None else cfg.bf16
     records = repeat_by_category(load_sft_records(cfg.data, cfg.train_split, cfg.limit), cfg.repeat)
@@ -237,7 +244,7 @@ def train(cfg: SFTRunConfig) -> dict:
     steps, loss = train_or_finish(trainer, out, cfg.max_steps)
     seconds = time.time() - t0
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
-    save_final(trainer, encoder, cfg, source, final)
+    save_final(trainer, encoder, cfg, source, final, pictures=record_pictures(records))
     summary = {"steps": steps, "train_loss": loss, "seconds": round(seconds, 1),
                "processes": args.world_size, "train_records": len(records), "final_dir": str(final), "metrics": str(out / "metrics.jsonl")}
     if trainer.is_world_process_zero():

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from core.evaluation.calibration import reliability, reliability_markdown
 from core.evaluation.report import bootstrap_ci, group_stats
 
 FOCUS = ("zoom_needed", "video")
@@ -58,7 +59,9 @@ def shift_row(name: str, records: list[dict], glyph_boxes: dict[str, list] | Non
             "first_crop_hit": _rate(o["first_hit"] for o in outcomes),
             "last_crop_hit": _rate(o["last_hit"] for o in outcomes),
             "missed_recovered": _rate(o["recovered"] for o in missed), "n_missed": len(missed),
-            "two_step": _rate(o["two_step"] for o in outcomes)}
+            "two_step": _rate(o["two_step"] for o in outcomes),
+            "unfamiliar": _rate(not r["familiar"] for r in records if r.get("familiar") is not None),
+            "confidence": _rate(r["answer_confidence"] for r in records if r.get("answer_confidence") is not None)}
 
 
 def _pct(v) -> str:
@@ -73,14 +76,21 @@ def to_markdown(rows: list[dict], title: str = "") -> str:
     """The per-shift table: percentages, 95% intervals in brackets."""
     lines = ([f"### {title}", ""] if title else []) + [
         "| shift | n | all % (95% CI) | zoom-needed / video % (95% CI) | clean calls % | first / last crop on the "
-        "tag % | missed first crop recovered % | two-step zooms % |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "tag % | missed first crop recovered % | two-step zooms % | mean confidence % | unfamiliar pictures % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['shift']} | {r['n']} | {_ci(r['accuracy'], r['ci95'])} | "
                      f"{_ci(r['focus_accuracy'], r['focus_ci95'])} (n={r['n_focus']}) | {_pct(r['clean_calls'])} | "
                      f"{_pct(r['first_crop_hit'])} / {_pct(r['last_crop_hit'])} | "
                      f"{_pct(r['missed_recovered'])} (of {r['n_missed']}) | "
-                     f"{_pct(r['two_step'])} |")
+                     f"{_pct(r['two_step'])} | {_pct(r.get('confidence'))} | {_pct(r.get('unfamiliar'))} |")
     return "\n".join(lines) + "\n"
+
+
+def suite_calibration(records: list[dict]) -> str:
+    """The reliability table over every item of the suite (markdown; empty without confidences)."""
+    lines = reliability_markdown(reliability(records))
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path("runs") / "shifts" / Path(backend.model_id.rstrip("/")).name)
     config = LoopConfig(tools=not args.no_tools, guideline=args.guideline, max_ops=args.max_ops, pixels=settings.pixels)
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
-    rows = []
+    rows, every = [], []
     for folder in folders:
         items = load_items("tinyzoom", folder, limit=args.limit)
         result = evaluate(backend, items, "tinyzoom", out / folder.name, config, params, batch=args.batch,
@@ -137,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         records = read_jsonl(out / folder.name / "items.jsonl")
         keep = {i.id for i in items}
         rows.append(shift_row(folder.name, [r for r in records if r["id"] in keep], glyph_boxes(folder)))
+        every += [r for r in records if r["id"] in keep]
         print(f"{folder.name}: {rows[-1]['accuracy']} ({result.n_new} new items)", file=sys.stderr)
-    table = to_markdown(rows, args.title)
+    table = to_markdown(rows, args.title) + suite_calibration(every)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(table, encoding="utf-8")
     (out / "shifts.json").write_text(json.dumps({"model": backend.model_id, "suite": str(args.suite), "rows": rows},

@@ -26,6 +26,7 @@ from app.ask.examples import VIDEO_SUFFIXES
 from app.public.limits import question_problem, quote
 from app.public.names import public_model_name, scrub
 from app.public.quotas import QuotaError, make_room
+from app.shared.confidence import honesty_line, plural
 from app.shared.render import crop_beside_source, frame_label, frame_strip
 from core import protocol as P
 from core.backends import Backend, BackendError, GenerationParams, load_backend
@@ -105,6 +106,15 @@ def get_backend(studio: Studio, settings: AskSettings) -> Backend:
 def default_backend(studio: Studio) -> Backend:
     """The Studio's own model (the one given on the command line), as Ask loads it."""
     return get_backend(studio, AskSettings(backend=studio.backend, model=studio.model or ""))
+
+
+def loading_note(settings: AskSettings) -> str | None:
+    """The status line while a model not yet loaded loads (a hub id downloads first), None when it is."""
+    name, model = settings.backend, (settings.model or "").strip() or None
+    if name == "replay" or (name, model) in _BACKENDS:
+        return None
+    what = f"`{model}`" if model else "the embedded model"
+    return f"loading {what} ({name}); a hub id downloads first, which can take minutes…"
 
 
 def preload_backend(studio: Studio) -> threading.Thread | None:
@@ -231,11 +241,12 @@ class ChatView:
             meta["title"] = f"{self.prefix}Step {n} · stopped"
             meta["log"] = foot
         elif step.error:
-            meta["title"] = f"{self.prefix}Step {n} · ⚠️ error"
+            meta["title"] = f"{self.prefix}Step {n} · ⚠️ error in the model's call"
             short = step.error if len(step.error) <= 70 else step.error[:67] + "…"
             meta["log"] = f"{short} · {foot}"  # in view even while the step is folded
             call = step.text[step.text.find(P.TOOL_CALL_START):] if P.TOOL_CALL_START in step.text else ""
-            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model is told so and may retry."
+            self._child(pid, f"**⚠️ Operation failed:** {step.error}\n\nThe model wrote a call that cannot run as "
+                        "written (its mistake, not the app's); it is told so and may retry."
                         + (f"\n\nThe call as written:\n```\n{call.strip()}\n```" if call else ""))
         elif step.tool == P.FRAMES_TOOL and step.frames:
             times = self.traj.media.frame_times
@@ -280,9 +291,10 @@ class ChatView:
         mark = ""
         if traj.correct is not None:
             mark = " ✅" if traj.correct else " ❌"
+        sure = honesty_line(traj)
         self.messages.append({"role": "assistant", "content":
-                              f"### {self.prefix}Answer: {answer}{mark}\n\n{traj.n_ops} operations · {status} · "
-                              f"session `{traj.id}`"})
+                              f"### {self.prefix}Answer: {answer}{mark}\n\n" + (f"{sure}\n\n" if sure else "")
+                              + f"{plural(traj.n_ops, 'operation')} · {status} · session `{traj.id}`"})
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -380,6 +392,9 @@ def ask_stream(studio: Studio, media_path: str | None, question: str, settings: 
     try:
         task = load_task(studio, media_path, question)
         task.answer = expected
+        note = loading_note(settings)
+        if note:
+            yield [], [], note
         backend = get_backend(studio, settings)
         make_room(studio, owner)  # public mode: the store's per-visitor and total quotas
     except (MediaError, BackendError, QuotaError) as e:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import difflib
 import html
+import json
 import time
 from dataclasses import replace
 from datetime import datetime
 
 from app.inspecting.forks import fork_label, nest_forks
 from app.shared import charts
+from app.shared.confidence import unsure_segments
 from app.shared.session import header_markdown, iou, source_image, step_picture, stored_image
 from core.sessionlog import SessionLog
 from core.sessionquery import SessionFilter
@@ -73,12 +75,15 @@ def steps_table(steps: list[dict]) -> list[list]:
         what = s["tool"] or ("—" if not s["error"] else "")
         detail = s["error"] or (s["box_px"] and f"box {s['box_px']} of image {s['target_image']}") or \
             (s["frames"] and f"frames {s['frames']}") or ""
-        out.append([s["idx"] + 1, what, detail, s["tokens_in"], s["tokens_out"], round(s["gen_seconds"] or 0, 3),
-                    round((s["tool_seconds"] or 0) * 1000, 1)])
+        mean = s.get("mean_logprob")
+        out.append([s["idx"] + 1, what, detail, s["tokens_in"], s["tokens_out"],
+                    "" if mean is None else round(mean, 3), len(json.loads(s.get("unsure") or "[]")),
+                    round(s["gen_seconds"] or 0, 3), round((s["tool_seconds"] or 0) * 1000, 1)])
     return out
 
 
-STEP_COLUMNS = ["step", "operation", "detail", "tokens in", "tokens out", "gen s", "op ms"]
+STEP_COLUMNS = ["step", "operation", "detail", "tokens in", "tokens out", "mean log-prob", "unsure tokens", "gen s",
+                "op ms"]
 
 
 def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
@@ -100,6 +105,7 @@ def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
     idx = max(0, min(int(step or 1), max(1, len(traj.steps))) - 1)
     raw = traj.steps[idx].text if traj.steps else ""
     obs = traj.steps[idx].observation if traj.steps else ""
+    unsure = traj.steps[idx].unsure if traj.steps else None
     return {
         "header": header_markdown(row, traj),
         "replay": replay,
@@ -109,6 +115,7 @@ def session_view(log: SessionLog, session_id: str, step: int = 1) -> dict:
         "n_steps": len(traj.steps),
         "picture": step_picture(log, traj, idx, original),
         "raw": raw + (f"\n\n--- observation fed back ---\n{obs}" if obs else ""),
+        "unsure": unsure_segments(raw, unsure) if unsure is not None else [],
         "trajectory": traj,
     }
 

@@ -140,18 +140,24 @@ class InspectTab:
                                          scale=4, elem_id="session-id")
             open_btn = gr.Button("Open", scale=1)
         header = gr.Markdown()
-        with gr.Row():
-            replay = gr.Plot(label="Source image with every crop box (hover: original pixels)")
-            with gr.Column():
-                step_no = gr.Slider(1, 2, value=1, step=1, label="Step", elem_id="step-no")
-                picture = gr.Image(label="What this step did", type="pil", height=360)
-        raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8, elem_id="step-raw")
-        steps = gr.Dataframe(headers=I.STEP_COLUMNS, interactive=False, label="Steps: tokens and timings")
-        with gr.Row():
-            timeline = gr.Plot()
-            timings = gr.Plot()
-        self.session_outputs = [header, replay, step_no, picture, raw, steps, timeline, timings]
-        step_no.input(self.show_step, [self.session_id, step_no], [replay, picture, raw],
+        with gr.Column(visible=False) as details:  # nothing of a session shows before one is opened
+            with gr.Row():
+                replay = gr.Plot(label="Source image with every crop box (hover: original pixels)",
+                                 elem_id="session-replay")
+                with gr.Column():
+                    step_no = gr.Slider(1, 2, value=1, step=1, label="Step", elem_id="step-no")
+                    picture = gr.Image(label="What this step did", type="pil", height=360)
+            raw = gr.Code(label="Raw model text of this step", language="markdown", lines=8, elem_id="step-raw")
+            unsure = gr.HighlightedText(label="Where the model was unsure: tokens it gave p < 0.5 (none marked: "
+                                              "sure throughout; empty: the backend gave no probabilities)",
+                                        show_legend=False, combine_adjacent=False, elem_id="step-unsure")
+            steps = gr.Dataframe(headers=I.STEP_COLUMNS, interactive=False,
+                                 label="Steps: tokens, how sure (mean log-probability per token), timings")
+            with gr.Row():
+                timeline = gr.Plot(visible=False, elem_id="session-timeline")  # shown for a video session only
+                timings = gr.Plot(elem_id="session-timings")
+        self.session_outputs = [header, replay, step_no, picture, raw, unsure, steps, timeline, timings, details]
+        step_no.input(self.show_step, [self.session_id, step_no], [replay, picture, raw, unsure],
                       trigger_mode="always_last", **UI_ONLY)
         self.open_btn = open_btn
 
@@ -160,23 +166,24 @@ class InspectTab:
             sid = self.owned(sid, request)
             v = I.session_view(self.log, sid, step)
         except KeyError as e:
-            return (f"⚠️ {e}",) + (gr.update(),) * 9
+            return (f"⚠️ {e}",) + (gr.update(),) * 11
         owner = self.scope(request)
         partners = [p for p in I.same_question(self.log, sid)
                     if owner is None or (self.log.session(p) or {}).get("owner") == owner]
         n = v["n_steps"]  # a slider needs two stops: a one-step session has none
         slider = gr.update(minimum=1, maximum=max(2, n), value=min(step, max(n, 1)), visible=n > 1,
                            label=f"Step (1–{n})")
-        return (v["header"], v["replay"], slider,
-                v["picture"], v["raw"], v["steps"], v["timeline"], v["timings"], sid.strip(),
+        video = bool(v["trajectory"].media.frame_times)
+        return (v["header"], v["replay"], slider, v["picture"], v["raw"], v["unsure"], v["steps"],
+                gr.update(value=v["timeline"], visible=video), v["timings"], gr.Column(visible=True), sid.strip(),
                 gr.update(choices=partners, value=partners[0] if partners else None))
 
     def show_step(self, sid, step, request: gr.Request):
         try:
             v = I.session_view(self.log, self.owned(sid, request), int(step))
         except (KeyError, TypeError, ValueError):
-            return gr.update(), gr.update(), gr.update()
-        return v["replay"], v["picture"], v["raw"]
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        return v["replay"], v["picture"], v["raw"], v["unsure"]
 
     def fork_panel(self, backend: Callable[[], Backend] | None) -> None:
         """Fork from the step shown (app/inspecting/fork_panel.py); the table redraws after a fork."""

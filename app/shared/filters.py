@@ -8,7 +8,8 @@ from core.sessionquery import SessionFilter
 
 PAGE_SIZE = 25
 ANY = "any"
-OUTCOMES = [ANY, "correct", "incorrect", "unknown"]
+OUTCOMES = [ANY, "correct", "incorrect", "unknown", "unsure answers", "unfamiliar pictures"]
+UNSURE = {"unsure answers": "answer", "unfamiliar pictures": "picture"}  # outcomes on how sure the model was
 
 
 def parse_date(text: str | None, end: bool = False) -> float | None:
@@ -36,7 +37,7 @@ def make_filter(text: str = "", model: str = ANY, outcome: str = ANY, min_ops=No
     min_ops, max_ops, page = count(min_ops), count(max_ops), count(page) or 1
     return SessionFilter(
         text=text or None, model=None if model in (None, "", ANY) else model,
-        outcome=None if outcome in (None, "", ANY) else outcome,
+        outcome=None if outcome in (None, "", ANY) or outcome in UNSURE else outcome, unsure=UNSURE.get(outcome),
         min_ops=min_ops, max_ops=max_ops,
         has_errors=yes_no.get(has_errors), annotated=yes_no.get(annotated), since=parse_date(since),
         until=parse_date(until, end=True), limit=page_size, offset=max(0, int(page or 1) - 1) * page_size)

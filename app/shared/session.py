@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from app.shared.confidence import honesty_line, plural
 from app.shared.render import crop_beside_source, draw_boxes, frame_label, frame_strip
 from core.media import MediaError, load_image
 from core.sessionlog import SessionLog
@@ -80,10 +81,12 @@ def header_markdown(row: dict, traj: Trajectory) -> str:
     when = datetime.fromtimestamp(row["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
     correct = {1: " ✅ correct", 0: " ❌ incorrect"}.get(row["correct"], "")
     link = f" · compared with `{row['compare_of']}`" if row.get("compare_of") else ""
+    sure = honesty_line(traj)
     return (f"**{traj.question}**\n\n"
             f"answer **{traj.answer}**{correct} (truth: {traj.ground_truth or '—'}) · status **{traj.status}** · "
-            f"{traj.n_ops} operations, {traj.n_errors} errors · {row['tokens_in']} → {row['tokens_out']} tokens · "
-            f"{row['seconds']:.2f} s\n\n"
+            f"{plural(traj.n_ops, 'operation')}, {plural(traj.n_errors, 'error')} · "
+            f"{row['tokens_in']} → {row['tokens_out']} tokens · {row['seconds']:.2f} s\n\n"
+            + (f"{sure}\n\n" if sure else "") +
             f"`{traj.id}` · {when} · {traj.backend} · `{traj.model}` · client {row['client']} · tools "
             f"{'on' if traj.tools_enabled else 'off'}{link}")
 
@@ -99,13 +102,20 @@ def iou(a, b) -> float | None:
     return inter / union if union > 0 else 0.0
 
 
+def shown_scale(size: tuple[int, int]) -> float:
+    """How the picture is scaled for clicking on: its longest side MAX_SIDE, small pictures enlarged too
+    (at natural size a 224 px picture sat in a corner of the frame and clicks beside it were lost)."""
+    return MAX_SIDE / max(size)
+
+
 def overlay(original: Image.Image | None, traj, step_idx: int | None, box: list[float] | None,
             corner: list[float] | None = None) -> Image.Image | None:
     """The original with the model's boxes (the chosen step's thick) and the corrected box in green."""
     if original is None:
         return None
-    scale = min(1.0, MAX_SIDE / max(original.size))
-    shown = original.convert("RGB").resize((round(original.width * scale), round(original.height * scale)))
+    scale = shown_scale(original.size)
+    shown = original.convert("RGB").resize((round(original.width * scale), round(original.height * scale)),
+                                           Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC)
     steps = [s for s in traj.steps if s.source_box_px and not s.error]
     out = draw_boxes(shown, [[v * scale for v in s.source_box_px] for s in steps],
                      [f"step {s.index + 1}" for s in steps]) if steps else shown
@@ -126,7 +136,7 @@ def overlay(original: Image.Image | None, traj, step_idx: int | None, box: list[
 
 def clicked_point(original: Image.Image, index: tuple[int, int]) -> list[float]:
     """A click on the `overlay` picture (its pixels) as a point in [0, 1] of the original."""
-    scale = min(1.0, MAX_SIDE / max(original.size))
+    scale = shown_scale(original.size)
     w, h = round(original.width * scale), round(original.height * scale)
     return [min(max(index[0] / w, 0.0), 1.0), min(max(index[1] / h, 0.0), 1.0)]
 

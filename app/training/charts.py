@@ -37,6 +37,19 @@ def curve_keys(rows: Sequence[dict], limit: int = 9) -> list[str]:
     return ordered[:limit]
 
 
+def value_axis(values: Sequence[float]) -> dict:
+    """A y axis that shows its values: a constant (a learning rate of 1e-4) gets a range around it,
+    where plotly would draw it on -1..1, and small numbers are written 1e-4, not 100µ."""
+    lo, hi = min(values), max(values)
+    axis: dict = {}
+    if lo == hi:
+        pad = abs(lo) * 0.5 or 1.0
+        axis["range"] = [lo - pad, hi + pad]
+    if 0 < max(abs(lo), abs(hi)) < 1e-2:
+        axis["exponentformat"] = "e"
+    return axis
+
+
 def job_curves(rows: Sequence[dict], keys: Sequence[str] | None = None, alpha: float = 0.6,
                title: str = "", height_per_row: int = 220, marks: Sequence[tuple[int, str]] = ()) -> go.Figure:
     """One panel per metric: raw points at 25% opacity plus an EMA line; x = step, hover gives values.
@@ -67,6 +80,7 @@ def job_curves(rows: Sequence[dict], keys: Sequence[str] | None = None, alpha: f
                                      line={"color": color, "width": 2.5},
                                      hovertemplate=f"{key} EMA<br>step %{{x}}: %{{y:.4g}}<extra></extra>"),
                           row=r, col=c)
+        fig.update_yaxes(**value_axis(ys), row=r, col=c)
     fig.update_layout(height=max(300, nrows * height_per_row + 60), title=title or None, uirevision="job",
                       margin={"l": 40, "r": 20, "t": 60 if title else 40, "b": 30})
     fig.update_xaxes(title_text="step", title_standoff=2)

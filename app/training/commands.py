@@ -41,6 +41,22 @@ def datasets(studio: Studio) -> list[str]:
     return list(found)
 
 
+def newest_export(studio: Studio) -> str | None:
+    """The annotation export made last (<data>/exports/<name> with a train.jsonl), None before any."""
+    root = studio.data_dir / "exports"
+    found = [d for d in root.iterdir() if (d / "train.jsonl").is_file()] if root.is_dir() else []
+    return _short(max(found, key=lambda d: (d / "train.jsonl").stat().st_mtime)) if found else None
+
+
+def dataset_choice(studio: Studio, current: str | None) -> tuple[list[str], str | None]:
+    """(choices, value) of the Dataset field when the Train tab is shown: the newest export is
+    pre-selected unless another dataset was chosen (a chosen export gives way to a newer one)."""
+    newest = newest_export(studio)
+    exports = _short(studio.data_dir / "exports")
+    chosen_other = bool(current) and not str(current).startswith(exports)
+    return datasets(studio), (current if chosen_other or newest is None else newest)
+
+
 def _short(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(ROOT))
@@ -82,6 +98,9 @@ def build_command(studio: Studio, kind: str, config: str | None, dataset: str | 
             raise ValueError("give the run to evaluate (data/runs/<job>) in the Model field, or select a finished "
                              "fine-tune job and press 'Evaluate against its start model'")
         base, tuned, data = gain_inputs(model, dataset or held_out(studio))
+        if not any((ROOT / d / "test.jsonl").is_file() for d in data):
+            raise ValueError(f"no held-out items to compare on: {', '.join(data)} has no test.jsonl. Build TinyZoom "
+                             "first (the 'data' job writes its test split there), or give a dataset with a test.jsonl")
         return J.gain_command(out, base, tuned, data, int(limit) if limit else None, extra_args)
     if kind == "custom":
         cmd = shlex.split(custom or "")
@@ -107,3 +126,23 @@ def gain_inputs(run: str, tinyzoom: str) -> tuple[str, str, list[str]]:
     if cfg.get("data") and (Path(cfg["data"]) / "test.jsonl").exists() and cfg["data"] not in data:
         data.append(cfg["data"])
     return cfg["model"], tuned, data
+
+
+def size_warning(kind: str, config: str | None, cmd: list[str]) -> str | None:
+    """The tiny-data warning of an SFT command (app.training.gain.training_size_warning), its data
+    resolved as `train sft` resolves it."""
+    from app.training import gain as G
+    from core.records import DataError, newest_dataset
+
+    if kind != "sft":
+        return None
+    overrides = [c for c in cmd if "=" in c and not c.startswith("-")]
+    data = next((c.split("=", 1)[1] for c in overrides if c.startswith("data=")), None)
+    if data is None and config and (ROOT / config).is_file():
+        data = json.loads((ROOT / config).read_text(encoding="utf-8")).get("data")
+    try:
+        folder = newest_dataset(ROOT / data) if data else None
+    except (DataError, OSError):
+        return None
+    config_path = str(ROOT / config) if config else None
+    return G.training_size_warning(config_path, overrides, G.count_records(str(folder) if folder else None))

@@ -21,14 +21,17 @@ from app.training import alarms as AL
 from app.training import charts as C
 from app.training import gain as G
 from app.training import jobs as J
-from app.training.commands import BENCHES, KIND_HELP, build_command, configs, datasets, default_config
-from app.training.watch import JOB_COLUMNS, job_markdown, jobs_table, progress_html, rl_alarms, rl_curves
+from app.training.commands import (BENCHES, KIND_HELP, build_command, configs, dataset_choice, datasets, default_config,
+                                   size_warning)
+from app.training.watch import (JOB_COLUMNS, gain_of, job_markdown, jobs_table, progress_html, rl_alarms,
+                                rl_curves)
 
 POLL_SECONDS = 2.0
 
 
-def build(studio: Studio, demo=None, ask_model=None) -> None:
-    """The tab's content (inside its gr.Tab); `ask_model` is Ask's Model field, for 'Use this model in Ask'."""
+def build(studio: Studio, demo=None, ask_model=None, page=None) -> None:
+    """The tab's content (inside its gr.Tab `page`); `ask_model` is Ask's Model field, for 'Use this model in
+    Ask'. Showing the tab offers the datasets made meanwhile, the newest export chosen."""
     tab = TrainTab(studio)
     with gr.Column(elem_id="train-root"):
         tab.job_form()
@@ -38,7 +41,9 @@ def build(studio: Studio, demo=None, ask_model=None) -> None:
     tab.wire_jobs(ask_model)
     tab.wire_view()
     if demo is not None:
-        demo.load(tab.preview, tab.inputs + [tab.planned], [tab.command, tab.planned], **UI_ONLY)
+        demo.load(tab.preview, tab.inputs + [tab.planned], tab.previewed, **UI_ONLY)
+    if page is not None:
+        page.select(tab.show_datasets, tab.dataset, tab.dataset, **UI_ONLY)
 
 
 def visibility(k: str) -> tuple:
@@ -62,6 +67,10 @@ class TrainTab:
         self.studio = studio
         self.runner = studio.jobs
 
+    def show_datasets(self, current):
+        choices, value = dataset_choice(self.studio, current)
+        return gr.update(choices=choices, value=value)
+
     # ---- the job form: what to run, the exact command, Launch -------------------------------------------
 
     def job_form(self) -> None:
@@ -82,9 +91,11 @@ class TrainTab:
                                    visible=False, elem_id="train-limit")
             self.extra = gr.Textbox(label="Extra arguments (key=value … or --flags)", scale=3, elem_id="train-extra")
         self.custom = gr.Textbox(label="Custom command (kind 'custom'; argv, no shell)", visible=False)
-        self.command = gr.Code(label="Command that will run (exactly)", language="shell", lines=2,
+        self.command = gr.Code(label="Command that will run (exactly)", language="shell", lines=2, wrap_lines=True,
                                elem_id="train-command")
+        self.warning = gr.Markdown(elem_id="train-warning")  # before launch: a run that would overfit tiny data
         self.planned = gr.State(None)  # the job id (and out folder) the preview shows and Launch uses
+        self.previewed = [self.command, self.warning, self.planned]
         with gr.Row():
             self.launch_btn = gr.Button("Launch", variant="primary", elem_id="train-launch")
             self.parallel = gr.Checkbox(False, label="Allow beside a running job")
@@ -97,23 +108,24 @@ class TrainTab:
         """Every field redraws the command; a kind shows its fields; Launch and Cancel."""
         inputs, planned = self.inputs, self.planned
         for c in inputs:
-            c.change(self.preview, inputs + [planned], [self.command, planned], **UI_ONLY)
+            c.change(self.preview, inputs + [planned], self.previewed, **UI_ONLY)
         self.kind.change(on_kind, self.kind,
                          [self.config, self.bench, self.model, self.limit, self.custom, self.kind_md], **UI_ONLY)
         self.refresh_ds.click(lambda: gr.update(choices=datasets(self.studio)), None, self.dataset, **UI_ONLY)
         self.launch_btn.click(self.launch, inputs + [planned, self.parallel],
                               [self.launch_md, self.table, self.job_id, planned], api_name="train_launch") \
-            .then(self.preview, inputs + [planned], [self.command, planned], **UI_ONLY)
+            .then(self.preview, inputs + [planned], self.previewed, **UI_ONLY)
         self.cancel_btn.click(self.cancel, self.job_id, [self.launch_md, self.table], api_name="train_cancel")
 
     def preview(self, k, cfg, ds, b, m, lim, ex, cu, plan):
-        """The command Launch will run, with the out folder it will use (kept in `planned`)."""
+        """The command Launch will run, a warning where the run would overfit tiny data, and the out
+        folder it will use (kept in `planned`)."""
         plan = plan if plan and plan.split("-")[2] == k else self.runner.new_out_dir(k)[0]
         try:
-            out = str(self.runner.runs_dir / plan)
-            return J.preview(build_command(self.studio, k, cfg, ds, b, m, lim, ex, cu, out)), plan
+            cmd = build_command(self.studio, k, cfg, ds, b, m, lim, ex, cu, str(self.runner.runs_dir / plan))
         except ValueError as e:
-            return f"# {e}", plan
+            return f"# {e}", "", plan
+        return J.preview(cmd), size_warning(k, cfg, cmd) or "", plan
 
     def launch(self, k, cfg, ds, b, m, lim, ex, cu, plan, allow_parallel):
         running = self.studio.log.list_jobs(status="running")
@@ -128,7 +140,8 @@ class TrainTab:
         except ValueError as e:
             return f"⚠️ {e}", gr.update(), gr.update(), plan
         self.runner.launch(k, cmd, out, dataset=(ds or "").strip() or None, job_id=job)
-        return f"launched `{job}`", jobs_table(self.studio), job, None
+        warning = size_warning(k, cfg, cmd)
+        return f"launched `{job}`" + (f"\n\n{warning}" if warning else ""), jobs_table(self.studio), job, None
 
     def cancel(self, jid):
         jid = (jid or "").strip()
@@ -182,6 +195,11 @@ class TrainTab:
         except ValueError as e:
             return f"⚠️ {e}", gr.update()
         final = str(Path(job["out_dir"]) / "final")
+        gain = gain_of(self.studio, final)
+        if G.is_worse(gain):
+            return (f"the Ask tab now uses `{final}` (this browser tab only). ⚠️ Its gain view shows it worse "
+                    f"than its start model ({100 * gain['all']['gain']['mean']:+.1f} points): compare its answers "
+                    "before relying on it"), final
         return (f"the Ask tab now uses `{final}` (this browser tab only; for the whole app: "
                 f"`python app.py --model {final}`)"), final
 

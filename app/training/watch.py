@@ -66,3 +66,14 @@ def rl_curves(job: dict, rows: list[dict]):
     from app.training.rl_curves import rl_figure
 
     return rl_figure({job["id"]: rows}, rl_target(job), title=f"RaPR vs H · eval accuracy · {job['id']}")
+
+
+def gain_of(studio: Studio, final: str) -> dict | None:
+    """The newest finished gain result whose fine-tuned model is `final`."""
+    for job in studio.log.list_jobs(status="done"):
+        path = Path(job["out_dir"] or ".") / "gain.json"
+        if job["kind"] == "gain" and path.is_file():
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if Path(result.get("tuned_model", "")) == Path(final):
+                return result
+    return None

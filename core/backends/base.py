@@ -25,6 +25,7 @@ class GenerationParams:
     seed: int | None = None
     logprobs: bool = False  # return per-token log-probabilities (RL)
     max_context_tokens: int | None = None  # prompt + new tokens; a longer prompt is refused before prefill
+    confidence: bool = True  # record each token's probability where it comes cheap (answer confidence)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Generation:
     seconds: float = 0.0
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    tokens: list[str] | None = None  # each generated token decoded alone, aligned with logprobs
     extra: dict = field(default_factory=dict)
 
 
@@ -92,6 +94,12 @@ class Backend:
 
     def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
         return [self.generate(messages, params) for messages in batch]
+
+    def familiarity(self, pictures: list) -> list[tuple[bool, float]] | None:
+        """Per picture (familiar, distance over the threshold) against the pictures the model was
+        trained on (core.familiarity); None where the model ships no reference or the backend cannot
+        read its vision features."""
+        return None
 
     def forget(self) -> None:
         """Drop any per-conversation state kept between turns (run_batch calls it when done)."""

@@ -18,7 +18,9 @@ import torch
 
 from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop, fit_context
 from core.backends.stopping import StopCriteria
+from core.backends.tokenprobs import TokenLogprobs, token_pieces
 from core.encoding import VisionTextEncoder
+from core.familiarity import load_reference, picture_features
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,7 @@ class TransformersBackend(Backend):
         self.model.eval()
         self.tokenizer = self.encoder.tokenizer
         self.pixel_preset = read_pixel_preset(self.model_id)
+        self.reference = load_reference(self.model_id) if Path(self.model_id).is_dir() else None
         ids = self.tokenizer.convert_tokens_to_ids
         self.stop_ids = {ids("<|im_end|>"), ids("<|endoftext|>")}
         self._lock = threading.Lock()  # one generate at a time on one model
@@ -185,17 +188,24 @@ class TransformersBackend(Backend):
             kw.update(temperature=None, top_p=None, top_k=None)
         return kw
 
-    def _run_generate(self, inputs: dict, params: GenerationParams, criteria: StopCriteria, streamer=None):
-        from transformers import StoppingCriteriaList
+    def _run_generate(self, inputs: dict, params: GenerationParams, criteria: StopCriteria, streamer=None,
+                      probs: TokenLogprobs | None = None):
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         with self._lock, torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             return self.model.generate(**inputs, **self._generate_kwargs(params), streamer=streamer,
-                                       stopping_criteria=StoppingCriteriaList([criteria]))
+                                       stopping_criteria=StoppingCriteriaList([criteria]),
+                                       logits_processor=LogitsProcessorList([probs] if probs else []))
+
+    @staticmethod
+    def _token_probs(params: GenerationParams) -> TokenLogprobs | None:
+        """The recorder of each token's probability, where confidence is asked and RL's logits are not."""
+        return TokenLogprobs() if params.confidence and not params.logprobs else None
 
     def _finish(self, out, row: int, prompt_len: int, tokens_in: int, criteria: StopCriteria,
-                params: GenerationParams, seconds: float) -> Generation:
+                params: GenerationParams, seconds: float, probs: TokenLogprobs | None = None) -> Generation:
         new = out.sequences[row, prompt_len:].tolist()
         stopped_at = criteria.lengths[row]
         new = new[:stopped_at] if stopped_at is not None else new
@@ -214,6 +224,10 @@ class TransformersBackend(Backend):
             t = params.temperature if params.temperature > 0 else 1.0
             gen.logprobs = [float(torch.log_softmax(out.logits[i][row].float() / t, -1)[tok])
                             for i, tok in enumerate(new)]
+        elif probs is not None:
+            gen.logprobs = probs.row(row, new)
+        if gen.logprobs is not None:
+            gen.tokens = token_pieces(self.tokenizer, new)
         return gen
 
     def stream(self, messages: list[dict], params: GenerationParams,
@@ -226,11 +240,12 @@ class TransformersBackend(Backend):
         params = fit_context(prompt_len, params)
         criteria = StopCriteria(self.tokenizer, params.stop, self.stop_ids, prompt_len, 1, cancel)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        probs = self._token_probs(params)
         result: dict = {}
 
         def work() -> None:
             try:
-                result["out"] = self._run_generate(inputs, params, criteria, streamer)
+                result["out"] = self._run_generate(inputs, params, criteria, streamer, probs)
             except BaseException as e:  # re-raised in the caller's thread below
                 result["error"] = e
                 streamer.end()
@@ -252,7 +267,8 @@ class TransformersBackend(Backend):
             thread.join()
         if "error" in result:
             raise BackendError(f"generation failed: {result['error']}") from result["error"]
-        gen = self._finish(result["out"], 0, prompt_len, prompt_len, criteria, params, time.perf_counter() - t0)
+        gen = self._finish(result["out"], 0, prompt_len, prompt_len, criteria, params, time.perf_counter() - t0,
+                           probs)
         if len(gen.text) > len(sent) and gen.text.startswith(sent):
             yield gen.text[len(sent):]  # what the streamer still held back
         yield gen
@@ -267,10 +283,11 @@ class TransformersBackend(Backend):
         inputs = self._inputs(batch)
         prompt_len = inputs["input_ids"].shape[1]
         criteria = StopCriteria(self.tokenizer, params.stop, self.stop_ids, prompt_len, len(batch))
-        out = in_worker_thread(lambda: self._run_generate(inputs, params, criteria))
+        probs = self._token_probs(params)
+        out = in_worker_thread(lambda: self._run_generate(inputs, params, criteria, probs=probs))
         seconds = time.perf_counter() - t0
         lengths = inputs["attention_mask"].sum(-1).tolist()
-        return [self._finish(out, row, prompt_len, lengths[row], criteria, params, seconds)
+        return [self._finish(out, row, prompt_len, lengths[row], criteria, params, seconds, probs)
                 for row in range(len(batch))]
 
     def _turn_engine_generate(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
@@ -280,6 +297,14 @@ class TransformersBackend(Backend):
             if self._turns is None:
                 self._turns = TurnEngine(self)
             return self._turns.generate(batch, params)
+
+    def familiarity(self, pictures: list) -> list[tuple[bool, float]] | None:
+        """Each picture checked against the checkpoint's familiarity reference (None without one)."""
+        if getattr(self, "reference", None) is None or not pictures:
+            return None
+        with self._lock:
+            features = picture_features(self.model, self.encoder, pictures, self.reference.pixel_preset)
+        return [self.reference.check(f) for f in features]
 
     def forget(self) -> None:
         """Drop the conversations' caches kept between turns."""

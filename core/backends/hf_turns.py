@@ -22,6 +22,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from core.backends.base import Generation, GenerationParams, cut_at_stop
 from core.backends.stopping import StopCriteria
+from core.backends.tokenprobs import token_pieces
 from core.encoding import Encoded
 from core.runtime import parallel_map, torch_threads
 
@@ -270,13 +271,13 @@ class TurnEngine:
         while True:
             logits = out.logits[:, -1].float()
             tokens = self._pick(logits, params)
+            chosen = self._chosen_logprobs(logits, tokens, params)
             keep = []
             for j, (i, tok) in enumerate(zip(alive, tokens.tolist())):
                 r = rows[i]
                 r.new.append(tok)
-                if params.logprobs:
-                    t = params.temperature if params.temperature > 0 else 1.0
-                    r.logprobs.append(float(torch.log_softmax(logits[j] / t, -1)[tok]))
+                if chosen is not None:
+                    r.logprobs.append(chosen[j])
                 if row_done(r.new) or len(r.new) >= params.max_new_tokens:
                     r.stopped_at = len(r.new)
                     self._keep_cache(r, cache, mask, j)
@@ -323,6 +324,14 @@ class TurnEngine:
             out[key] = value.to(self.backend.dtype) if key.startswith("pixel") else value
         return out
 
+    @staticmethod
+    def _chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor, params: GenerationParams) -> list[float] | None:
+        """Each row's log-probability of its chosen token (temperature applied), one transfer for the batch."""
+        if not (params.logprobs or params.confidence):
+            return None
+        t = params.temperature if params.temperature > 0 else 1.0
+        return torch.log_softmax(logits / t, -1).gather(1, tokens.view(-1, 1)).view(-1).tolist()
+
     def _pick(self, logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
         if params.temperature <= 0:
             return logits.argmax(-1)
@@ -357,8 +366,9 @@ class TurnEngine:
         reason = "stop" if stopped or hit else ("length" if len(new) >= params.max_new_tokens else "stop")
         gen = Generation(text=text, tokens_in=len(r.enc.input_ids), tokens_out=len(new), finish_reason=reason,
                          seconds=seconds, token_ids=new, extra={"cached_tokens": r.cut})
-        if params.logprobs:
+        if params.logprobs or params.confidence:
             gen.logprobs = r.logprobs
+            gen.tokens = token_pieces(tok, new)
         return gen
 
 

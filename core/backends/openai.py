@@ -119,6 +119,7 @@ class OpenAIBackend(Backend):
         self._model_name = model_name
         self.model_id = f"{model_name}@{self.base_url}" if model_name else self.base_url
         self.pixel_preset = None
+        self.refuses_logprobs = False  # the server answered a request for logprobs with an error
         if model_name is None:
             try:  # name the served model now, so trajectories record it; a server still down fails later
                 self.model_name
@@ -154,7 +155,7 @@ class OpenAIBackend(Backend):
             request["stream_options"] = {"include_usage": True}
         if params.seed is not None:
             request["seed"] = params.seed
-        if params.logprobs:
+        if params.logprobs or (params.confidence and not self.refuses_logprobs):
             request["logprobs"] = True
         if params.top_k:
             request["extra_body"] = {"top_k": params.top_k}
@@ -165,8 +166,9 @@ class OpenAIBackend(Backend):
         t0 = time.perf_counter()
         request = self._request(messages, params)
         text, finish, stop_reason, usage, logprobs, calls = "", None, None, None, [], ToolCalls()
+        pieces: list[str] = []
         with self._errors():
-            response = self.client.chat.completions.create(**request)
+            response = self._create(request, params)
             if not self.streaming:
                 response = [response]
             try:
@@ -185,6 +187,7 @@ class OpenAIBackend(Backend):
                         calls.add(part.tool_calls)
                     if choice.logprobs is not None and choice.logprobs.content:
                         logprobs.extend(t.logprob for t in choice.logprobs.content)
+                        pieces.extend(t.token for t in choice.logprobs.content)
                     if choice.finish_reason:
                         finish = choice.finish_reason
                         stop_reason = getattr(choice, "stop_reason", None) or \
@@ -210,7 +213,22 @@ class OpenAIBackend(Backend):
         yield Generation(
             text=closed, tokens_in=getattr(usage, "prompt_tokens", 0) or 0,
             tokens_out=getattr(usage, "completion_tokens", 0) or len(logprobs), finish_reason=reason,
-            seconds=time.perf_counter() - t0, logprobs=logprobs or None)
+            seconds=time.perf_counter() - t0, logprobs=logprobs or None,
+            tokens=pieces if logprobs and len(pieces) == len(logprobs) else None)
+
+    def _create(self, request: dict, params: GenerationParams):
+        """The completion; a server that refuses `logprobs` asked only for confidence is asked again
+        without them (and never again)."""
+        import openai
+
+        try:
+            return self.client.chat.completions.create(**request)
+        except openai.BadRequestError:
+            if params.logprobs or not request.pop("logprobs", False):
+                raise
+            log.warning("%s refused logprobs; answers from it carry no confidence", self.base_url)
+            self.refuses_logprobs = True
+            return self.client.chat.completions.create(**request)
 
     def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
         """Concurrent requests; the server's own batching does the rest."""

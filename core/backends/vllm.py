@@ -45,7 +45,7 @@ def sampling_kwargs(params: GenerationParams, index: int = 0) -> dict:
     kw = dict(max_tokens=params.max_new_tokens, temperature=max(params.temperature, 0.0), top_p=params.top_p,
               top_k=params.top_k if params.top_k > 0 else -1, stop=list(params.stop),
               include_stop_str_in_output=True, skip_special_tokens=True, seed=seed)
-    if params.logprobs:
+    if params.logprobs or params.confidence:
         kw["logprobs"] = 0  # the sampled token's own log-probability
     return kw
 
@@ -60,12 +60,14 @@ def to_generation(output, params: GenerationParams, seconds: float) -> Generatio
     completion = output.outputs[0]
     text, hit = cut_at_stop(completion.text, params.stop)
     token_ids = list(completion.token_ids)
-    logprobs = None
-    if params.logprobs and completion.logprobs:
-        logprobs = [float(step[tok].logprob) for tok, step in zip(token_ids, completion.logprobs)]
+    logprobs = tokens = None
+    if (params.logprobs or params.confidence) and completion.logprobs:
+        chosen = [step[tok] for tok, step in zip(token_ids, completion.logprobs)]
+        logprobs = [float(c.logprob) for c in chosen]
+        tokens = [c.decoded_token or "" for c in chosen]
     reason = "length" if completion.finish_reason == "length" and not hit else "stop"
     return Generation(text=text, tokens_in=len(output.prompt_token_ids or []), tokens_out=len(token_ids),
-                      finish_reason=reason, seconds=seconds, token_ids=token_ids, logprobs=logprobs)
+                      finish_reason=reason, seconds=seconds, token_ids=token_ids, logprobs=logprobs, tokens=tokens)
 
 
 class VLLMBackend(Backend):

@@ -83,6 +83,9 @@ class GPUBackend(Backend):
     def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
         return gpu_generate_batch(self.key, batch, params)
 
+    def familiarity(self, pictures: list) -> list[tuple[bool, float]] | None:  # declared on Backend
+        return self.inner.familiarity(pictures)
+
 
 def on_gpu(backend: Backend) -> Backend:
     """The backend wrapped for ZeroGPU when `spaces` is importable, else the backend itself."""

@@ -8,7 +8,10 @@ Definitions (per item = per (question, sample) record):
 * no_tool_share: share of items with no tool call at all (not even a failed one);
 * clean_tool_call_share: of all tool calls, the share that parsed and executed without an error turn;
 * error_turn_rate: error turns (fed back as "Execution error") over all assistant turns;
-* tokens_per_item: generated tokens; seconds_per_item: wall time of the batch shared among its items.
+* tokens_per_item: generated tokens; seconds_per_item: wall time of the batch shared among its items;
+* calibration: the reliability table of the answer confidences (core/evaluation/calibration.py), None
+  where the backend gave no probabilities; unfamiliar_share: of the items the model's familiarity
+  reference checked, the share whose picture is unlike its training pictures.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from core.evaluation.calibration import reliability, reliability_markdown
 from core.trajectory import Trajectory
 
 
@@ -25,7 +29,8 @@ def item_stats(traj: Trajectory) -> dict:
     return {"status": traj.status, "n_steps": len(traj.steps), "n_ops": traj.n_ops, "n_tool_calls": len(calls),
             "n_error_turns": traj.n_errors, "tokens_in": sum(s.tokens_in for s in traj.steps),
             "tokens_out": sum(s.tokens_out for s in traj.steps),
-            "tools_used": sorted({s.tool for s in traj.steps if s.is_operation})}
+            "tools_used": sorted({s.tool for s in traj.steps if s.is_operation}),
+            "answer_confidence": traj.answer_confidence, "familiar": traj.familiar}
 
 
 def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[float | None]:
@@ -90,6 +95,8 @@ def summarize(records: list[dict], header: dict | None = None, n_boot: int = 200
         "seconds_per_item": _mean(r.get("seconds", 0.0) for r in records),
         "status": dict(sorted(Counter(r["status"] for r in records).items())),
         "by_category": {cat: group_stats(rs) for cat, rs in sorted(by_cat.items())},
+        "calibration": reliability(records),
+        "unfamiliar_share": _mean(not r["familiar"] for r in records if r.get("familiar") is not None),
         **header,
     }
     return report
@@ -122,6 +129,11 @@ def to_markdown(report: dict) -> str:
     for cat, s in report["by_category"].items():
         lines.append(f"| {cat} | {s['n']} | {_pct(s['accuracy'])} | {_pct(s['rapr'])} | {_pct(s['no_tool_share'])} "
                      f"| {_pct(s['clean_tool_call_share'])} | {s['mean_ops']} |")
+    calibration = reliability_markdown(report.get("calibration"), metric)
+    if calibration:
+        lines += [""] + calibration
+    if report.get("unfamiliar_share") is not None:
+        lines += ["", f"Pictures unlike the model's training pictures: {_pct(report['unfamiliar_share'])}%"]
     return "\n".join(lines) + "\n"
 
 

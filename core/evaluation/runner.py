@@ -52,6 +52,9 @@ class _TimedBackend(Backend):
             self.seconds[id(messages)] = self.seconds.get(id(messages), 0.0) + share
         return out
 
+    def familiarity(self, pictures: list) -> list[tuple[bool, float]] | None:  # declared on Backend
+        return self.inner.familiarity(pictures)
+
     def forget(self) -> None:
         self.inner.forget()
 

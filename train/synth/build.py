@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +34,25 @@ from train.synth.varied import make_varied
 
 log = logging.getLogger(__name__)
 
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class BuildConfig:
-    out: str = "data/tinyzoom"
-    train: int = 3000
-    validation: int = 100
-    test: int = 330
-    seed: int = 0
-    correction_rate: float = 0.2
-    notool_rate: float = 0.1
-    closeups: int = 0  # training-only close-up reading records appended to the train split
-    workers: int = 1  # processes; the records and files are the same whatever the number
-    progress: bool = True  # a progress bar per split (stderr)
-    variety: str = ""  # "" (the original generator), "train" (everything users vary), "control", "shift:<name>"
-    variety_share: float = 1.0  # with a variety: the share of items it draws (by seed); the rest are the original's
+    out: str = _opt("data/tinyzoom", "the dataset folder to write")
+    train: int = _opt(3000, "training records (SFT traces)")
+    validation: int = _opt(100, "validation records")
+    test: int = _opt(330, "test records (the TinyZoom benchmark's split)")
+    seed: int = _opt(0, "seed of the item and trace draws (each split has its own stream)")
+    correction_rate: float = _opt(0.2, "share of zoom-needed traces whose first crop misses and a second one corrects it")
+    notool_rate: float = _opt(0.1, "share of the textual items' traces answered without a tool")
+    closeups: int = _opt(0, "training-only close-up reading records appended to the train split")
+    workers: int = _opt(1, "processes; the records and files are the same whatever the number")
+    progress: bool = _opt(True, "a progress bar per split (stderr)")
+    variety: str = _opt("", "\"\" (the original generator), \"train\" (everything users vary), \"control\", "
+                            "\"shift:<name>\"")
+    variety_share: float = _opt(1.0, "with a variety: the share of items it draws (by seed); the rest are the original's")
 
 
 def split_seed(seed: int, split: str, index: int) -> int:
@@ -231,14 +236,15 @@ def build_suite(out: str | Path, per_shift: int = 60, names: list[str] | None = 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train synth", description="Write the synthetic TinyZoom dataset.")
-    for name, default in vars(BuildConfig()).items():
-        if name == "progress":
+    for f in fields(BuildConfig):
+        if f.name == "progress":
             continue
-        if name == "variety":  # a bare --variety means the training preset
+        if f.name == "variety":  # a bare --variety means the training preset
             ap.add_argument("--variety", nargs="?", const="train", default="",
                             help="randomise what users vary: train (bare flag), control, shift:<name>")
             continue
-        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                        help=f"{f.metadata['help']} (default: {f.default})")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     ap.add_argument("--examples", default=None, help="also write the app's example gallery to this folder")
     ap.add_argument("--shift-suite", default=None, help="write the robustness shift suite (one TinyZoom folder per "
@@ -264,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-EXAMPLES = (("zoom_needed", 101, "zoom needed: small tag"), ("zoom_needed", 102, "zoom needed: small tag 2"),
-            ("zoom_optional", 103, "zoom optional: large shape"), ("counting", 104, "counting"),
-            ("video", 105, "video: sign in a few frames"))
+# captions short enough for the gallery's narrow thumbnails, each one different
+EXAMPLES = (("zoom_needed", 101, "tag 1"), ("zoom_needed", 102, "tag 2"), ("zoom_optional", 103, "colour"),
+            ("counting", 104, "count"), ("video", 105, "video"))
 
 
 def write_examples(out: str | Path = "assets/examples", seed: int = 12345) -> list[dict]:
