@@ -97,6 +97,19 @@ def test_queue_open_save_and_export(server, tmp_path):
     assert {r[1]: r[3] for r in queue["data"]} == {sid: "exported", other: "unlabelled"}
 
 
+def test_a_wrong_box_label_without_its_box_is_refused_at_save(server):
+    """Bug: label "wrong box", one corner clicked ("second corner…"), Save -> "saved annotation 1" with no
+    corrected box, and the export turned it into an SFT record anyway."""
+    client, studio, (sid, _) = server
+    before = len(studio.log.list_annotations())
+    client.predict(sid, api_name="/annotate_open")  # the target choices are the open session's steps
+    step1 = "step 1 · crop_image_normalized"
+    msg, _ = client.predict(sid, step1, "wrong box", "the tag is lower", "", None, None, None, None, "", "", "ann",
+                            api_name="/annotate_save")  # one corner clicked fills none of the four numbers
+    assert msg.startswith("⚠️") and "needs the corrected box" in msg and "both of its corners" in msg, msg
+    assert len(studio.log.list_annotations()) == before
+
+
 def test_a_correction_that_does_not_fit_its_target_is_refused_and_the_export_stays_clean(tmp_path):
     """Bug: values typed for step 1 (box, answer) were saved on step 2 (the answer) too, and the export
     trained a turn `The tag reads 7. \\boxed{7} <tool_call>{crop…}</tool_call>`."""
