@@ -246,3 +246,15 @@ def test_shift_report_command_evaluates_every_shift_folder(tmp_path, capsys):
     assert rows[0]["accuracy"] == round(truths.count("left") / 3, 4) and rows[1]["accuracy"] == 0.0
     assert (out / "control" / "items.jsonl").is_file() and "| video_short | 3 |" in capsys.readouterr().out
     assert main(["--suite", str(tmp_path / "nowhere"), "--backend", "replay", "--replay", str(replay)]) == 2
+
+
+def test_a_failure_family_is_one_shift_drawn_in_the_named_categories_only(tmp_path):
+    from train.synth.build import main
+
+    assert main(["--shift-suite", str(tmp_path), "--shifts", "distractor_tags", "--categories", "zoom_needed",
+                 "--per-shift", "3", "--no-progress"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["distractor_tags"]
+    items = load_items("tinyzoom", tmp_path / "distractor_tags")
+    assert [i.category for i in items] == ["zoom_needed"] * 3
+    with pytest.raises(SystemExit):
+        main(["--shift-suite", str(tmp_path), "--shifts", "tag_cornr"])
