@@ -20,6 +20,7 @@ box the annotator drew is the `bbox_2d` argument, padded by the operation as usu
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from core import protocol as P
@@ -123,7 +124,9 @@ def correction_call(ann: dict) -> str | None:
 
 
 def replace_answer(text: str, answer: str) -> str:
-    """The turn with its last \\boxed{} holding `answer` (appended when there is none)."""
+    """The turn with its last \\boxed{} holding `answer` (appended when there is none), and the
+    paragraph that leads to it reading `answer` too ("The tag reads 7." -> "The tag reads 3."), so the
+    trained turn never states one answer and boxes another."""
     old = last_boxed(text)
     if old is None:
         return (text.rstrip() + f"\n\nThe answer is \\boxed{{{answer}}}.").lstrip()
@@ -134,7 +137,12 @@ def replace_answer(text: str, answer: str) -> str:
     while depth and end < len(text):
         depth += {"{": 1, "}": -1}.get(text[end], 0)
         end += 1
-    return text[:brace + 1] + answer + text[end - 1:]
+    head = text[:start]
+    para = head.rfind("\n\n", 0, len(head.rstrip())) + 1  # 0 when the turn is one paragraph
+    if old.strip() and old != answer:
+        said = re.compile(rf"(?<!\w){re.escape(old)}(?!\w)")
+        head = head[:para] + said.sub(lambda _: answer, head[para:])
+    return head + text[start:brace + 1] + answer + text[end - 1:]
 
 
 def plan_corrections(traj: Trajectory, annotations: list[dict]) -> Plan:

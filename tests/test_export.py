@@ -57,7 +57,22 @@ def test_plan_keeps_the_wrong_crop_masked_and_inserts_the_correction(log):
                                                        (True, "corrected answer")]
     assert '"bbox_2d": [0.44, 0.66, 0.48, 0.72], "target_image": 1' in plan.turns[1].text
     assert plan.turns[1].text.startswith(C.BRIDGE["wrong box"])
-    assert plan.turns[2].text.endswith("\\boxed{3}") and "looks like a 7" in plan.turns[2].text
+    assert plan.turns[2].text.endswith("\\boxed{3}") and "looks like a 3" in plan.turns[2].text
+
+
+def test_the_answer_turn_after_a_corrected_box_reads_the_right_answer(log, tmp_path):
+    """Bug: the trained answer turn kept the model's reading of its wrong crop and boxed the right
+    answer: "The tag reads 7.\\n\\n\\boxed{3}" taught the model to say one thing and answer another."""
+    sid = logged(log, [WRONG, "The tag reads 7.\n\n\\boxed{7}"])
+    log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)
+    log.add_annotation(sid, None, "wrong answer", corrected_answer="3")
+    E.export_annotated(log, tmp_path / "export")
+    (rec,) = load_sft_records(tmp_path / "export")
+    texts = [m["content"][0]["text"] if isinstance(m["content"], list) else m["content"]
+             for m in rec.messages if m["role"] == "assistant"]
+    assert rec.train_turns == [False, True, True]
+    assert '"bbox_2d": [0.44, 0.66, 0.48, 0.72], "target_image": 1' in texts[1]  # the corrected call
+    assert texts[2] == "The tag reads 3.\n\n\\boxed{3}"
 
 
 def test_plans_that_are_not_exported_say_why(log):
