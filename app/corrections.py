@@ -20,6 +20,7 @@ box the annotator drew is the `bbox_2d` argument, padded by the operation as usu
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -108,15 +109,33 @@ def _renumber(text: str, first_shifted: int, shift: int) -> str:
     return head + P.format_tool_call(call.name, {**call.arguments, "target_image": int(target) + shift})
 
 
-def correction_call(ann: dict) -> str | None:
-    """The corrected operation as tool-call text: a crop of the original image, or selected frames."""
+def box_decimals(arguments: dict | None) -> int:
+    """How many decimals the model writes its box numbers with (2 or 3; 3 when it wrote no box)."""
+    box = (arguments or {}).get("bbox_2d")
+    if not isinstance(box, list) or not box:
+        return 3
+    places = [len(repr(float(v)).split(".")[1].rstrip("0")) for v in box if isinstance(v, (int, float))]
+    return min(max(max(places, default=3), 2), 3)
+
+
+def outward(box: list[float], decimals: int) -> list[float]:
+    """The box rounded to `decimals` without cutting into it (x0, y0 down; x1, y1 up), inside [0, 1)."""
+    scale, top = 10 ** decimals, 1 - 10 ** -decimals  # < 1: read as normalized
+    x0, y0 = (math.floor(round(float(v) * scale, 6)) / scale for v in box[:2])
+    x1, y1 = (math.ceil(round(float(v) * scale, 6)) / scale for v in box[2:])
+    return [round(min(max(v, 0.0), top), decimals) for v in (x0, y0, x1, y1)]
+
+
+def correction_call(ann: dict, decimals: int = 3) -> str | None:
+    """The corrected operation as tool-call text: a crop of the original image, its box written with
+    the model's own number of decimals (a box in a format the model never wrote teaches it a new
+    format), or selected frames."""
     box = ann.get("corrected_box")
     if box:
-        x0, y0, x1, y1 = (min(max(float(v), 0.0), 0.999) for v in box)  # < 1: read as normalized
+        x0, y0, x1, y1 = outward(box, decimals)
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"corrected box {box} is empty")
-        return P.format_tool_call(P.CROP_TOOL, {"bbox_2d": [round(v, 3) for v in (x0, y0, x1, y1)],
-                                                "target_image": 1})
+        return P.format_tool_call(P.CROP_TOOL, {"bbox_2d": [x0, y0, x1, y1], "target_image": 1})
     frames = ann.get("corrected_frames")
     if frames:
         return P.format_tool_call(P.FRAMES_TOOL, {"target_frames": [int(f) for f in frames]})
@@ -169,7 +188,7 @@ def plan_corrections(traj: Trajectory, annotations: list[dict]) -> Plan:
         text = _renumber(step.text, first_shifted, shift)
         is_call = step.tool is not None or step.error is not None or P.has_tool_call(step.text)
         try:
-            fix = correction_call(ann) if ann else None
+            fix = correction_call(ann, box_decimals(step.arguments)) if ann else None
         except ValueError as e:
             plan.skip = f"step {step.index + 1}: {e}"
             return plan

@@ -75,6 +75,16 @@ def test_the_answer_turn_after_a_corrected_box_reads_the_right_answer(log, tmp_p
     assert texts[2] == "The tag reads 3.\n\n\\boxed{3}"
 
 
+def test_the_corrected_box_is_written_as_the_model_writes_its_boxes(log):
+    """Bug: a box drawn at [0.9517, ...] became "bbox_2d": [0.952, ...] for a model that writes two
+    decimals; 50 such corrections taught the embedded model to write "0.555555..." and broke its calls."""
+    sid = logged(log, [WRONG, ANSWER_7])  # the model's box: [0.7, 0.05, 0.85, 0.2]
+    log.add_annotation(sid, 0, "wrong box", corrected_box=[0.4412, 0.6561, 0.4788, 0.7213])
+    plan = C.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
+    assert '"bbox_2d": [0.44, 0.65, 0.48, 0.73]' in plan.turns[1].text  # rounded outward: the drawn box stays in
+    assert C.box_decimals({"bbox_2d": [0.125, 0.5, 0.75, 0.9]}) == 3 and C.box_decimals(None) == 3
+
+
 def test_plans_that_are_not_exported_say_why(log):
     sid = logged(log, [WRONG, ANSWER_7])
     traj = log.get_trajectory(sid)
