@@ -6,9 +6,11 @@ Rules, in step order:
 - an unannotated step is kept as it was; a step that failed (parse or execution error) is kept
   and masked (the model sees it, the loss skips it);
 - an operation step labeled bad (wrong box, wrong frame, format error, or any label) with a
-  corrected box or corrected frames is kept *masked*, and a correction turn follows it
-  (the corrected text, or a short bridge, plus the corrected tool call): the release's
-  self-correction traces;
+  corrected box or corrected frames becomes the step as it should have been: its own words (or the
+  corrected text) with the corrected tool call, trained; the steps after it, which answered the
+  wrong view, are dropped, and the final answer turn follows the corrected call's real observation
+  (a long bridge such as "That region does not show what I need…" after a masked wrong call was
+  text the embedded model had never written: 50 such records broke its calls);
 - a step with corrected text (and no corrected operation) is replaced by that text;
 - a final answer step with a corrected answer gets its last \\boxed{} replaced;
 - a step labeled bad without any correction is kept and masked; when that step is the final
@@ -33,15 +35,6 @@ LABELS = ("wrong box", "wrong frame", "hallucinated observation", "wrong answer"
 
 CORRECTION_FIELDS = ("corrected_answer", "corrected_box", "corrected_frames", "corrected_text")
 
-
-BRIDGE = {
-    "wrong box": "That region does not show what I need. Let me zoom in on the right region instead.",
-    "wrong frame": "These frames do not show what I need. Let me look at other frames instead.",
-    "format error": "Let me call the operation again with valid arguments.",
-}
-
-
-DEFAULT_BRIDGE = "Let me look again more carefully."
 
 
 @dataclass
@@ -194,17 +187,16 @@ def plan_corrections(traj: Trajectory, annotations: list[dict]) -> Plan:
             return plan
         if ann is None:
             plan.turns.append(Turn(text, not step.error, step.index, "masked error" if step.error else "kept"))
-        elif fix and is_call:
-            plan.turns.append(Turn(text, False, step.index, "masked (labeled bad)"))
-            label = (ann["labels"] or ["other"])[-1]
-            bridge = ann.get("corrected_text") or BRIDGE.get(label, DEFAULT_BRIDGE)
-            fixed = bridge if P.TOOL_CALL_START in bridge else f"{bridge.rstrip()}\n\n{fix}"
-            plan.turns.append(Turn(fixed, True, None, "correction"))
-            added = _images_added(fixed)
-            if added:  # the inserted images come right after the original ones made so far
-                n_now = n_images + len(step.images)
-                first_shifted = min(first_shifted, n_now + 1)
-                shift += added
+        elif fix and is_call:  # the step as it should have been; what followed answered the wrong view
+            own = text[:text.find(P.TOOL_CALL_START)] if P.TOOL_CALL_START in text else text
+            words = ann.get("corrected_text") or own
+            fixed = words if P.TOOL_CALL_START in words else f"{words.rstrip()}\n\n{fix}".lstrip()
+            plan.turns.append(Turn(fixed, True, step.index, "correction"))
+            reply = final_text or traj.steps[last].text
+            said = answer or (traj.ground_truth if traj.correct else None)
+            if step.index != last and said and not P.has_tool_call(reply):
+                plan.turns.append(Turn(replace_answer(reply, said), True, last, "corrected answer" if answer else "kept"))
+            break
         elif ann.get("corrected_text") or (fix and not is_call):
             new = ann.get("corrected_text") or fix
             if fix and P.TOOL_CALL_START not in new:

@@ -165,21 +165,20 @@ def covers(box_px: list[float], target: list[float], size: tuple[int, int], shar
 
 
 def annotate(log: StudioLog, session_id: str, target: list[float], answer: str) -> list[int]:
-    """The Annotate tab's records for one wrong trajectory, as an annotator would: when the last crop
-    missed the target it gets *wrong box* with the target as corrected box (the export then trains the
-    corrected call, its real observation and the answer right after it), earlier crops that missed get
-    *other* (kept in the context, masked); a trajectory without a crop gets a corrected first step that
-    zooms on the target; the whole trajectory gets *wrong answer* with the right answer."""
+    """The Annotate tab's records for one wrong trajectory, as an annotator would: the first crop that
+    missed the target gets *wrong box* with the corrected box drawn around the target (the export then
+    trains that step's corrected call, its real observation and the answer); a trajectory without a crop
+    gets a corrected first step that zooms on the target; the whole trajectory gets *wrong answer* with
+    the right answer."""
     traj = log.get_trajectory(session_id)
     choices, box = L.target_choices(traj), [round(float(v), 4) for v in target]
     size = (traj.media.image.width, traj.media.image.height) if traj.media.image else None
     crops = [s for s in traj.steps if s.tool in P.CROP_ALIASES and not s.error and s.source_box_px]
     missed = [s for s in crops if size and not covers(s.source_box_px, target, size)]
     saved = []
-    for s in missed:
-        last = s is crops[-1]
-        saved.append(L.save(log, session_id, choices[s.index + 1], "wrong box" if last else "other",
-                            "misses the tag", "", box if last else None, None, "", ANNOTATOR))
+    if missed:
+        saved.append(L.save(log, session_id, choices[missed[0].index + 1], "wrong box", "misses the tag", "",
+                            box, None, "", ANNOTATOR))
     if not crops and traj.media.kind == "image":
         zoom = "Let me zoom in on it.\n\n" + P.format_tool_call(P.CROP_TOOL, {"bbox_2d": box, "target_image": 1})
         saved.append(L.save(log, session_id, choices[1], "other", "should have zoomed", "", None, None, zoom,
@@ -222,8 +221,9 @@ def training_data(export: Path, own: Path, mix: int, out: Path) -> tuple[Path, i
 def finetune(cfg: TeachConfig, data: Path, run: Path) -> tuple[Path, float]:
     """`python -m train sft` with the corrections config, as the Train tab launches it."""
     final = run / "final"
+    budget = cfg.minutes * 60 - min(120.0, cfg.minutes * 12)  # loading and saving take the rest
     cmd = [sys.executable, "-m", "train", "sft", "--config", cfg.config, f"data={data}", f"out={run}",
-           f"model={cfg.model}", f"max_seconds={cfg.minutes * 60:g}", *cfg.overrides]
+           f"model={cfg.model}", f"max_seconds={budget:.0f}", *cfg.overrides]
     logger.info("fine-tune: %s", " ".join(cmd))
     t0 = time.perf_counter()
     with (run.parent / "finetune.log").open("w") as log_file:
