@@ -63,7 +63,7 @@ class TeachConfig:
     own: str = field(default="data/tinyzoom", metadata={
         "help": "the model's own TinyZoom folder: test.jsonl is the own split, train.jsonl the --mix source"})
     own_limit: int | None = field(default=None, metadata={"help": "first N items of the own split (smoke runs)"})
-    mix: int = field(default=0, metadata={
+    mix: int = field(default=100, metadata={
         "help": "records of the own folder's train.jsonl (the model's original data) mixed into the fine-tune"})
     config: str = field(default=E.CORRECTIONS_CONFIG, metadata={"help": "the SFT config fine-tuned with"})
     overrides: list[str] = field(default_factory=list, metadata={"help": "extra key=value for python -m train sft"})
