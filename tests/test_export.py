@@ -149,7 +149,8 @@ def test_export_reexecutes_corrections_and_writes_records_and_labels(log, tmp_pa
     crop = np.asarray(load_image(crop_path))
     blue = (crop[..., 2] > 180) & (crop[..., 0] < 80) & (crop[..., 1] < 110)
     assert blue.sum() > 30, "the corrected crop shows the blue tag"
-    assert len(rec.images) == 2  # the tag and the corrected crop: the wrong crop is not in the record
+    shown = [c for m in rec.messages[1:] if isinstance(m["content"], list) for c in m["content"] if c.get("image")]
+    assert len(shown) == 2  # the tag and the corrected crop: the wrong crop is not in the record
     assert rec.messages[-1]["content"][0]["text"].endswith("\\boxed{3}")
     assert by_source[fmt].train_turns == [False, True, True]  # the format error stays, masked
     task = rec.meta["task"]  # what `python -m train rl` reads: the full-resolution original, the answer
