@@ -83,18 +83,31 @@ def test_queue_open_save_and_export(server, tmp_path):
 
     md, preview = client.predict(str(tmp_path / "x"), api_name="/export_preview")
     assert "**1** would become SFT records" in md
-    assert preview["data"][0][5] == "masked (labeled bad) → correction → corrected answer"
+    assert preview["data"][0][5] == "correction → corrected answer"
     md, _, _ = client.predict(str(tmp_path / "export"), api_name="/export")  # outside data/exports/: refused
     assert md.startswith("⚠️") and "data/exports/" in md and not (tmp_path / "export").exists()
     folder = studio.data_dir / "exports" / "export"
     md, _, next_folder = client.predict("export", api_name="/export")
     assert "Exported **1** SFT records (1 with corrections) and **2** labels" in md and next_folder != str(folder)
     rec = json.loads((folder / "train.jsonl").read_text())
-    assert rec["train_turns"] == [False, True, True] and rec["meta"]["source_session"] == sid
+    assert rec["train_turns"] == [True, True] and rec["meta"]["source_session"] == sid
     md, _, _ = client.predict(str(folder), api_name="/export")
     assert "not empty" in md
     _, _, queue = client.predict("all", "any", "", api_name="/annotate_queue")
     assert {r[1]: r[3] for r in queue["data"]} == {sid: "exported", other: "unlabelled"}
+
+
+def test_a_wrong_box_label_without_its_box_is_refused_at_save(server):
+    """Bug: label "wrong box", one corner clicked ("second corner…"), Save -> "saved annotation 1" with no
+    corrected box, and the export turned it into an SFT record anyway."""
+    client, studio, (sid, _) = server
+    before = len(studio.log.list_annotations())
+    client.predict(sid, api_name="/annotate_open")  # the target choices are the open session's steps
+    step1 = "step 1 · crop_image_normalized"
+    msg, _ = client.predict(sid, step1, "wrong box", "the tag is lower", "", None, None, None, None, "", "", "ann",
+                            api_name="/annotate_save")  # one corner clicked fills none of the four numbers
+    assert msg.startswith("⚠️") and "needs the corrected box" in msg and "both of its corners" in msg, msg
+    assert len(studio.log.list_annotations()) == before
 
 
 def test_a_correction_that_does_not_fit_its_target_is_refused_and_the_export_stays_clean(tmp_path):
@@ -137,10 +150,10 @@ def test_a_correction_that_does_not_fit_its_target_is_refused_and_the_export_sta
     turns = [m for m in rec["messages"] if m["role"] == "assistant"]
     texts = [t["content"] if isinstance(t["content"], str) else " ".join(c.get("text", "") for c in t["content"])
              for t in turns]
-    assert rec["train_turns"] == [False, True, True]
-    assert texts[0].startswith("The tag must be at the top") and "[0.7, 0.05, 0.85, 0.2]" in texts[0]
-    assert "<tool_call>" in texts[1] and "\\boxed" not in texts[1] and "0.44" in texts[1]
-    assert texts[2] == "The tag reads 3. \\boxed{3}"
+    assert rec["train_turns"] == [True, True]
+    assert texts[0].startswith("The tag must be at the top") and "[0.7, 0.05, 0.85, 0.2]" not in texts[0]
+    assert "<tool_call>" in texts[0] and "\\boxed" not in texts[0] and "0.44" in texts[0]
+    assert texts[1] == "The tag reads 3. \\boxed{3}"
 
 
 def test_overlay_draws_the_corrected_box_and_iou_compares_padded_boxes(server):

@@ -268,14 +268,14 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     texts = {sid: [m["content"] if isinstance(m["content"], str) else
                    "".join(c.get("text", "") for c in m["content"] if isinstance(c, dict))
                    for m in r["messages"] if m["role"] == "assistant"] for sid, r in records.items()}
-    assert records[ids[1]]["train_turns"] == [False, True, True]
-    first, fix, final = texts[ids[1]]
-    assert first == TURNS[0] and fix.startswith("That region does not show") and "\\boxed" not in fix
+    assert records[ids[1]]["train_turns"] == [True, True]
+    fix, final = texts[ids[1]]
+    assert fix.startswith(TURNS[0].split("<tool_call>")[0]) and "\\boxed" not in fix
     call = json.loads(fix.split("<tool_call>")[1].split("</tool_call>")[0])
     assert call["arguments"]["bbox_2d"] == pytest.approx([0.84, 0.37, 0.92, 0.46], abs=0.02), call
-    assert final == "The tag reads 3. \\boxed{2}"
+    assert final == "The tag reads 2. \\boxed{2}"
     assert records[ids[2]]["train_turns"] == [True, True]
-    assert texts[ids[2]] == [TURNS[0], "The tag reads 3. \\boxed{green}"]
+    assert texts[ids[2]] == [TURNS[0], "The tag reads green. \\boxed{green}"]
     expect(queue).to_contain_text("exported", timeout=10_000)
 
     # 4. Fine-tune the embedded model on the export from the Train tab (its default config)

@@ -48,9 +48,9 @@ def test_an_export_folder_loads_with_load_dataset(tmp_path):
     out = tmp_path / "export"
     assert E.export_annotated(log, out, progress=False).records == 1
     train = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
-    assert len(train) == 1 and train[0]["train_turns"] == [False, True, True]
+    assert len(train) == 1 and train[0]["train_turns"] == [True, True]
     pictures = as_images(train, out)[0]["images"]
-    assert len(pictures) == 3  # the tag, the wrong crop, the corrected crop
+    assert len(pictures) == 2  # the tag and the corrected crop
     assert all(p.size == PILImage.open(out / rel).size for p, rel in zip(pictures, train[0]["images"]))
     labels = load_dataset(str(out), "labels", split="train", cache_dir=str(tmp_path / "hf"))
     assert len(labels) == 2 and set(labels["session_id"]) == {sid}

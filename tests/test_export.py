@@ -47,17 +47,41 @@ def log(tmp_path):
     return StudioLog(tmp_path / "studio.db")
 
 
-def test_plan_keeps_the_wrong_crop_masked_and_inserts_the_correction(log):
+def test_plan_turns_the_wrong_crop_into_the_corrected_one_and_answers_after_it(log):
     sid = logged(log, [WRONG, ANSWER_7])
     log.add_annotation(sid, 0, "wrong box", "the tag is lower", corrected_box=GOOD_BOX, annotator="t")
     log.add_annotation(sid, None, "wrong answer", corrected_answer="3", annotator="t")
     plan = C.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
     assert plan.skip is None and plan.answer == "3" and plan.corrected
-    assert [(t.train, t.note) for t in plan.turns] == [(False, "masked (labeled bad)"), (True, "correction"),
-                                                       (True, "corrected answer")]
-    assert '"bbox_2d": [0.44, 0.66, 0.48, 0.72], "target_image": 1' in plan.turns[1].text
-    assert plan.turns[1].text.startswith(C.BRIDGE["wrong box"])
-    assert plan.turns[2].text.endswith("\\boxed{3}") and "looks like a 7" in plan.turns[2].text
+    assert [(t.train, t.note) for t in plan.turns] == [(True, "correction"), (True, "corrected answer")]
+    assert '"bbox_2d": [0.44, 0.66, 0.48, 0.72], "target_image": 1' in plan.turns[0].text
+    assert plan.turns[0].text.startswith("The tag must be at the top. Let me zoom.")  # the model's own words
+    assert plan.turns[1].text.endswith("\\boxed{3}") and "looks like a 3" in plan.turns[1].text
+
+
+def test_the_answer_turn_after_a_corrected_box_reads_the_right_answer(log, tmp_path):
+    """Bug: the trained answer turn kept the model's reading of its wrong crop and boxed the right
+    answer: "The tag reads 7.\\n\\n\\boxed{3}" taught the model to say one thing and answer another."""
+    sid = logged(log, [WRONG, "The tag reads 7.\n\n\\boxed{7}"])
+    log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)
+    log.add_annotation(sid, None, "wrong answer", corrected_answer="3")
+    E.export_annotated(log, tmp_path / "export")
+    (rec,) = load_sft_records(tmp_path / "export")
+    texts = [m["content"][0]["text"] if isinstance(m["content"], list) else m["content"]
+             for m in rec.messages if m["role"] == "assistant"]
+    assert rec.train_turns == [True, True]
+    assert '"bbox_2d": [0.44, 0.66, 0.48, 0.72], "target_image": 1' in texts[0]  # the corrected call
+    assert texts[1] == "The tag reads 3.\n\n\\boxed{3}"
+
+
+def test_the_corrected_box_is_written_as_the_model_writes_its_boxes(log):
+    """Bug: a box drawn at [0.9517, ...] became "bbox_2d": [0.952, ...] for a model that writes two
+    decimals; 50 such corrections taught the embedded model to write "0.555555..." and broke its calls."""
+    sid = logged(log, [WRONG, ANSWER_7])  # the model's box: [0.7, 0.05, 0.85, 0.2]
+    log.add_annotation(sid, 0, "wrong box", corrected_box=[0.4412, 0.6561, 0.4788, 0.7213])
+    plan = C.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
+    assert '"bbox_2d": [0.44, 0.65, 0.48, 0.73]' in plan.turns[0].text  # rounded outward: the drawn box stays in
+    assert C.box_decimals({"bbox_2d": [0.125, 0.5, 0.75, 0.9]}) == 3 and C.box_decimals(None) == 3
 
 
 def test_plans_that_are_not_exported_say_why(log):
@@ -76,7 +100,7 @@ def test_plans_that_are_not_exported_say_why(log):
     assert "no corrected answer" in C.plan_corrections(log.get_trajectory(wrong), log.list_annotations(wrong)).skip
 
 
-def test_later_crops_are_renumbered_for_the_inserted_image(log):
+def test_the_steps_after_a_corrected_crop_are_dropped_they_answered_the_wrong_view(log):
     refine = "Closer on the right half.\n\n" + format_tool_call(
         "crop_image_normalized", {"bbox_2d": [0.5, 0.1, 0.9, 0.9], "target_image": 3})
     turns = [WRONG, "Hmm.\n\n" + format_tool_call("crop_image_normalized",
@@ -85,9 +109,8 @@ def test_later_crops_are_renumbered_for_the_inserted_image(log):
     sid = logged(log, turns)
     log.add_annotation(sid, 0, "wrong box", corrected_box=GOOD_BOX)
     plan = C.plan_corrections(log.get_trajectory(sid), log.list_annotations(sid))
-    # the images are now: 1 original, 2 wrong crop, 3 corrected crop, 4 (was 3) the second crop
-    assert '"target_image": 4' in plan.turns[3].text and '"target_image": 1' in plan.turns[2].text
-    assert plan.skip is None
+    assert [(t.note, t.source_step) for t in plan.turns] == [("correction", 0), ("kept", 3)]  # a right answer stays
+    assert '"bbox_2d": [0.44, 0.66, 0.48, 0.72]' in plan.turns[0].text and plan.skip is None
 
 
 def test_export_reexecutes_corrections_and_writes_records_and_labels(log, tmp_path, tiny_checkpoint):
@@ -114,20 +137,20 @@ def test_export_reexecutes_corrections_and_writes_records_and_labels(log, tmp_pa
     records = load_sft_records(out)
     by_source = {r.meta["source_session"]: r for r in records}
     rec = by_source[sid]
-    assert rec.train_turns == [False, True, True] and rec.meta["answer"] == "3"
+    assert rec.train_turns == [True, True] and rec.meta["answer"] == "3"
     assert rec.meta["labels"] == ["wrong box", "wrong answer"]
     roles = [m["role"] for m in rec.messages]
-    assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    assert roles == ["system", "user", "assistant", "user", "assistant"]
     # the correction's observation is the real crop of the padded corrected box, from the exported images
-    obs = rec.messages[5]["content"]
+    obs = rec.messages[3]["content"]
     assert obs[0]["text"].startswith("\nHere is the cropped image (Image Size:")
     crop_path = out / obs[1]["image"]
     assert crop_path.exists() and not Path(obs[1]["image"]).is_absolute()
     crop = np.asarray(load_image(crop_path))
     blue = (crop[..., 2] > 180) & (crop[..., 0] < 80) & (crop[..., 1] < 110)
     assert blue.sum() > 30, "the corrected crop shows the blue tag"
-    wrong_crop = np.asarray(load_image(out / rec.messages[3]["content"][1]["image"]))
-    assert ((wrong_crop[..., 2] > 180) & (wrong_crop[..., 0] < 80) & (wrong_crop[..., 1] < 110)).sum() == 0
+    shown = [c for m in rec.messages[1:] if isinstance(m["content"], list) for c in m["content"] if c.get("image")]
+    assert len(shown) == 2  # the tag and the corrected crop: the wrong crop is not in the record
     assert rec.messages[-1]["content"][0]["text"].endswith("\\boxed{3}")
     assert by_source[fmt].train_turns == [False, True, True]  # the format error stays, masked
     task = rec.meta["task"]  # what `python -m train rl` reads: the full-resolution original, the answer
@@ -162,9 +185,9 @@ def test_video_wrong_frames_corrected(log, video_path, tmp_path):
     report = E.export_annotated(log, tmp_path / "v")
     assert report.records == 1, report.skipped
     (rec,) = load_sft_records(tmp_path / "v")
-    assert rec.train_turns == [False, True, True]
+    assert rec.train_turns == [True, True]
     assert rec.messages[1]["content"][0]["type"] == "video"
-    obs = rec.messages[5]["content"]
+    obs = rec.messages[3]["content"]
     assert "Numbered" in obs[0]["text"] and len(obs) == 3  # two real frames came back
     assert rec.meta["task"]["kind"] == "video" and (tmp_path / "v" / rec.meta["task"]["media"]).stat().st_size > 1000
 

@@ -260,3 +260,15 @@ def test_the_report_gives_each_shift_its_confidence_and_unfamiliar_share_and_the
     table = suite_calibration(records)
     assert "| 0.2–0.4 | 1 | 30.0 | 0.0 |" in table and "| 0.9–1.0 | 2 | 97.0 | 100.0 |" in table
     assert suite_calibration([record(0, 1)]) == ""
+
+
+def test_a_failure_family_is_one_shift_drawn_in_the_named_categories_only(tmp_path):
+    from train.synth.build import main
+
+    assert main(["--shift-suite", str(tmp_path), "--shifts", "distractor_tags", "--categories", "zoom_needed",
+                 "--per-shift", "3", "--no-progress"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["distractor_tags"]
+    items = load_items("tinyzoom", tmp_path / "distractor_tags")
+    assert [i.category for i in items] == ["zoom_needed"] * 3
+    with pytest.raises(SystemExit):
+        main(["--shift-suite", str(tmp_path), "--shifts", "tag_cornr"])

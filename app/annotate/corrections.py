@@ -6,9 +6,11 @@ Rules, in step order:
 - an unannotated step is kept as it was; a step that failed (parse or execution error) is kept
   and masked (the model sees it, the loss skips it);
 - an operation step labeled bad (wrong box, wrong frame, format error, or any label) with a
-  corrected box or corrected frames is kept *masked*, and a correction turn follows it
-  (the corrected text, or a short bridge, plus the corrected tool call): the release's
-  self-correction traces;
+  corrected box or corrected frames becomes the step as it should have been: its own words (or the
+  corrected text) with the corrected tool call, trained; the steps after it, which answered the
+  wrong view, are dropped, and the final answer turn follows the corrected call's real observation
+  (a long bridge such as "That region does not show what I need…" after a masked wrong call was
+  text the embedded model had never written: 50 such records broke its calls);
 - a step with corrected text (and no corrected operation) is replaced by that text;
 - a final answer step with a corrected answer gets its last \\boxed{} replaced;
 - a step labeled bad without any correction is kept and masked; when that step is the final
@@ -20,6 +22,8 @@ box the annotator drew is the `bbox_2d` argument, padded by the operation as usu
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 from core import protocol as P
@@ -31,15 +35,6 @@ LABELS = ("wrong box", "wrong frame", "hallucinated observation", "wrong answer"
 
 CORRECTION_FIELDS = ("corrected_answer", "corrected_box", "corrected_frames", "corrected_text")
 
-
-BRIDGE = {
-    "wrong box": "That region does not show what I need. Let me zoom in on the right region instead.",
-    "wrong frame": "These frames do not show what I need. Let me look at other frames instead.",
-    "format error": "Let me call the operation again with valid arguments.",
-}
-
-
-DEFAULT_BRIDGE = "Let me look again more carefully."
 
 
 @dataclass
@@ -107,15 +102,33 @@ def _renumber(text: str, first_shifted: int, shift: int) -> str:
     return head + P.format_tool_call(call.name, {**call.arguments, "target_image": int(target) + shift})
 
 
-def correction_call(ann: dict) -> str | None:
-    """The corrected operation as tool-call text: a crop of the original image, or selected frames."""
+def box_decimals(arguments: dict | None) -> int:
+    """How many decimals the model writes its box numbers with (2 or 3; 3 when it wrote no box)."""
+    box = (arguments or {}).get("bbox_2d")
+    if not isinstance(box, list) or not box:
+        return 3
+    places = [len(repr(float(v)).split(".")[1].rstrip("0")) for v in box if isinstance(v, (int, float))]
+    return min(max(max(places, default=3), 2), 3)
+
+
+def outward(box: list[float], decimals: int) -> list[float]:
+    """The box rounded to `decimals` without cutting into it (x0, y0 down; x1, y1 up), inside [0, 1)."""
+    scale, top = 10 ** decimals, 1 - 10 ** -decimals  # < 1: read as normalized
+    x0, y0 = (math.floor(round(float(v) * scale, 6)) / scale for v in box[:2])
+    x1, y1 = (math.ceil(round(float(v) * scale, 6)) / scale for v in box[2:])
+    return [round(min(max(v, 0.0), top), decimals) for v in (x0, y0, x1, y1)]
+
+
+def correction_call(ann: dict, decimals: int = 3) -> str | None:
+    """The corrected operation as tool-call text: a crop of the original image, its box written with
+    the model's own number of decimals (a box in a format the model never wrote teaches it a new
+    format), or selected frames."""
     box = ann.get("corrected_box")
     if box:
-        x0, y0, x1, y1 = (min(max(float(v), 0.0), 0.999) for v in box)  # < 1: read as normalized
+        x0, y0, x1, y1 = outward(box, decimals)
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"corrected box {box} is empty")
-        return P.format_tool_call(P.CROP_TOOL, {"bbox_2d": [round(v, 3) for v in (x0, y0, x1, y1)],
-                                                "target_image": 1})
+        return P.format_tool_call(P.CROP_TOOL, {"bbox_2d": [x0, y0, x1, y1], "target_image": 1})
     frames = ann.get("corrected_frames")
     if frames:
         return P.format_tool_call(P.FRAMES_TOOL, {"target_frames": [int(f) for f in frames]})
@@ -123,7 +136,9 @@ def correction_call(ann: dict) -> str | None:
 
 
 def replace_answer(text: str, answer: str) -> str:
-    """The turn with its last \\boxed{} holding `answer` (appended when there is none)."""
+    """The turn with its last \\boxed{} holding `answer` (appended when there is none), and the
+    paragraph that leads to it reading `answer` too ("The tag reads 7." -> "The tag reads 3."), so the
+    trained turn never states one answer and boxes another."""
     old = last_boxed(text)
     if old is None:
         return (text.rstrip() + f"\n\nThe answer is \\boxed{{{answer}}}.").lstrip()
@@ -134,7 +149,12 @@ def replace_answer(text: str, answer: str) -> str:
     while depth and end < len(text):
         depth += {"{": 1, "}": -1}.get(text[end], 0)
         end += 1
-    return text[:brace + 1] + answer + text[end - 1:]
+    head = text[:start]
+    para = head.rfind("\n\n", 0, len(head.rstrip())) + 1  # 0 when the turn is one paragraph
+    if old.strip() and old != answer:
+        said = re.compile(rf"(?<!\w){re.escape(old)}(?!\w)")
+        head = head[:para] + said.sub(lambda _: answer, head[para:])
+    return head + text[start:brace + 1] + answer + text[end - 1:]
 
 
 def plan_corrections(traj: Trajectory, annotations: list[dict]) -> Plan:
@@ -161,23 +181,22 @@ def plan_corrections(traj: Trajectory, annotations: list[dict]) -> Plan:
         text = _renumber(step.text, first_shifted, shift)
         is_call = step.tool is not None or step.error is not None or P.has_tool_call(step.text)
         try:
-            fix = correction_call(ann) if ann else None
+            fix = correction_call(ann, box_decimals(step.arguments)) if ann else None
         except ValueError as e:
             plan.skip = f"step {step.index + 1}: {e}"
             return plan
         if ann is None:
             plan.turns.append(Turn(text, not step.error, step.index, "masked error" if step.error else "kept"))
-        elif fix and is_call:
-            plan.turns.append(Turn(text, False, step.index, "masked (labeled bad)"))
-            label = (ann["labels"] or ["other"])[-1]
-            bridge = ann.get("corrected_text") or BRIDGE.get(label, DEFAULT_BRIDGE)
-            fixed = bridge if P.TOOL_CALL_START in bridge else f"{bridge.rstrip()}\n\n{fix}"
-            plan.turns.append(Turn(fixed, True, None, "correction"))
-            added = _images_added(fixed)
-            if added:  # the inserted images come right after the original ones made so far
-                n_now = n_images + len(step.images)
-                first_shifted = min(first_shifted, n_now + 1)
-                shift += added
+        elif fix and is_call:  # the step as it should have been; what followed answered the wrong view
+            own = text[:text.find(P.TOOL_CALL_START)] if P.TOOL_CALL_START in text else text
+            words = ann.get("corrected_text") or own
+            fixed = words if P.TOOL_CALL_START in words else f"{words.rstrip()}\n\n{fix}".lstrip()
+            plan.turns.append(Turn(fixed, True, step.index, "correction"))
+            reply = final_text or traj.steps[last].text
+            said = answer or (traj.ground_truth if traj.correct else None)
+            if step.index != last and said and not P.has_tool_call(reply):
+                plan.turns.append(Turn(replace_answer(reply, said), True, last, "corrected answer" if answer else "kept"))
+            break
         elif ann.get("corrected_text") or (fix and not is_call):
             new = ann.get("corrected_text") or fix
             if fix and P.TOOL_CALL_START not in new:

@@ -120,6 +120,19 @@ def target_fields(traj, idx: int | None) -> dict[str, bool]:
             "answer": idx == len(traj.steps) - 1, "text": True}
 
 
+def incomplete_correction(label: str | None, fits: dict[str, bool], given: dict) -> str | None:
+    """Why a "wrong box" / "wrong frame" label on a step that can hold that correction is not complete
+    (None when it is): without the corrected box or frames the export has nothing to teach. A corrected
+    text holding its own tool call counts as the correction."""
+    own_call = P.has_tool_call(given.get("text") or "")
+    if label == "wrong box" and fits["box"] and not given.get("box") and not own_call:
+        return ("a 'wrong box' label needs the corrected box: click both of its corners on the image "
+                "(or type x0, y0, x1, y1), then Save")
+    if label == "wrong frame" and fits["frames"] and not given.get("frames") and not own_call:
+        return "a 'wrong frame' label needs the corrected frames (e.g. 3, 7, 9), then Save"
+    return None
+
+
 def save(log: StudioLog, session_id: str, target: str, label: str | None, comment: str, answer: str,
          box: list[float] | None, frames: list[int] | None, text: str, annotator: str) -> int:
     """One annotation row; ValueError names a value that does not fit the target (nothing written)."""
@@ -141,6 +154,9 @@ def save(log: StudioLog, session_id: str, target: str, label: str | None, commen
     if wrong:
         raise ValueError(f"a corrected {' and '.join(wrong)} does not fit {target}; it fits: "
                          f"{', '.join(k for k, ok in fits.items() if ok)}")
+    missing = incomplete_correction(label, fits, given)
+    if missing:
+        raise ValueError(missing)
     return log.add_annotation(session_id, step, label or None, comment or None, answer or None,
                               box, frames, text or None, (annotator or "").strip() or None)
 

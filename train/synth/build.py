@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -209,15 +209,18 @@ def build(cfg: BuildConfig) -> dict[str, int]:
 
 
 def build_suite(out: str | Path, per_shift: int = 60, names: list[str] | None = None, workers: int = 1,
-                seed: int = SUITE_SEED) -> dict[str, int]:
-    """Write one test split per shift under `out`; returns the items written per shift."""
+                seed: int = SUITE_SEED, categories: list[str] | None = None) -> dict[str, int]:
+    """Write one test split per shift under `out`; returns the items written per shift. `categories`
+    draws only those (e.g. zoom_needed: a failure family for experiments/corrections_teach.py)."""
     out = Path(out)
     sizes = {}
     for name in names or SHIFTS:
         shift = SHIFTS[name]
+        if categories:
+            shift = replace(shift, categories=tuple(categories))
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        if built_with(folder, shift=name, seed=seed, sizes={"test": per_shift}):
+        if built_with(folder, shift=name, seed=seed, sizes={"test": per_shift}, categories=list(shift.categories)):
             sizes[name] = per_shift
             continue
         cfg = BuildConfig(out=str(folder), train=0, validation=0, test=per_shift, seed=seed, workers=workers,
@@ -250,16 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shift-suite", default=None, help="write the robustness shift suite (one TinyZoom folder per "
                     "shift) to this folder instead of a dataset")
     ap.add_argument("--per-shift", type=int, default=60, help="items per shift of --shift-suite")
+    ap.add_argument("--shifts", default=None, help="--shift-suite: comma-separated shift names (default: all)")
+    ap.add_argument("--categories", default=None, help="--shift-suite: draw only these comma-separated categories")
     args = ap.parse_args(argv)
     try:
         preset(args.variety)
     except ValueError as e:
         ap.error(str(e))
     suite, per_shift = vars(args).pop("shift_suite"), vars(args).pop("per_shift")
+    names, categories = (_names(vars(args).pop(k)) for k in ("shifts", "categories"))
+    unknown = [n for n in names or [] if n not in SHIFTS] + [c for c in categories or [] if c not in CATEGORIES]
+    if unknown:
+        ap.error(f"unknown shift or category: {', '.join(unknown)} (shifts: {', '.join(SHIFTS)}; "
+                 f"categories: {', '.join(CATEGORIES)})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     examples = vars(args).pop("examples")
     if suite:
-        print(json.dumps({"out": suite, "sizes": build_suite(suite, per_shift, workers=args.workers)}))
+        sizes = build_suite(suite, per_shift, names, workers=args.workers, categories=categories)
+        print(json.dumps({"out": suite, "sizes": sizes}))
         return 0
     if examples:
         print(json.dumps({"examples": len(write_examples(examples))}))
@@ -268,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = build(BuildConfig(**vars(args)))
     print(json.dumps({"out": args.out, "sizes": sizes}))
     return 0
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 # captions short enough for the gallery's narrow thumbnails, each one different
