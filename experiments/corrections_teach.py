@@ -9,14 +9,14 @@ items of one failure family (`python -m train synth --shift-suite data/families 
 1. runs the model on every item (`python -m core eval`, greedy) into a session log, `OUT/studio.db`;
 2. splits the items: the first ones are the correction pool, the last `--heldout` are held out
    (never corrected, never trained on);
-3. annotates the first `--n` wrong trajectories of the pool through `app/labeling.py: save`, the
+3. annotates the first `--n` wrong trajectories of the pool through `app/annotate/labeling.py: save`, the
    Annotate tab's own records, as an annotator would: a *wrong box* with the corrected box drawn
    around `meta.task.target` on each crop step that missed it, and the right answer;
-4. exports them with the Studio's exporter (`app/export.py`) and fine-tunes with the Studio's
+4. exports them with the Studio's exporter (`app/annotate/export.py`) and fine-tunes with the Studio's
    corrections config (`configs/sft_corrections.json`, `python -m train sft`) for at most
    `--minutes`, with `--mix` records of the model's original training data mixed in;
 5. evaluates the fine-tuned model on the held-out items and both models on the model's own TinyZoom
-   test split (`--own`), paired per item as the Train tab's gain view does (`app/gain.py: compare`);
+   test split (`--own`), paired per item as the Train tab's gain view does (`app/training/gain.py: compare`);
 6. writes `OUT/report.json` and prints as its last line
    `corrections teach: gain +G points [lo, hi] on N held-out, own split A -> B, fine-tune S s`.
 
@@ -40,10 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository's packages
 
-from app import export as E  # noqa: E402
-from app import labeling as L  # noqa: E402
-from app.gain import compare, read_scores  # noqa: E402
-from app.studio_log import StudioLog  # noqa: E402
+from app.annotate import export as E  # noqa: E402
+from app.annotate import labeling as L  # noqa: E402
+from app.training.gain import compare, read_scores  # noqa: E402
+from app.shared.studio_log import StudioLog  # noqa: E402
 from core import protocol as P  # noqa: E402
 from core.cli import main as core_main  # noqa: E402
 
