@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from core.evaluation.oracle import oracle_edit
+from core.operations import PixelLimits, smart_resize
 from tests.test_eval_fixtures import make_tinyzoom
 from tests.test_eval_replay import CROP, FRAMES, read_items, run_eval, turns
 from tests.test_operations import release_crop_px
@@ -35,7 +36,9 @@ def test_the_first_crop_is_the_target_box(tmp_path):
     image = items["zoom_needed"]["trajectory"]
     step = image["steps"][0]
     assert step["arguments"] == {"bbox_2d": TARGET, "target_image": 1}
-    assert tuple(step["box_px"]) == release_crop_px(TARGET, 448, 448)
+    eval_px = PixelLimits.preset("eval")  # the crop cuts the first view, as the release does (from_view)
+    view_h, view_w = smart_resize(448, 448, eval_px.first_min, eval_px.first_max)
+    assert tuple(step["box_px"]) == release_crop_px(TARGET, view_w, view_h)
     assert image["meta"]["oracle_first_crop"] == {"step": 0, "model_arguments": MODEL_ARGS}
     assert step["text"].startswith("I will zoom in on the square.")  # the model's reasoning stays
     assert all(r["oracle_step"] == 0 for r in items.values())
