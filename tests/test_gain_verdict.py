@@ -32,18 +32,22 @@ def test_a_clearly_better_model_is_recommended():
     assert G.verdict(result(0.2, [0.1, 0.3])).endswith("`python app.py --model data/runs/x/final`")
 
 
-def test_fifteen_passes_over_four_records_warn_before_launch(tmp_path):
+def test_many_passes_over_four_records_warn_before_launch(tmp_path):
     export = tmp_path / "annotations-1"
     export.mkdir()
     (export / "train.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(4)))
     cmd = ["python", "-m", "train", "sft", "--config", "configs/sft_corrections.json", "out=x", f"data={export}"]
     warning = size_warning("sft", "configs/sft_corrections.json", cmd)
-    assert warning.startswith("⚠️ 4 training records, about 15 passes")
+    assert warning.startswith("⚠️ 4 training records, about 8 passes")  # the config's 8 epochs
     assert size_warning("sft", "configs/sft_corrections.json", cmd + ["max_steps=2"]) is not None  # still tiny
     many = tmp_path / "big"
     many.mkdir()
     (many / "train.jsonl").write_text("{}\n" * 400)
     assert size_warning("sft", "configs/sft_corrections.json", cmd[:-1] + [f"data={many}"]) is None
+    some = tmp_path / "some"
+    some.mkdir()
+    (some / "train.jsonl").write_text("{}\n" * 60)  # 8 passes over 60 corrections alone: forgets (docs/corrections.md)
+    assert size_warning("sft", "configs/sft_corrections.json", cmd[:-1] + [f"data={some}"]) is not None
     assert size_warning("rl", "configs/rl_tiny.json", cmd) is None
 
 

@@ -133,7 +133,8 @@ def is_worse(result: dict | None) -> bool:
 
 
 TINY_RECORDS = 20  # fewer training records than this is tiny data
-MANY_PASSES = 5  # more passes over the data than this memorises it
+MANY_PASSES = 5  # more passes over the data than this memorises it ...
+FEW_RECORDS = 150  # ... when it has fewer records than the recipe measured in docs/corrections.md (50 + 100 mixed)
 
 
 def training_size_warning(config: str | None, overrides: list[str], records: int | None) -> str | None:
@@ -152,7 +153,7 @@ def training_size_warning(config: str | None, overrides: list[str], records: int
     per_step = int(cfg.get("batch_size", 8)) * int(cfg.get("grad_accum", 1))
     steps = int(cfg.get("max_steps", -1))
     passes = steps * per_step / max(records, 1) if steps > 0 else float(cfg.get("epochs", 3.0))
-    if records >= TINY_RECORDS and passes <= MANY_PASSES:
+    if records >= TINY_RECORDS and (passes <= MANY_PASSES or records >= FEW_RECORDS):
         return None
     return (f"⚠️ {records} training record{'s' if records != 1 else ''}, about {passes:.0f} passes over them: a "
             f"model this small learns them by heart and often gets worse elsewhere. Annotate more (at least "
