@@ -66,9 +66,11 @@ class Recorder:
         self.log.db.conn.executemany("INSERT OR IGNORE INTO images (sha, path, width, height, bytes, thumb, "
                                      "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def start(self, traj: Trajectory, compare_of: str | None = None, owner: str | None = None) -> str:
+    def start(self, traj: Trajectory, compare_of: str | None = None, owner: str | None = None,
+              quota_key: str | None = None) -> str:
         """Insert the session row (status running) before the first step is generated; `owner` is
-        the visitor who asked (public mode shows visitors their own sessions only)."""
+        the visitor who asked (public mode shows visitors their own sessions only), `quota_key` whom
+        its stored pictures count against (public mode's per-visitor quota)."""
         m = traj.media
         media_ref = m.image or (m.overview[0] if m.overview else None)
         fork = traj.meta.get("fork_of") if isinstance(traj.meta.get("fork_of"), dict) else {}
@@ -79,7 +81,7 @@ class Recorder:
             "status": "running", "ground_truth": traj.ground_truth, "tools_enabled": int(traj.tools_enabled),
             "guideline": traj.guideline, "config_json": json.dumps(traj.config), "meta_json": json.dumps(traj.meta),
             "compare_of": compare_of or traj.meta.get("compare_of"), "host": self.log.host, "pid": os.getpid(),
-            "owner": owner, "fork_of": fork.get("session"), "fork_step": fork.get("step"),
+            "owner": owner, "quota_key": quota_key, "fork_of": fork.get("session"), "fork_step": fork.get("step"),
             "familiar": _bit(traj.familiar), "familiarity": traj.familiarity,
         }
         db = self.log.db

@@ -148,3 +148,12 @@ def m006_confidence_and_familiarity(db) -> None:
     db.execute("ALTER TABLE sessions ADD COLUMN familiarity REAL")
     db.execute("ALTER TABLE steps ADD COLUMN mean_logprob REAL")
     db.execute("ALTER TABLE steps ADD COLUMN unsure TEXT")
+
+
+@MIGRATIONS()
+def m007_quota_key(db) -> None:
+    """Who a session's stored pictures count against (a public server's per-visitor quota): the
+    login, else a hash of the client's address, which a client cannot change by calling afresh
+    (the `owner` an API client gets is its session hash, which it picks)."""
+    db.execute("ALTER TABLE sessions ADD COLUMN quota_key TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_sessions_quota_key ON sessions(quota_key, created_at)")

@@ -45,7 +45,7 @@ def test_an_old_file_opens_with_its_rows_and_gains_the_new_columns(old_db):
     assert log.get_job("j1")["status"] == "done"
     applied = {r["name"] for r in log.db.table("_sqlite_migrations").rows}
     assert applied == {"m001_sessions", "m002_scorer", "m003_owner", "m004_narrow_fts_triggers", "m005_fork_of",
-                       "m006_confidence_and_familiarity", "m001_studio_tables", "m002_jobs_note"}
+                       "m006_confidence_and_familiarity", "m007_quota_key", "m001_studio_tables", "m002_jobs_note"}
     assert log.get_trajectory("s1").answer_confidence is None and log.get_trajectory("s1").familiar is None
 
 

@@ -203,7 +203,7 @@ def test_one_visitors_queued_asks_are_capped(public, photo):
     media = upload(url, photo)
     results = [call_ask(url, ask_body(media, f"What does the sign say? ({i})")) for i in range(4)]
     assert [code for code, _ in results] == [200, 200, 422, 422]
-    assert "already have 2 questions waiting or running" in results[2][1]
+    assert "already have 2 questions or forks waiting or running" in results[2][1]
     for _, event in results[:2]:
         stream(url, event)
     assert call_ask(url, ask_body(media, "And now?"))[0] == 200  # capped, not banned

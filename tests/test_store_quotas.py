@@ -9,7 +9,7 @@ import pytest
 
 from app import Studio
 from app.public.limits import ServerLimits
-from app.public.quotas import QuotaError, evict, make_room, owner_bytes
+from app.public.quotas import QuotaError, evict, make_room, key_bytes
 from app.shared.studio_log import StudioLog
 from core.backends.replay import ReplayBackend
 from core.loop import LoopConfig, Task, run_to_end
@@ -23,7 +23,7 @@ def session(log: StudioLog, owner: str | None, seed: int, status: str = "done", 
     traj = run_to_end(ReplayBackend(["\\boxed{x}"]), task, config=LoopConfig(pixels=PixelLimits.preset("tiny")),
                       store=log.images)
     rec = Recorder(log, "app")
-    sid = rec.start(traj, owner=owner)
+    sid = rec.start(traj, owner=owner, quota_key=owner and f"key:{owner}")
     rec.finish(traj)
     log.db.execute("UPDATE sessions SET status = ?, created_at = created_at - ?, ended_at = ? WHERE id = ?",
                    [status, age_s, time.time() - age_s, sid])
@@ -44,12 +44,12 @@ def test_a_visitor_over_quota_loses_their_oldest_session_and_its_files(studio):
     log = studio.log
     old, new = session(log, "visitor:a", 1, age_s=7200), session(log, "visitor:a", 2)
     other = session(log, "visitor:b", 3, age_s=9000)
-    one = owner_bytes(log.db, "visitor:a") // 2
+    one = key_bytes(log.db, "key:visitor:a") // 2
     studio.limits.store_bytes_per_visitor = one + one // 2
     old_files = [log.image_path(r[0]) for r in log.db.execute("SELECT sha FROM images")]
-    make_room(studio, "visitor:a")
+    make_room(studio, "key:visitor:a")
     assert ids(log) == {new, other}
-    assert owner_bytes(log.db, "visitor:a") <= studio.limits.store_bytes_per_visitor
+    assert key_bytes(log.db, "key:visitor:a") <= studio.limits.store_bytes_per_visitor
     gone = [p for p in old_files if p is not None and not p.exists()]
     assert gone and all(log.image_path(p.stem) is None for p in gone)
 
@@ -62,10 +62,10 @@ def test_running_recent_and_operator_sessions_are_never_evicted(studio):
     local = session(log, None, 4, age_s=9999)
     studio.limits.store_bytes_per_visitor = 1
     with pytest.raises(QuotaError, match="over 0 MB"):
-        make_room(studio, "visitor:a")
+        make_room(studio, "key:visitor:a")
     studio.limits.store_bytes_per_visitor, studio.limits.store_bytes = 10 ** 9, 1
     with pytest.raises(QuotaError, match="storage is full"):
-        make_room(studio, "visitor:b")
+        make_room(studio, "key:visitor:b")
     assert ids(log) == {running, recent, operator, local}
 
 

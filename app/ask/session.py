@@ -331,7 +331,7 @@ def stop(studio: Studio, key: str, reason: str = "stop") -> int:
 
 def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSettings, cancel: threading.Event,
                 view_prefix: str = "", compare_of: str | None = None, client: str = "app",
-                owner: str | None = None) -> Iterator[tuple[ChatView, Trajectory]]:
+                owner: str | None = None, quota_key: str | None = None) -> Iterator[tuple[ChatView, Trajectory]]:
     """Run one episode, logging each step as it finishes; yields the view after every event."""
     config = LoopConfig(tools=settings.tools, guideline=settings.guideline, max_ops=int(settings.max_ops),
                         pixels=PixelLimits.preset(resolve_pixel_preset(model=backend.pixel_preset)))
@@ -343,7 +343,7 @@ def run_session(studio: Studio, backend: Backend, task: Task, settings: AskSetti
     if compare_of:
         traj.meta["compare_of"] = compare_of
     recorder = Recorder(log, client)
-    recorder.start(traj, compare_of=compare_of, owner=owner)
+    recorder.start(traj, compare_of=compare_of, owner=owner, quota_key=quota_key)
     view = ChatView(studio, traj, view_prefix)
     view.user(task.question, task.media_path)
     yield view, traj
@@ -385,10 +385,11 @@ def running_status(backend: Backend, session_id: str) -> str:
 
 
 def ask_stream(studio: Studio, media_path: str | None, question: str, settings: AskSettings,
-               session_key: str, expected: str | None = None, owner: str | None = None
-               ) -> Iterator[tuple[list[dict], list[dict], str]]:
+               session_key: str, expected: str | None = None, owner: str | None = None,
+               quota_key: str | None = None) -> Iterator[tuple[list[dict], list[dict], str]]:
     """The Ask button: (main chat, compare chat, status line) after every event. With `expected` (an
-    example's known answer) the answer is marked ✅ or ❌."""
+    example's known answer) the answer is marked ✅ or ❌; `owner` sees the session, `quota_key`
+    pays for its stored pictures (public mode)."""
     try:
         task = load_task(studio, media_path, question)
         task.answer = expected
@@ -396,9 +397,9 @@ def ask_stream(studio: Studio, media_path: str | None, question: str, settings: 
         if note:
             yield [], [], note
         backend = get_backend(studio, settings)
-        make_room(studio, owner)  # public mode: the store's per-visitor and total quotas
+        make_room(studio, quota_key)  # public mode: the store's per-visitor and total quotas
     except (MediaError, BackendError, QuotaError) as e:
-        yield [], [], f"⚠️ {e}"
+        yield [], [], f"⚠️ {scrub(str(e)) if studio.isolate else e}"  # no internal URL or server folder
         return
     cancel = CancelEvent()
     _register_cancel(studio, session_key, cancel)
@@ -406,13 +407,13 @@ def ask_stream(studio: Studio, media_path: str | None, question: str, settings: 
         main: list[dict] = []
         compare: list[dict] = []
         first_id = None
-        for view, traj in run_session(studio, backend, task, settings, cancel, owner=owner):
+        for view, traj in run_session(studio, backend, task, settings, cancel, owner=owner, quota_key=quota_key):
             main, first_id = view.messages, traj.id
             yield main, [], running_status(backend, traj.id)
         if settings.compare and settings.tools and not cancel.is_set():
             off = AskSettings(**{**vars(settings), "tools": False})
             for view, traj in run_session(studio, backend, task, off, cancel, "tools off · ", compare_of=first_id,
-                                          owner=owner):
+                                          owner=owner, quota_key=quota_key):
                 compare = view.messages
                 yield main, compare, f"comparing · session `{traj.id}`"
         final = studio.log.session(first_id)

@@ -10,7 +10,7 @@ import gradio as gr
 from app import UI_ONLY, Studio
 from app.ask import examples as E
 from app.ask import session as A
-from app.public.limits import ask_numbers, ask_validator
+from app.public.limits import MODEL_RUNS, ask_numbers, ask_validator, visitor_key
 from app.public.names import public_model_name
 from app.shared.visitors import visitor
 from core.backends import BACKENDS
@@ -104,8 +104,10 @@ def wire_ask(studio: Studio, examples: list[dict], form, s, out) -> None:
         except (TypeError, ValueError, OverflowError):
             yield [], [], "⚠️ the settings must be numbers within the sliders' ranges"
             return
+        owner = visitor(studio, request)
         yield from A.ask_stream(studio, media_path, q, settings, request.session_hash,
-                                E.expected_answer(examples, media_path), visitor(studio, request))
+                                E.expected_answer(examples, media_path), owner,
+                                visitor_key(request) if studio.isolate else None)
 
     def stop(request: gr.Request):
         n = A.stop(studio, request.session_hash)
@@ -114,7 +116,8 @@ def wire_ask(studio: Studio, examples: list[dict], form, s, out) -> None:
     inputs = [form.media, form.question, s.backend, s.model, s.tools, s.temperature, s.max_ops, s.max_new,
               s.guideline, s.compare]
     form.ask_btn.click(ask, inputs, [out.chat, out.chat_off, out.status], api_name="ask",
-                       concurrency_limit=studio.max_concurrent_runs, validator=ask_validator(studio))
+                       concurrency_limit=studio.max_concurrent_runs, concurrency_id=MODEL_RUNS,
+                       validator=ask_validator(studio))
     form.stop_btn.click(stop, None, out.status, api_name="stop", concurrency_limit=None)
 
 

@@ -8,6 +8,8 @@ from typing import Callable
 import gradio as gr
 
 from app import UI_ONLY, Studio
+from app.public.limits import MODEL_RUNS, fork_validator, visitor_key
+from app.public.quotas import QuotaError, make_room
 from app.inspecting.forks import fork_edit, keep_as_correction, stream_fork
 from app.shared.session import clicked_point, overlay, source_image, two_clicks
 from core.backends.base import Backend, BackendError
@@ -50,19 +52,30 @@ class ForkPanel:
 
     # ---- handlers ------------------------------------------------------------------------------------
 
+    def own(self, sid, request: gr.Request | None) -> str:
+        """The session id when this visitor may see it (their own, in public mode); KeyError otherwise,
+        as for an unknown id. Every handler checks: the page calls them by index, and so can anyone."""
+        sid, owner = sid_of(sid), self.scope(request)
+        if owner is not None and (self.log.session(sid) or {}).get("owner") != owner:
+            raise KeyError(sid)
+        return sid
+
+    def trajectory(self, sid, request: gr.Request | None):
+        return self.log.get_trajectory(self.own(sid, request))
+
     def show(self, sid, step, request: gr.Request = None):
         """A newly opened session or step: its original with the boxes, the form cleared."""
         try:
-            traj = self.log.get_trajectory(sid_of(sid))
+            traj = self.trajectory(sid, request)
         except KeyError:
             return None, None, None, ""
         original = source_image(self.log, traj)
         idx = int(step or 1) - 1
         return overlay(original, traj, idx, None), None, None, ""
 
-    def click(self, sid, step, corner, evt: gr.SelectData):
+    def click(self, sid, step, corner, evt: gr.SelectData, request: gr.Request = None):
         try:
-            traj = self.log.get_trajectory(sid_of(sid))
+            traj = self.trajectory(sid, request)
         except KeyError:
             return gr.update(), corner, gr.update(), gr.update()
         original = source_image(self.log, traj)
@@ -79,18 +92,19 @@ class ForkPanel:
         try:
             sid = sid_of(sid)
             owner = self.scope(request)
-            if owner is not None and (self.log.session(sid) or {}).get("owner") != owner:
-                raise KeyError(sid)
+            self.own(sid, request)
             edit = fork_edit(kind, box, frames or "", text or "")
             if self.backend is None:
                 raise BackendError("no model to run a fork with")
+            key = visitor_key(request) if owner is not None else None
+            make_room(self.studio, key)  # public mode: the store's per-visitor and total quotas
             events = stream_fork(self.log, self.backend(), sid, int(step or 1) - 1, edit,
-                                 self.studio.max_image_pixels, owner=owner)
+                                 self.studio.max_image_pixels, owner=owner, quota_key=key)
             markdown, picture, traj = next(events)
         except KeyError:
             yield f"⚠️ no session {sid[:80]!r} (open one first)", None, "", ""
             return
-        except (ForkError, MediaError, BackendError) as e:
+        except (ForkError, MediaError, BackendError, QuotaError) as e:
             yield f"⚠️ {e}", None, "", ""
             return
         yield markdown, picture, traj.id, ""
@@ -116,7 +130,9 @@ class ForkPanel:
                          [self.frames, self.text], **UI_ONLY)
         self.image.select(self.click, [session_id, step_no, self.corner], drawn, **UI_ONLY)
         self.run_btn.click(self.run, [session_id, step_no, self.kind, self.box, self.frames, self.text],
-                           [self.stream, self.picture, self.fork_id, self.keep_md], api_name="fork") \
+                           [self.stream, self.picture, self.fork_id, self.keep_md], api_name="fork",
+                           concurrency_limit=self.studio.max_concurrent_runs, concurrency_id=MODEL_RUNS,
+                           validator=fork_validator(self.studio)) \
             .then(**refresh)
         if self.studio.admin:  # annotations are an operator's, as in Annotate (off in public mode)
             self.keep_btn.click(self.keep, self.fork_id, self.keep_md, api_name="fork_keep").then(**refresh)

@@ -129,7 +129,7 @@ def answer_markdown(traj: Trajectory) -> str:
 
 
 def stream_fork(log, backend: Backend, parent_id: str, k: int, edit: Edit, max_pixels: int,
-                owner: str | None = None, params: GenerationParams | None = None
+                owner: str | None = None, params: GenerationParams | None = None, quota_key: str | None = None
                 ) -> Iterator[tuple[str, Image.Image | None, Trajectory]]:
     """Fork session `parent_id` at step K and run it, logging each step as it finishes; yields (the
     fork's steps as markdown, the edited step's picture, the trajectory) after every event. Raises
@@ -141,7 +141,7 @@ def stream_fork(log, backend: Backend, parent_id: str, k: int, edit: Edit, max_p
     if owner is not None:  # a public visitor's fork: the model's public name, no server path or URL
         traj.model = public_model_name(backend.model_id)
     recorder = Recorder(log, "app")
-    recorder.start(traj, owner=owner)
+    recorder.start(traj, owner=owner, quota_key=quota_key)
     done: list[str] = [f"Fork of `{parent.id}` at step {k + 1} · {backend.name} `{traj.model}`"]
     pending, picture, finished = "", None, False
     try:

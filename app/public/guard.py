@@ -11,6 +11,10 @@
 - **Only documented API names are routed.** `/gradio_api/call/<name>` and `/gradio_api/run/<name>`
   for a name that is not a public endpoint answer 404, as an unknown route does (Gradio answers 500
   and logs a traceback for both).
+- **The queue runs only what the page triggers.** `/gradio_api/queue/join` names a handler by index,
+  as the page does; an index that is no handler, or one the page never sends there (the unload
+  handler, which Gradio runs itself when a tab closes), answers 404 without a traceback, and a join
+  body over `join_bytes` answers 413 before Gradio parses it.
 - **The upload folder has a size cap.** An upload arriving while Gradio's upload folder holds more
   than `upload_cap_bytes` is refused with 507; Gradio's `delete_cache` empties it over time.
 """
@@ -29,6 +33,7 @@ from urllib.parse import urlsplit
 logger = logging.getLogger("studio.guard")
 
 API_ROUTES = ("/gradio_api/call/", "/gradio_api/run/")
+JOIN_ROUTE = "/gradio_api/queue/join"
 
 
 @dataclass
@@ -40,6 +45,9 @@ class GuardConfig:
         "help": "origins accepted besides the request's own host (a proxy that rewrites Host; a Space's address)"})
     max_failures: int = field(default=10, metadata={"help": "wrong passwords per address or user name per window"})
     window_s: float = field(default=60.0, metadata={"help": "seconds a failure counts against the login"})
+    page_fns: set[int] | None = field(default=None, metadata={
+        "help": "handler indices the page sends to /queue/join (None: no check)"})
+    join_bytes: int = field(default=1024 ** 2, metadata={"help": "largest /queue/join body"})
     upload_dir: Path | None = field(default=None, metadata={"help": "Gradio's upload folder"})
     upload_cap_bytes: int = field(default=2 * 1024 ** 3, metadata={"help": "refuse uploads above this total"})
 
@@ -58,9 +66,16 @@ def guard_launch_kwargs(studio, demo) -> dict:
     if os.environ.get("SPACE_HOST"):  # a Space's own address, which its proxy serves the page from
         origins.add(f"https://{os.environ['SPACE_HOST']}".lower())
     config = GuardConfig(api_names=public, origins=origins, max_failures=lim.login_failures,
+                         page_fns=page_handlers(demo), join_bytes=2 ** 20 + 6 * lim.max_question_chars,
                          upload_dir=Path(get_upload_folder()), upload_cap_bytes=lim.upload_cache_bytes)
     return {"app_kwargs": {"middleware": [Middleware(ServerGuard, config=config)]},
             "state_session_capacity": lim.max_visitors}
+
+
+def page_handlers(demo) -> set[int]:
+    """Indices of the handlers a page triggers through the queue: all but those bound to `unload`
+    alone (Gradio's /unload route runs them in the server; the page never joins the queue for them)."""
+    return {i for i, fn in demo.fns.items() if any(event != "unload" for _, event in fn.targets)}
 
 
 def hide_value_loaders(demo) -> None:
@@ -158,9 +173,24 @@ class ServerGuard:
             name = path.split("/")[3] if len(path.split("/")) > 3 else ""
             if name not in self.config.api_names:
                 return await self._reply(scope, send, 404, "Not Found")
+        if method == "POST" and path.rstrip("/") == JOIN_ROUTE and self.config.page_fns is not None:
+            return await self._join(scope, receive, send)
         if method == "POST" and path.rstrip("/") == "/gradio_api/upload" and self._upload_full():
             return await self._reply(scope, send, 507, "the server's upload space is full; try again later")
         await self.app(scope, receive, send_lax_cookies(send))
+
+    async def _join(self, scope, receive, send) -> None:
+        """Pass a queue join on only for a handler the page triggers (see page_handlers)."""
+        body, messages = await _read_body(receive, self.config.join_bytes + 1, stop=True)
+        if len(body) > self.config.join_bytes:
+            return await self._reply(scope, send, 413, "the request is too large")
+        try:
+            index = json.loads(body).get("fn_index")
+        except (ValueError, AttributeError):
+            index = None
+        if not isinstance(index, int) or isinstance(index, bool) or index not in self.config.page_fns:
+            return await self._reply(scope, send, 404, "Not Found")
+        await self.app(scope, _replay(messages, receive), send_lax_cookies(send))
 
     def _upload_full(self) -> bool:
         folder = self.config.upload_dir
@@ -215,8 +245,9 @@ def _lax(cookie: bytes) -> bytes:
     return b";".join(parts + [b" SameSite=Lax"])
 
 
-async def _read_body(receive, limit: int = 64 * 1024) -> tuple[bytes, list]:
-    """The request body (up to `limit` bytes kept) and the messages, to pass on unchanged."""
+async def _read_body(receive, limit: int = 64 * 1024, stop: bool = False) -> tuple[bytes, list]:
+    """The request body (up to `limit` bytes kept) and the messages, to pass on unchanged; with
+    `stop`, reading ends once `limit` bytes are in (the caller refuses such a request)."""
     messages, body = [], b""
     while True:
         message = await receive()
@@ -224,7 +255,7 @@ async def _read_body(receive, limit: int = 64 * 1024) -> tuple[bytes, list]:
         if message["type"] != "http.request":
             break
         body = (body + message.get("body", b""))[:limit]
-        if not message.get("more_body"):
+        if not message.get("more_body") or (stop and len(body) >= limit):
             break
     return body, messages
 

@@ -7,8 +7,10 @@ has `max_asks_per_visitor` Asks waiting or running is refused at once, without a
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -79,23 +81,47 @@ def client_address(headers, peer: str | None) -> str:
 
 
 def visitor_key(request) -> str:
-    """The key the per-visitor Ask cap counts by: the login, else the client address."""
+    """Who a visitor is for the per-visitor caps (Asks and forks at once, stored pictures): the login,
+    else the Hugging Face account signed in with the Space's OAuth, else the client's address (hashed:
+    the session log keeps it). Unlike the session hash, none of these is the client's to pick."""
     user = getattr(request, "username", None)
     if user:
         return f"user:{user}"
+    account = hf_account(getattr(request, "request", None) or request)
+    if account:
+        return f"hf:{account}"
     client = getattr(request, "client", None)
-    return "addr:" + client_address(getattr(request, "headers", {}) or {}, getattr(client, "host", None))
+    address = client_address(getattr(request, "headers", {}) or {}, getattr(client, "host", None))
+    return "addr:" + hashlib.sha256(address.encode()).hexdigest()[:16]
 
 
-def live_events(request, api_name: str, key: str) -> int:
-    """Events of one endpoint this visitor has waiting or running in the queue of the app serving `request`."""
+def hf_account(request) -> str | None:
+    """The account signed in with Hugging Face OAuth (a Space with `hf_oauth: true`), from the
+    session Gradio's OAuth keeps; None without OAuth, a sign-in, or once it expired."""
+    scope = getattr(request, "scope", None)
+    session = scope.get("session") if isinstance(scope, dict) else None
+    info = session.get("oauth_info") if isinstance(session, dict) else None
+    if not isinstance(info, dict) or (info.get("expires_at") or math.inf) < time.time():
+        return None
+    name = (info.get("userinfo") or {}).get("preferred_username")
+    return name if isinstance(name, str) and name else None
+
+
+CAPPED = ("ask", "fork")
+"""The endpoints that run the model: together they count against --max-asks-per-visitor."""
+MODEL_RUNS = "model-runs"
+"""Their shared concurrency_id: --max-concurrent bounds Asks and forks together."""
+
+
+def live_events(request, api_names: tuple[str, ...], key: str) -> int:
+    """Events of these endpoints this visitor has waiting or running in the queue of the app serving `request`."""
     app = getattr(getattr(request, "request", None), "app", None)
     queue = getattr(app.get_blocks(), "_queue", None) if hasattr(app, "get_blocks") else None
     if queue is None:
         return 0
     n = 0
     for event in list(queue.event_ids_to_events.values()):
-        if getattr(event.fn, "api_name", None) == api_name and visitor_key(event_request(event)) == key:
+        if getattr(event.fn, "api_name", None) in api_names and visitor_key(event_request(event)) == key:
             n += 1
     return n
 
@@ -104,7 +130,19 @@ def event_request(event):
     """A view of a queued event's request with the fields visitor_key reads."""
     request = event.request
     return type("EventRequest", (), {"username": event.username, "client": getattr(request, "client", None),
-                                     "headers": getattr(request, "headers", {})})()
+                                     "headers": getattr(request, "headers", {}), "request": request})()
+
+
+def busy_problem(studio, request) -> str | None:
+    """Why a public visitor may not start another Ask or fork now (None when they may)."""
+    limits = studio.limits
+    if not studio.isolate:  # operators (local, logged in) are trusted
+        return None
+    # Gradio runs validators before this request joins the queue: the count is of the others
+    if live_events(request, CAPPED, visitor_key(request)) >= limits.max_asks_per_visitor:
+        return (f"you already have {limits.max_asks_per_visitor} questions or forks waiting or running; "
+                "wait for one to finish")
+    return None
 
 
 def ask_validator(studio):
@@ -119,11 +157,7 @@ def ask_validator(studio):
                  request):
         # only the length here: an empty question gets its message from the Ask itself, in the status line
         problem = question_problem(question, limits) if isinstance(question, str) and question.strip() else None
-        if problem is None and studio.isolate:  # public visitors; operators (local, logged in) are trusted
-            # Gradio runs the validator before this request joins the queue: count the others
-            if live_events(request, "ask", visitor_key(request)) >= limits.max_asks_per_visitor:
-                problem = (f"you already have {limits.max_asks_per_visitor} questions waiting or running; "
-                           "wait for one to finish")
+        problem = problem or busy_problem(studio, request)
         verdicts = [gr.validate(True, "")] * n_inputs
         if problem is not None:
             verdicts[1] = gr.validate(False, problem)
@@ -131,6 +165,19 @@ def ask_validator(studio):
 
     # Gradio fills a positional parameter annotated gr.Request; a string annotation (this module's
     # `from __future__ import annotations`) would not resolve, since gradio is imported here only
+    validate.__annotations__["request"] = gr.Request
+    return validate
+
+
+def fork_validator(studio):
+    """Gradio's validator= for /fork (whose six inputs it mirrors): a fork runs the model, so it
+    counts against the same per-visitor cap as an Ask."""
+    import gradio as gr
+
+    def validate(sid, step, kind, box, frames, text, request):
+        problem = busy_problem(studio, request)
+        return [gr.validate(problem is None, problem or "")] + [gr.validate(True, "")] * 5
+
     validate.__annotations__["request"] = gr.Request
     return validate
 

@@ -1,11 +1,15 @@
 """Disk quotas of the image store in public mode: per visitor and in all (see docs/public.md).
 
-Before a public visitor's Ask, `make_room` evicts that visitor's oldest sessions while their stored
-pictures are over `store_bytes_per_visitor`, then the oldest visitor sessions of anyone while the
+Before a public visitor's Ask or fork, `make_room` evicts that visitor's oldest sessions while their
+stored pictures are over `store_bytes_per_visitor`, then the oldest visitor sessions of anyone while the
 store is over `store_bytes`. A session is never evicted while it runs or within `store_keep_s` of
 its last write (an open page still shows it); operators' sessions (logged in, or made outside public
 mode) are never evicted. A picture file goes only when no remaining session refers to it. When no
 session may go, the Ask is refused with a `QuotaError` that says why.
+
+A visitor, for the quota, is a session's `quota_key` (app/public/limits.py's `visitor_key`: the
+login, else the client's address), not its `owner`: an API client picks its own session hash, so
+keyed by owner it could start afresh with every call.
 """
 from __future__ import annotations
 
@@ -34,9 +38,9 @@ def _shas(db, id_sql: str, args: list) -> set[str]:
     return {sha for (sha,) in rows if sha}
 
 
-def owner_bytes(db, owner: str) -> int:
-    """Bytes of the distinct stored pictures the owner's sessions refer to."""
-    shas = _shas(db, "SELECT id FROM sessions WHERE owner = ?", [owner])
+def key_bytes(db, key: str) -> int:
+    """Bytes of the distinct stored pictures that the sessions of one quota key refer to."""
+    shas = _shas(db, "SELECT id FROM sessions WHERE quota_key = ?", [key])
     return _bytes(db, shas)
 
 
@@ -53,12 +57,13 @@ def store_bytes(db) -> int:
     return db.execute("SELECT coalesce(sum(bytes), 0) FROM images").fetchone()[0]
 
 
-def _oldest_evictable(db, owner: str | None, before: float) -> str | None:
-    """The oldest session that may go: a visitor's, not running, last written before `before`."""
-    where = "owner = ?" if owner is not None else VISITOR_OWNERS
+def _oldest_evictable(db, key: str | None, before: float) -> str | None:
+    """The oldest session that may go: a visitor's (of this quota key, if given), not running, last
+    written before `before`."""
+    where = VISITOR_OWNERS + (" AND quota_key = ?" if key is not None else "")
     row = db.execute(f"SELECT id FROM sessions WHERE {where} AND status != 'running' "
                      "AND coalesce(ended_at, created_at) < ? ORDER BY created_at LIMIT 1",
-                     ([owner] if owner is not None else []) + [before]).fetchone()
+                     ([key] if key is not None else []) + [before]).fetchone()
     return row[0] if row else None
 
 
@@ -82,15 +87,15 @@ def evict(log, session_id: str) -> int:
     return freed
 
 
-def make_room(studio, owner: str | None) -> None:
-    """Evict old visitor sessions until this visitor and the store are under their quotas."""
-    if not studio.isolate or not owner:
+def make_room(studio, key: str | None) -> None:
+    """Evict old visitor sessions until this visitor (a quota key) and the store are under their quotas."""
+    if not studio.isolate or not key:
         return
     lim, log = studio.limits, studio.log
     before = time.time() - lim.store_keep_s
     with studio.lock:
-        while owner_bytes(log.db, owner) > lim.store_bytes_per_visitor:
-            sid = _oldest_evictable(log.db, owner, before)
+        while key_bytes(log.db, key) > lim.store_bytes_per_visitor:
+            sid = _oldest_evictable(log.db, key, before)
             if sid is None:
                 raise QuotaError(f"your stored pictures are over {lim.store_bytes_per_visitor / 2 ** 20:.0f} MB; "
                                  f"ask again in {lim.store_keep_s // 60 or 1} minutes, when older sessions may be removed")
