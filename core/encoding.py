@@ -133,6 +133,29 @@ class VisionTextEncoder:
             enc.assistant_mask.extend([m] * n)
         return enc
 
+    def count_tokens(self, messages: list[dict], add_generation_prompt: bool = True) -> int:
+        """len(encode(messages, add_generation_prompt)) without making a pixel tensor: the text's
+        tokens, each vision pad counted as the features its picture or video gives (a backend that
+        feeds another engine, vLLM, checks the context with it before the engine prefills)."""
+        text = P.render_prompt(messages, add_generation_prompt=add_generation_prompt)
+        n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        images, videos = P.media_in(messages)
+        cell = (self.patch_size * self.merge_size) ** 2
+        for image in images:
+            h, w = self._model_hw(image)
+            n += h * w // cell - 1
+        for frames in videos:
+            h, w = self._model_hw(frames[0])
+            n += -(-len(frames) // self.temporal_patch_size) * (h * w // cell) - 1
+        return n
+
+    def _model_hw(self, image: Image.Image) -> tuple[int, int]:
+        """The (height, width) `_model_size` gives a picture, without resizing it."""
+        if image.width % self.factor == 0 and image.height % self.factor == 0:
+            return image.height, image.width
+        size = self.image_processor.size
+        return smart_resize(image.height, image.width, size.shortest_edge, size.longest_edge, self.factor)
+
     def _token_counts(self, grid_thw: torch.Tensor) -> list[int]:
         return (grid_thw.prod(-1) // self.merge_size ** 2).tolist()
 

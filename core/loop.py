@@ -356,12 +356,14 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
     writes every finished item at once). With `batch_size`, at most that many conversations share
     a call: as one ends, a waiting one takes its place at the next turn, so the batch stays full.
     """
-    config, params = config or LoopConfig(), params or GenerationParams()
+    config = config or LoopConfig()
     if episodes is None:
         # first views' resizing and the pictures' hashing release the GIL: a few threads build them
         episodes = parallel_map(lambda t: Episode(t, config, store, backend.name, backend.model_id), tasks)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    budget = episodes[0].config.max_context_tokens if episodes else config.max_context_tokens
+    params = replace(params or GenerationParams(), max_context_tokens=budget)
     mark_familiarity(backend, [e for e in episodes if not e.trajectory.steps])
     waiting = deque(e for e in episodes if not e.done)
     active: list[Episode] = []
@@ -372,7 +374,9 @@ def run_batch(backend: Backend, tasks: list[Task], config: LoopConfig | None = N
         if not active:
             break
         for episode, generation in zip(active, _generate_isolated(backend, active, params)):
-            if isinstance(generation, Exception):
+            if isinstance(generation, ContextFull):  # refused from its token count: nothing was prefilled
+                episode.context_full(str(generation))
+            elif isinstance(generation, Exception):
                 episode.fail(P.short_message(f"{type(generation).__name__}: {generation}"))
             else:
                 try:
@@ -390,6 +394,13 @@ def _generate_isolated(backend: Backend, active: list[Episode], params: Generati
     so that only the one(s) that fail get the exception (returned in its place)."""
     try:
         generations = backend.generate_batch([e.messages for e in active], params)
+    except ContextFull as e:
+        if len(active) == 1:
+            return [e]
+        if e.rows:  # the rows over the context are refused before any prefill; the others go on together
+            kept = [ep for i, ep in enumerate(active) if i not in e.rows]
+            rest = _generate_isolated(backend, kept, params) if kept else []
+            return [ContextFull(e.rows[i]) if i in e.rows else rest.pop(0) for i in range(len(active))]
     except Exception as e:  # noqa: BLE001 - retried one by one below to find which conversation fails
         if len(active) == 1:
             return [e]

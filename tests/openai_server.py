@@ -6,7 +6,10 @@ It serves a checkpoint through the project's transformers backend over HTTP (/v1
 - the model `<name>-toolcalls` parses tool calls as vLLM's hermes parser does: the text before
   <tool_call> is `content`, the call goes out as structured `tool_calls` (arguments streamed in
   pieces) with finish_reason "tool_calls", although the request sends no `tools`;
-- the model `<name>` leaves the call in the content text.
+- the model `<name>` leaves the call in the content text;
+- `POST /tokenize` counts a chat's prompt tokens, pictures included, as vLLM's does (the backend
+  checks the context with it before asking for a generation); `GET /stats` says how many chat
+  completions it was asked for.
 It prints `PORT <n>` once listening and exits when its parent does or after --lifetime seconds.
 (`transformers serve` itself needs torchvision for Qwen2.5-VL's processor, which this CPU setup lacks.)
 """
@@ -70,6 +73,13 @@ class Server:
     def __init__(self, model: str, name: str) -> None:
         self.backend = TransformersBackend(model, device="cpu")
         self.names = {name: False, f"{name}-toolcalls": True}  # served name -> parses tool calls
+        self.completions = 0
+
+    def count(self, body: dict) -> dict:
+        """/tokenize's answer for a chat: its prompt's tokens with every picture expanded."""
+        enc = self.backend.encoder.encode(to_hf_messages(body["messages"]),
+                                          add_generation_prompt=body.get("add_generation_prompt", True))
+        return {"count": len(enc), "max_model_len": 32768, "tokens": enc.input_ids}
 
     def generate(self, body: dict):
         """Yield text pieces, then (text without the stop string, stop_reason, Generation)."""
@@ -112,15 +122,20 @@ def make_handler(server: Server):
             return
 
         def do_GET(self) -> None:
+            if self.path.rstrip("/") == "/stats":
+                return self._json({"chat_completions": server.completions})
             if self.path.rstrip("/") != "/v1/models":
                 return self._json({"error": {"message": "not found"}}, 404)
             self._json({"object": "list", "data": [{"id": n, "object": "model"} for n in server.names]})
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/tokenize" and body.get("model") in server.names:
+                return self._json(server.count(body))
             if self.path != "/v1/chat/completions" or body.get("model") not in server.names:
                 return self._json({"error": {"message": f"model {body.get('model')!r} not served"}}, 404)
             parse = server.names[body["model"]]
+            server.completions += 1
             if body.get("stream"):
                 return self._stream(body, parse)
             *_, (text, stop_reason, gen) = server.generate(body)

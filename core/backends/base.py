@@ -58,18 +58,40 @@ class BackendError(RuntimeError):
 
 
 class ContextFull(BackendError):
-    """The prompt alone is over the context budget: refused before the model reads it."""
+    """The prompt alone is over the context budget: refused before the model reads it. From a
+    batched call, `rows` are the conversations refused (the others were not run either)."""
+
+    def __init__(self, message: str, rows: dict[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.rows = rows or {}
+
+
+def context_problem(prompt_tokens: int, params: GenerationParams) -> str | None:
+    """Why a prompt of this many tokens may not be generated from (None when it may): the one rule
+    every backend applies, from the token count, before any prefill or request."""
+    budget = params.max_context_tokens
+    if budget is not None and prompt_tokens >= budget:
+        return f"the question and its picture take {prompt_tokens} tokens; the context holds {budget}"
+    return None
 
 
 def fit_context(prompt_tokens: int, params: GenerationParams) -> GenerationParams:
     """The params with max_new_tokens cut to the context left after the prompt; ContextFull when the
     prompt leaves none (checked from the token count, before any prefill)."""
-    budget = params.max_context_tokens
-    if budget is None:
+    problem = context_problem(prompt_tokens, params)
+    if problem:
+        raise ContextFull(problem)
+    if params.max_context_tokens is None:
         return params
-    if prompt_tokens >= budget:
-        raise ContextFull(f"the question and its picture take {prompt_tokens} tokens; the context holds {budget}")
-    return replace(params, max_new_tokens=min(params.max_new_tokens, budget - prompt_tokens))
+    return replace(params, max_new_tokens=min(params.max_new_tokens, params.max_context_tokens - prompt_tokens))
+
+
+def check_batch(prompt_tokens: list[int | None], params: GenerationParams) -> None:
+    """ContextFull naming every conversation of a batch whose prompt is over the budget (a count of
+    None is not checked), before any of them is prefilled."""
+    rows = {i: p for i, n in enumerate(prompt_tokens) if n is not None and (p := context_problem(n, params))}
+    if rows:
+        raise ContextFull(next(iter(rows.values())), rows)
 
 
 class Backend:

@@ -16,7 +16,8 @@ from typing import Iterator
 
 import torch
 
-from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop, fit_context
+from core.backends.base import (Backend, BackendError, Generation, GenerationParams, check_batch, cut_at_stop,
+                                fit_context)
 from core.backends.stopping import StopCriteria
 from core.backends.tokenprobs import TokenLogprobs, token_pieces
 from core.encoding import VisionTextEncoder
@@ -282,11 +283,12 @@ class TransformersBackend(Backend):
         t0 = time.perf_counter()
         inputs = self._inputs(batch)
         prompt_len = inputs["input_ids"].shape[1]
+        lengths = inputs["attention_mask"].sum(-1).tolist()
+        check_batch(lengths, params)  # before any prefill
         criteria = StopCriteria(self.tokenizer, params.stop, self.stop_ids, prompt_len, len(batch))
         probs = self._token_probs(params)
         out = in_worker_thread(lambda: self._run_generate(inputs, params, criteria, probs=probs))
         seconds = time.perf_counter() - t0
-        lengths = inputs["attention_mask"].sum(-1).tolist()
         return [self._finish(out, row, prompt_len, lengths[row], criteria, params, seconds, probs)
                 for row in range(len(batch))]
 

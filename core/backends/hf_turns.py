@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from core.backends.base import Generation, GenerationParams, cut_at_stop
+from core.backends.base import Generation, GenerationParams, check_batch, cut_at_stop
 from core.backends.stopping import StopCriteria
 from core.backends.tokenprobs import token_pieces
 from core.encoding import Encoded
@@ -172,6 +172,7 @@ class TurnEngine:
         keys = [id(m) for m in batch]
         self.caches = {k: c for k, c in self.caches.items() if k in keys}  # ended conversations go
         encoded = parallel_map(self.backend._encode_prompt, batch)  # tokenizer, image processor: GIL released
+        check_batch([len(e) for e in encoded], params)  # before any prefill, the shared prefix's included
         self._share_prefix(encoded)
         rows = [self._row(k, m, e) for k, m, e in zip(keys, batch, encoded)]
         if params.seed is not None:

@@ -17,12 +17,14 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Iterator
 
 from PIL import Image
 
 from core import protocol as P
-from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop
+from core.backends.base import (Backend, BackendError, Generation, GenerationParams, check_batch, cut_at_stop,
+                                fit_context)
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,8 @@ class OpenAIBackend(Backend):
         self.model_id = f"{model_name}@{self.base_url}" if model_name else self.base_url
         self.pixel_preset = None
         self.refuses_logprobs = False  # the server answered a request for logprobs with an error
+        self.counts_tokens = True  # the server answers /tokenize (set False once it does not)
+        self.timeout = timeout
         if model_name is None:
             try:  # name the served model now, so trajectories record it; a server still down fails later
                 self.model_name
@@ -165,6 +169,11 @@ class OpenAIBackend(Backend):
                cancel: threading.Event | None = None) -> Iterator[str | Generation]:
         t0 = time.perf_counter()
         request = self._request(messages, params)
+        if params.max_context_tokens is not None:
+            count = self.prompt_tokens(request["messages"])
+            if count is not None:  # refused before any generation request, as the other backends do
+                params = fit_context(count, params)
+                request["max_tokens"] = params.max_new_tokens
         text, finish, stop_reason, usage, logprobs, calls = "", None, None, None, [], ToolCalls()
         pieces: list[str] = []
         with self._errors():
@@ -231,11 +240,37 @@ class OpenAIBackend(Backend):
             return self.client.chat.completions.create(**request)
 
     def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
-        """Concurrent requests; the server's own batching does the rest."""
+        """Concurrent requests; the server's own batching does the rest. Every prompt is counted
+        first: one over the context refuses the batch (ContextFull names it) before any generation."""
         if not batch:
             return []
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(batch))) as pool:
+            if params.max_context_tokens is not None:
+                check_batch(list(pool.map(lambda m: self.prompt_tokens(to_openai_messages(m)), batch)), params)
+                params = replace(params, max_context_tokens=None)  # counted once
             return list(pool.map(lambda m: self.generate(m, params), batch))
+
+    def prompt_tokens(self, messages: list[dict]) -> int | None:
+        """The prompt's token count as the server counts it, pictures included: `POST /tokenize` beside
+        /v1, which vLLM (0.17 and later count the pictures' tokens too) and SGLang serve. None from a
+        server without it (asked once; the context is then checked by the server, at its own limit)."""
+        if not self.counts_tokens:
+            return None
+        import httpx
+
+        body = {"model": self.model_name, "messages": messages, "add_generation_prompt": True}
+        try:
+            r = httpx.post(self.base_url.removesuffix("/v1") + "/tokenize", json=body, timeout=self.timeout)
+        except httpx.HTTPError:
+            return None  # the generation request reports an unreachable server
+        try:
+            count = r.json().get("count") if r.status_code == 200 else None
+        except (ValueError, AttributeError):  # not the JSON object vLLM sends
+            count = None
+        if r.status_code in (404, 405, 501) or (r.status_code == 200 and not isinstance(count, int)):
+            log.info("%s does not count prompt tokens (/tokenize); the server's own limit applies", self.base_url)
+            self.counts_tokens = False
+        return count if isinstance(count, int) else None
 
 
 class _OpenAIErrors:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core import protocol as P
-from core.backends.base import Backend, BackendError, Generation, GenerationParams, cut_at_stop
+from core.backends.base import Backend, BackendError, Generation, GenerationParams, check_batch, cut_at_stop
 from core.backends.hf import read_pixel_preset
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,20 @@ class VLLMBackend(Backend):
         self._vllm = vllm
         self.pixel_preset = read_pixel_preset(self.model_id)
         self._lock = threading.Lock()
+        self._encoder = None
+
+    def prompt_tokens(self, messages: list[dict]) -> int | None:
+        """The prompt's token count as the engine will expand it (the checkpoint's own tokenizer and
+        Qwen2-VL image processor, core.encoding); None where the checkpoint has no such processor."""
+        if self._encoder is None:
+            from core.encoding import VisionTextEncoder
+
+            try:
+                self._encoder = VisionTextEncoder.from_pretrained(self.model_id)
+            except Exception as e:  # noqa: BLE001 - another model family: vLLM checks its own limit
+                log.warning("cannot count %s's prompt tokens (%s); vLLM's max_model_len applies", self.model_id, e)
+                self._encoder = False
+        return self._encoder.count_tokens(messages) if self._encoder else None
 
     def generate(self, messages: list[dict], params: GenerationParams,
                  cancel: threading.Event | None = None) -> Generation:
@@ -107,6 +121,8 @@ class VLLMBackend(Backend):
     def generate_batch(self, batch: list[list[dict]], params: GenerationParams) -> list[Generation]:
         if not batch:
             return []
+        if params.max_context_tokens is not None:  # before the engine sees any prompt
+            check_batch([self.prompt_tokens(m) for m in batch], params)
         t0 = time.perf_counter()
         sampling = [self._vllm.SamplingParams(**kw) for kw in batch_sampling_kwargs(params, len(batch))]
         with self._lock:
