@@ -146,3 +146,22 @@ def test_rotating_session_hashes_does_not_escape_the_store_quota(tmp_path):
         assert len(keys) == 1 and keys[0][0].startswith("addr:")  # one visitor, by address
     finally:
         stop(proc)
+
+
+def test_an_internal_endpoint_never_reaches_a_visitor(tmp_path, photo):
+    """The operator's model is an OpenAI-compatible server at an internal address that is down: the
+    chat says it failed, without the address (nor does /config, nor the session row)."""
+    from tests.test_app_server import free_port
+
+    internal = f"127.0.0.1:{free_port()}"
+    url, proc, _ = serve(tmp_path, "--public", "--backend", "openai", "--model", f"http://{internal}/v1")
+    try:
+        assert internal not in http(url + "/config")[2]
+        code, event = call_ask(url, ask_body(upload(url, photo), "What does the sign say?"))
+        assert code == 200, event
+        text = stream(url, event)
+        assert "cannot reach" in text and internal not in text and "<endpoint>" in text
+        model = sqlite3.connect(tmp_path / "data" / "studio.db").execute("SELECT model FROM sessions").fetchone()
+        assert model == ("openai endpoint",)
+    finally:
+        stop(proc)
