@@ -15,13 +15,15 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 @contextlib.contextmanager
 def serve(studio) -> Iterator[str]:
     """The Studio's page for `studio`, served until the block ends; yields its URL."""
+    from app.public.guard import guard_launch_kwargs
     from app.ui import build_app, launch_kwargs
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = build_app(studio)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs())
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs(),
+                        **guard_launch_kwargs(studio, demo))  # the server guard, as app.py runs it
     try:
         yield demo.local_url
     finally:

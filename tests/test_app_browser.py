@@ -83,13 +83,15 @@ def app_url(tmp_path_factory):
 
 def serve(studio):
     """The Studio on a free local port: yields (its URL, the studio), and closes it after."""
+    from app.public.guard import guard_launch_kwargs
     from app.ui import build_app, launch_kwargs
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = build_app(studio)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs())
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs(),
+                        **guard_launch_kwargs(studio, demo))  # the server guard, as app.py runs it
     yield demo.local_url, studio
     demo.close()
 

@@ -165,3 +165,20 @@ def test_an_internal_endpoint_never_reaches_a_visitor(tmp_path, photo):
         assert model == ("openai endpoint",)
     finally:
         stop(proc)
+
+
+def test_a_hugging_face_sign_in_is_the_visitor_key():
+    """With a Space's OAuth (gr.LoginButton, `hf_oauth: true`) the signed-in account is the visitor,
+    until its sign-in expires; without one, the hashed address."""
+    from starlette.requests import Request
+
+    from app.public.limits import visitor_key
+
+    def request(session: dict | None) -> Request:
+        scope = {"type": "http", "headers": [], "client": ("203.0.113.9", 5000)}
+        return Request({**scope, "session": session} if session is not None else scope)
+    signed = {"oauth_info": {"userinfo": {"preferred_username": "alice"}, "expires_at": time.time() + 60}}
+    expired = {"oauth_info": {"userinfo": {"preferred_username": "alice"}, "expires_at": time.time() - 1}}
+    assert visitor_key(request(signed)) == "hf:alice"
+    assert visitor_key(request(expired)) == visitor_key(request(None)) == visitor_key(request({}))
+    assert visitor_key(request(None)).startswith("addr:") and "203.0.113.9" not in visitor_key(request(None))

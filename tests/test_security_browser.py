@@ -33,6 +33,7 @@ TURNS = [f"Let me zoom. {EVIL}\n\n" + format_tool_call("crop_image_normalized",
 def serve(tmp_path_factory, name: str, turns: list[str], **studio_kw):
     """The Studio in this process on a free port, replaying `turns`; yields (url, studio)."""
     from app import Studio
+    from app.public.guard import guard_launch_kwargs
     from app.ui import build_app, launch_kwargs
 
     data = tmp_path_factory.mktemp(name)
@@ -44,7 +45,8 @@ def serve(tmp_path_factory, name: str, turns: list[str], **studio_kw):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = build_app(studio)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs(studio))
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, server_port=port, **launch_kwargs(studio),
+                        **guard_launch_kwargs(studio, demo))  # the server guard, as app.py runs it
     return demo, studio
 
 
