@@ -86,7 +86,7 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-video-frames", type=int, default=v.max_frames, help="frames (packets) in a video")
     g.add_argument("--max-video-seconds", type=float, default=v.max_seconds, help="a video's duration")
     g.add_argument("--max-asks-per-visitor", type=int, default=d.max_asks_per_visitor,
-                   help="public mode: questions one visitor (by address) may have waiting or running")
+                   help="public mode: questions and forks one visitor (login, else address) may have waiting or running")
     g.add_argument("--login-attempts", type=int, default=d.login_failures,
                    help="wrong passwords per minute per address or user name before /login answers 429")
     g.add_argument("--upload-ttl-min", type=float, default=d.upload_ttl_s / 60,

@@ -5,12 +5,9 @@ batch-mates run. Real parts: the embedded checkpoint, the OpenAI-compatible test
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +21,8 @@ from core.loop import Episode, LoopConfig, Task, run_batch, run_to_end
 from core.media import Video
 from core.operations import PixelLimits
 from tests.conftest import numbered_frames, photo_like
+from tests.test_openai_server import server_url  # noqa: F401 - the real server process, a fixture
 
-ROOT = Path(__file__).resolve().parents[1]
 LONG = "Look very closely at every corner of the picture. " * 60
 PARAMS = GenerationParams(max_new_tokens=8)
 
@@ -86,26 +83,14 @@ def test_vllm_refuses_before_the_engine_sees_the_prompt(budget):
     assert list(e.value.rows) == [1] and f"the context holds {budget}" in str(e.value)
 
 
-@pytest.fixture(scope="module")
-def server_url():
-    proc = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "--model", default_model(),
-                             "--lifetime", "300"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PORT "), f"server did not start: {line!r}"
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def completions(url: str) -> int:
-    with urllib.request.urlopen(url + "/stats", timeout=10) as r:
+    """How many chat completions the test server was asked for."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=10) as r:
         return json.load(r)["chat_completions"]
 
 
 def test_openai_refuses_before_any_generation_request(server_url, budget, encoder):
-    backend = OpenAIBackend(server_url + "/v1", model_name="pixel-reasoner-tiny")
+    backend = OpenAIBackend(server_url, model_name="pixel-reasoner-tiny")
     before = completions(server_url)
     t0 = time.perf_counter()
     traj = run_to_end(backend, task(LONG), config=config(budget), params=PARAMS)

@@ -1,9 +1,10 @@
 """What one visitor's request may cost the server, and the checks that run before an Ask is queued.
 
 `ServerLimits` holds every bound of docs/public.md's table that the app enforces (the picture cap and
---max-concurrent live on `Studio` itself). `ask_validator` is Gradio's `validator=` for the Ask
-event: it runs when a request joins the queue, so an over-long question or a visitor who already
-has `max_asks_per_visitor` Asks waiting or running is refused at once, without a queue slot.
+--max-concurrent live on `Studio` itself). `ask_validator` and `fork_validator` are Gradio's
+`validator=` for the Ask and fork events: they run when a request joins the queue, so an over-long
+question or a visitor (`visitor_key`) who already has `max_asks_per_visitor` Asks and forks waiting
+or running is refused at once, without a queue slot.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class ServerLimits:
 
     max_question_chars: int = field(default=2000, metadata={"help": "a longer question is refused before queueing"})
     video: VideoLimits = field(default_factory=VideoLimits, metadata={"help": "frame size, frames, duration"})
-    max_asks_per_visitor: int = field(default=2, metadata={"help": "Asks one public visitor may have waiting or running"})
+    max_asks_per_visitor: int = field(default=2, metadata={
+        "help": "Asks and forks one public visitor may have waiting or running"})
     max_visitors: int = field(default=1000, metadata={"help": "page sessions kept in memory (oldest forgotten)"})
     quote_chars: int = field(default=200, metadata={"help": "characters of the question the chat quotes"})
     login_failures: int = field(default=10, metadata={"help": "wrong passwords per address or user per minute"})
