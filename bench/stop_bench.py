@@ -1,12 +1,12 @@
 """How long Stop takes when pressed during a prefill (run: python -m bench.stop_bench [--repeat 3]).
 
-Stop reaches the model between generated tokens; a prefill already started runs to its end. So the
-bound is the prefill time of the longest prompt a visitor can cause, on the embedded model (CPU,
-the transformers stream the Ask tab uses, which prefills the whole conversation every turn):
+The longest prompts a visitor can cause, on the embedded model (CPU, the transformers stream the Ask
+tab uses, which prefills the whole conversation every turn):
   a. a first turn at the question cap (--max-question-chars 2,000) with a picture;
   b. a later turn at the context budget (LoopConfig.max_context_tokens, 12,088 tokens).
-For each: time to the first token without Stop, and from Stop (pressed 50 ms into the prefill) to
-the end of the stream.
+For each: time to the first token without Stop, and from Stop (pressed 50 ms into the prefill, and
+halfway through it) to the end of the stream. Stop is checked before every decoder layer during a
+prefill (core/backends/stopping.py), so the wait is at most one layer's share of the prefill.
 """
 from __future__ import annotations
 
@@ -79,9 +79,10 @@ def main() -> None:
     for name, messages in cases.items():
         n = backend.encoder.count_tokens(messages)
         ttft = min(first_token_s(backend, messages) for _ in range(args.repeat))
-        stops = [stop_s(backend, messages) for _ in range(args.repeat)]
-        print(f"{name}: {n} prompt tokens · first token {ttft:.2f} s · Stop during prefill ends the stream in "
-              f"{min(stops):.2f}–{max(stops):.2f} s")
+        for after in (0.05, ttft / 2):
+            stops = [stop_s(backend, messages, after) for _ in range(args.repeat)]
+            print(f"{name}: {n} prompt tokens · first token {ttft:.2f} s · Stop pressed {after:.2f} s into the "
+                  f"prefill ends the stream in {min(stops):.2f}–{max(stops):.2f} s")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The context check before prefill, on every backend that runs a model: a prompt over
 `LoopConfig.max_context_tokens` ends its episode "context full" before the model reads it (no
 prefill, no generation request), with the message the transformers stream gives, while its
-batch-mates run. Real parts: the embedded checkpoint, the OpenAI-compatible test server process."""
+batch-mates run; and Stop during a prefill, which ends the turn before the prompt is read through.
+Real parts: the embedded checkpoint, the OpenAI-compatible test server process."""
 from __future__ import annotations
 
 import json
@@ -99,3 +100,16 @@ def test_openai_refuses_before_any_generation_request(server_url, budget, encode
     short, long = run_batch(backend, [task(seed=4), task(LONG, seed=5)], config(budget), params=PARAMS)
     assert refused(long, budget) and short.steps and completions(server_url) == before + 1
     assert short.steps[0].tokens_in == encoder.count_tokens(Episode(task(seed=4), config()).messages)
+
+
+def test_stop_during_the_prefill_ends_the_turn_before_its_first_token():
+    """Stop reaches the transformers stream between decoder layers while the prompt is read (before,
+    it waited for the whole prefill and the first token: tokens_out was 1)."""
+    backend = TransformersBackend(default_model(), device="cpu")
+    messages = Episode(task(LONG * 3), config()).messages
+    cancel = threading.Event()
+    threading.Timer(0.02, cancel.set).start()
+    *_, stopped = backend.stream(messages, GenerationParams(max_new_tokens=64), cancel)
+    assert stopped.finish_reason == "cancelled" and stopped.tokens_out == 0 and not stopped.text
+    *_, after = backend.stream(messages, GenerationParams(max_new_tokens=2))  # the model is itself again
+    assert after.finish_reason != "cancelled" and after.tokens_out >= 1

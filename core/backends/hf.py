@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +19,7 @@ import torch
 
 from core.backends.base import (Backend, BackendError, Generation, GenerationParams, check_batch, cut_at_stop,
                                 fit_context)
-from core.backends.stopping import StopCriteria
+from core.backends.stopping import PrefillCancelled, StopCriteria
 from core.backends.tokenprobs import TokenLogprobs, token_pieces
 from core.encoding import VisionTextEncoder
 from core.familiarity import load_reference, picture_features
@@ -193,7 +194,8 @@ class TransformersBackend(Backend):
                       probs: TokenLogprobs | None = None):
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        with self._lock, torch.inference_mode():
+        watch = criteria.watch_prefill(self.model) if streamer is not None else nullcontext()  # Stop: streams only
+        with self._lock, torch.inference_mode(), watch:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             return self.model.generate(**inputs, **self._generate_kwargs(params), streamer=streamer,
@@ -266,6 +268,9 @@ class TransformersBackend(Backend):
             if thread.is_alive() and "out" not in result:
                 criteria.abandoned.set()
             thread.join()
+        if isinstance(result.get("error"), PrefillCancelled):  # Stop while the prompt was read
+            yield Generation(text="", tokens_in=prompt_len, finish_reason="cancelled", seconds=time.perf_counter() - t0)
+            return
         if "error" in result:
             raise BackendError(f"generation failed: {result['error']}") from result["error"]
         gen = self._finish(result["out"], 0, prompt_len, prompt_len, criteria, params, time.perf_counter() - t0,
