@@ -101,3 +101,18 @@ def test_a_fresh_studio_fine_tunes_corrections_and_shows_the_three_parts(family,
     for part in (S.TRAINED, S.HELD_OUT, S.OWN):
         assert f"**{part}**" in shown
     assert "(greedy, same items, 95% bootstrap intervals)" in shown and "pts [" in shown
+
+
+def test_the_gain_job_builds_a_missing_own_split_and_never_writes_into_a_foreign_folder(tmp_path, monkeypatch):
+    from app.training import gain as G
+    from app.training import jobs as J
+
+    monkeypatch.setattr(J, "FRESH_SYNTH", ["--train", "0", "--validation", "0", "--test", "3", "--seed", "0"])
+    parts = G.plan(tmp_path / "gain", export=None, own=str(tmp_path / "tinyzoom"), data=[])  # python -m train synth
+    assert [(p.label, p.n) for p in parts] == [(S.OWN, 3)]
+    foreign = tmp_path / "family"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="^error: no items to compare on"):
+        G.plan(tmp_path / "gain2", export=None, own=str(foreign), data=[])
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]

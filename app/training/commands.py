@@ -99,9 +99,8 @@ def build_command(studio: Studio, kind: str, config: str | None, dataset: str | 
         if not model:
             raise ValueError("give the run to evaluate (data/runs/<job>) in the Model field, or select a finished "
                              "fine-tune job and press 'Evaluate against its start model'")
-        base, tuned, export, own = gain_inputs(model, held_out(studio))
-        data = [dataset] if dataset else []
-        return J.gain_command(out, base, tuned, export, own, data, int(limit) if limit else None, extra_args)
+        base, tuned, export, own = gain_inputs(model, held_out(studio))  # a Dataset given is the own folder
+        return J.gain_command(out, base, tuned, export, dataset or own, [], int(limit) if limit else None, extra_args)
     if kind == "custom":
         cmd = shlex.split(custom or "")
         if not cmd:
