@@ -88,6 +88,9 @@ def test_a_fresh_set_up_says_before_launch_what_the_jobs_build_first(tmp_path):
     assert cmd[cmd.index("--own") + 1] == str(tmp_path / "tinyzoom") and cmd[cmd.index("--export") + 1] == str(tmp_path)
     assert "its own split" in before_start("gain", None, cmd)
     (tmp_path / "tinyzoom").mkdir()
+    (tmp_path / "tinyzoom" / "notes.txt").write_text("not TinyZoom")
+    assert "holds no train.jsonl and is not written into" in before_start("sft", None, sft)
+    assert "holds no test.jsonl" in before_start("gain", None, cmd)
     for split in ("train", "test"):
         (tmp_path / "tinyzoom" / f"{split}.jsonl").write_text("{}\n")
     assert before_start("gain", None, cmd) == "" and "not built" not in before_start("sft", None, sft)

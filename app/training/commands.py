@@ -150,14 +150,21 @@ def mix_here(studio: Studio, config: str, extra: list[str]) -> list[str]:
 
 def setup_note(kind: str, cmd: list[str]) -> str | None:
     """What a job builds before it starts (a fresh set-up): the mix folder of a fine-tune, the own
-    split of a gain job; None when it is there."""
+    split of a gain job; what it cannot use; None when the folder is there."""
     args = dict(a.split("=", 1) for a in cmd if "=" in a and not a.startswith("-"))
-    if kind == "sft" and args.get("mix_data") and not (ROOT / args["mix_data"] / "train.jsonl").is_file():
-        folder, what = args["mix_data"], "the model's own kind of data to mix in"
-    elif kind == "gain" and "--own" in cmd and not (ROOT / cmd[cmd.index("--own") + 1] / "test.jsonl").is_file():
-        folder, what = cmd[cmd.index("--own") + 1], "its own split, to see whether anything is forgotten"
+    if kind == "sft" and args.get("mix_data"):
+        folder, need, what = args["mix_data"], "train.jsonl", "the model's own kind of data to mix in"
+        refused = "the fine-tune stops there: give mix_data=<a TinyZoom folder>, or mix_records=0"
+    elif kind == "gain" and "--own" in cmd:
+        folder, need, what = cmd[cmd.index("--own") + 1], "test.jsonl", "its own split: is anything forgotten?"
+        refused = "the gain view scores the other parts only"
     else:
         return None
+    path = ROOT / folder
+    if (path / need).is_file():
+        return None
+    if path.is_dir() and any(path.iterdir()):
+        return f"⚠️ `{folder}` holds no {need} and is not written into: {refused}."
     return (f"ℹ️ `{folder}` is not built yet: this job first writes TinyZoom there ({what}; "
             f"`python -m train synth --out {folder} {' '.join(J.FRESH_SYNTH)}`, about a minute on 2 cores).")
 
@@ -170,13 +177,12 @@ def size_warning(kind: str, config: str | None, cmd: list[str]) -> str | None:
 
     if kind != "sft":
         return None
-    overrides = [c for c in cmd if "=" in c and not c.startswith("-")]
-    cfg = run_config(config, overrides)
+    if not config or not (ROOT / config).is_file():
+        return None
+    cfg = run_config(config, [c for c in cmd if "=" in c and not c.startswith("-")])
     try:
         folder = newest_dataset(ROOT / cfg["data"]) if cfg.get("data") else None
     except (DataError, OSError):
-        return None
-    if not config or not (ROOT / config).is_file():
         return None
     return G.training_size_warning(cfg, G.count_records(str(folder) if folder else None), mixed=mix_count(cfg))
 
