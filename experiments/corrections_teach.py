@@ -14,7 +14,8 @@ items of one failure family (`python -m train synth --shift-suite data/families 
    around `meta.task.target` on each crop step that missed it, and the right answer;
 4. exports them with the Studio's exporter (`app/annotate/export.py`) and fine-tunes with the Studio's
    corrections config (`configs/sft_corrections.json`, `python -m train sft`) for at most
-   `--minutes`, with `--mix` records of the model's original training data mixed in;
+   `--minutes`, with records of the model's original training data mixed in by the config's mix knob
+   (`mix_data` = `--own`, `mix_records` = `--mix`);
 5. evaluates the fine-tuned model on the held-out items and both models on the model's own TinyZoom
    test split (`--own`), paired per item as the Train tab's gain view does (`app/training/gain.py: compare`);
 6. writes `OUT/report.json` and prints as its last line
@@ -63,8 +64,9 @@ class TeachConfig:
     own: str = field(default="data/tinyzoom", metadata={
         "help": "the model's own TinyZoom folder: test.jsonl is the own split, train.jsonl the --mix source"})
     own_limit: int | None = field(default=None, metadata={"help": "first N items of the own split (smoke runs)"})
-    mix: int = field(default=100, metadata={
-        "help": "records of the own folder's train.jsonl (the model's original data) mixed into the fine-tune"})
+    mix: int | None = field(default=None, metadata={
+        "help": "records of the own folder's train.jsonl (the model's original data) mixed into the fine-tune, "
+                "drawn with the run's seed (default: the config's mix_records)"})
     config: str = field(default=E.CORRECTIONS_CONFIG, metadata={"help": "the SFT config fine-tuned with"})
     overrides: list[str] = field(default_factory=list, metadata={"help": "extra key=value for python -m train sft"})
     batch: int = field(default=32, metadata={"help": "conversations evaluated together"})
@@ -189,41 +191,14 @@ def annotate(log: StudioLog, session_id: str, target: list[float], answer: str) 
 
 # ---- export, mix, fine-tune ---------------------------------------------------------------------
 
-def absolute_images(rec: dict, root: Path) -> dict:
-    """The record with every image path absolute (records of two folders in one file)."""
-    def fix(p: str) -> str:
-        return p if Path(p).is_absolute() else str((root / p).resolve())
-
-    rec = json.loads(json.dumps(rec))
-    for m in rec["messages"]:
-        for part in m["content"] if isinstance(m["content"], list) else []:
-            if part.get("type") == "image":
-                part["image"] = fix(part["image"])
-            elif part.get("type") == "video":
-                part["video"] = [fix(v) for v in part["video"]]
-    rec["images"] = [fix(v) for v in rec.get("images") or []]
-    return rec
-
-
-def training_data(export: Path, own: Path, mix: int, out: Path) -> tuple[Path, int]:
-    """The export's records, plus the first `mix` records of the own folder's train.jsonl."""
-    if not mix:
-        return export, 0
-    lines = (own / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    extra = [absolute_images(json.loads(line), own) for line in lines if line.strip()][:mix]
-    ours = [absolute_images(json.loads(line), export)
-            for line in (export / "train.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours + extra), encoding="utf-8")
-    return out, len(extra)
-
-
-def finetune(cfg: TeachConfig, data: Path, run: Path) -> tuple[Path, float]:
-    """`python -m train sft` with the corrections config, as the Train tab launches it."""
+def finetune(cfg: TeachConfig, data: Path, run: Path) -> tuple[Path, float, int]:
+    """`python -m train sft` with the corrections config, as the Train tab launches it, the own folder's
+    training records mixed in by its mix knob (mix_data, mix_records); (final model, seconds, records mixed)."""
     final = run / "final"
     budget = cfg.minutes * 60 - min(120.0, cfg.minutes * 12)  # loading and saving take the rest
+    mix = [f"mix_data={cfg.own}"] + ([f"mix_records={cfg.mix}"] if cfg.mix is not None else [])
     cmd = [sys.executable, "-m", "train", "sft", "--config", cfg.config, f"data={data}", f"out={run}",
-           f"model={cfg.model}", f"max_seconds={budget:.0f}", *cfg.overrides]
+           f"model={cfg.model}", f"max_seconds={budget:.0f}", *mix, *cfg.overrides]
     logger.info("fine-tune: %s", " ".join(cmd))
     t0 = time.perf_counter()
     with (run.parent / "finetune.log").open("w") as log_file:
@@ -231,7 +206,7 @@ def finetune(cfg: TeachConfig, data: Path, run: Path) -> tuple[Path, float]:
     seconds = time.perf_counter() - t0
     if code != 0 or not (final / "config.json").exists():
         raise RuntimeError(f"fine-tune failed (exit {code}); see {run.parent / 'finetune.log'}")
-    return final, seconds
+    return final, seconds, json.loads((run / "summary.json").read_text())["mixed_records"]
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -254,8 +229,8 @@ def run(cfg: TeachConfig) -> dict:
     if not (own / "test.jsonl").is_file():
         raise ValueError(f"{own}/test.jsonl: no own split (python -m train synth --out {own} --train 400 "
                          "--validation 0 --test 330 --seed 0)")
-    if cfg.mix and not (own / "train.jsonl").is_file():
-        raise ValueError(f"--mix {cfg.mix}: {own}/train.jsonl is missing")
+    if cfg.mix != 0 and not (own / "train.jsonl").is_file():
+        raise ValueError(f"{own}/train.jsonl is missing: nothing to mix in (--mix 0 mixes nothing)")
     out.mkdir(parents=True, exist_ok=True)
     pool, held = items[:-held_n], items[-held_n:]
     log = StudioLog(out / "studio.db")
@@ -265,9 +240,8 @@ def run(cfg: TeachConfig) -> dict:
         raise ValueError(f"no wrong trajectory in the pool of {len(pool)} items: nothing to correct")
     shutil.rmtree(out / "export", ignore_errors=True)
     report = E.export_annotated(log, out / "export", sessions, hold_out_every=0, progress=False)
-    data, mixed = training_data(out / "export", own, cfg.mix, out / "train-data")
     shutil.rmtree(out / "finetune", ignore_errors=True)
-    tuned, seconds = finetune(cfg, data, out / "finetune")
+    tuned, seconds, mixed = finetune(cfg, out / "export", out / "finetune")
     after = evaluate(str(tuned), write_subset(held, family, out / "heldout"), out / "eval-tuned-heldout", cfg.batch)
     own_start = evaluate(cfg.model, own, out / "eval-start-own", cfg.batch, limit=cfg.own_limit)
     own_tuned = evaluate(str(tuned), own, out / "eval-tuned-own", cfg.batch, limit=cfg.own_limit)

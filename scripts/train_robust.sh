@@ -12,6 +12,7 @@
 #
 # Cut off at any point, the same command goes on where it stopped: finished data is kept (a build resumes from
 # its finished parts), SFT resumes from its last checkpoint (one every 10 minutes), evaluations skip done items.
+# The report ends with the bars (met / NOT met) and the start model beside the result, shift by shift.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -44,8 +45,12 @@ $PY -m train synth --out $D-test --train 0 --validation 0 --test "$N_TEST" --see
 $PY -m train synth --shift-suite $S --per-shift "$N_SHIFT" --workers "$WORKERS"
 $PY -m core eval --bench tinyzoom --data $D-test --model "$DEST" --batch 16 --no-db --quiet \
   --out $R/eval/tinyzoom "${EVAL_DEV[@]}"
+$PY -m core eval --bench tinyzoom --data $D-test --model "$FROM" --batch 16 --no-db --quiet \
+  --out $R/eval/tinyzoom-before "${EVAL_DEV[@]}"
 $PY -m core eval --bench tinyzoom --data $D-test --model "$DEST" --batch 16 --no-db --quiet --no-tools \
   --categories zoom_needed --out $R/eval/tinyzoom-notools "${EVAL_DEV[@]}"
-$PY -m train shift-report --suite $S --model "$DEST" --out $R/shifts --batch 16 \
+$PY -m train shift-report --suite $S --model "$FROM" --out $R/shifts-before --batch 16 \
+  --title "$FROM on the shift suite" "${EVAL_DEV[@]}" > /dev/null
+$PY -m train shift-report --suite $S --model "$DEST" --out $R/shifts --batch 16 --before $R/shifts-before \
   --title "$DEST on the shift suite" "${EVAL_DEV[@]}"
 stage "done: $DEST (report: $R/shifts/report.md)"

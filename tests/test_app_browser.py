@@ -69,7 +69,7 @@ def app_url(tmp_path_factory):
     data = tmp_path_factory.mktemp("browser")
     for name, turns in (("turns", TURNS), ("video", VIDEO_TURNS), ("unclosed", UNCLOSED)):
         (data / f"{name}.json").write_text(json.dumps(turns))
-    build(BuildConfig(out=str(data / "tinyzoom"), train=0, validation=0, test=2, workers=1))  # held-out items
+    build(BuildConfig(out=str(data / "tinyzoom"), train=4, validation=0, test=2, workers=1))  # mixed in; own split
     studio = Studio(log=StudioLog(data / "studio.db"), data_dir=data, backend="replay",
                     replay=str(data / "turns.json"), step_delay=0.05, enable_training=True)
     task = Task(question="Which step is this?", image=load_image(EXAMPLES / "zoom_needed_101.png"),
@@ -184,7 +184,7 @@ def test_inspect_slider_keys_one_step_session_dates_and_pages(app_url, page):
 
 
 def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, shots):
-    """The README's "Annotate → train" walk, step by step."""
+    """The README's "Teach it what it got wrong" walk, step by step."""
     url, studio = app_url
     assets_before = tree_hash(ROOT / "assets")
     # 1. Ask on three examples (the replayed model zooms on the same spot each time)
@@ -310,10 +310,12 @@ def test_the_loop_ask_annotate_export_finetune_evaluate_compare(app_url, page, s
     expect(result).to_contain_text("start model", timeout=20_000)
     expect(result).to_contain_text("fine-tuned")
     figures = json.loads((Path(gain["out_dir"]) / "gain.json").read_text())
-    assert figures["base_model"] == "assets/pixel-reasoner-tiny" and figures["all"]["n"] >= 1
-    for who in ("base", "tuned"):
-        acc = figures["all"][who]["accuracy"]
-        expect(result).to_contain_text(f"{100 * acc:.1f}%")
+    assert figures["base_model"] == "assets/pixel-reasoner-tiny"
+    assert {k: v["n"] for k, v in figures["sets"].items()} == {"trained on": 2, "own split": 2}  # Ask's sessions
+    for part, c in figures["sets"].items():
+        expect(result).to_contain_text(part)
+        for who in ("base", "tuned"):
+            expect(result).to_contain_text(f"{100 * c[who]['accuracy']:.1f}%")
     page.wait_for_timeout(1500)
     page.screenshot(path=str(shots / "train.png"), full_page=True)
     assert tree_hash(ROOT / "assets") == assets_before  # nothing wrote into the shipped model

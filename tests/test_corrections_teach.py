@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,23 @@ def test_a_crop_covers_the_target_when_it_holds_nine_tenths_of_it():
         150, 100, 10, 5)
     with pytest.raises(ValueError, match="--heldout"):
         heldout_size(20, 20)
+
+
+def test_the_curve_runs_the_start_model_once_and_one_point_per_size_and_budget(folders, tmp_path):
+    out = tmp_path / "curve"
+    teach_args = f"--heldout 3 --own {folders / 'own'} --mix 2 --set max_steps=1 --batch 8"
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "corrections_curve.py"), "--family",
+                           str(folders / "families" / "tag_corner"), "--out", str(out), "--ns", "1,2", "--minutes",
+                           "0.5", "--minutes-list", "0.3", "--n-for-minutes", "1", "--args", teach_args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    curve = json.loads((out / "curve.json").read_text())
+    assert [p["asked_n"] for p in curve["by_corrections"]] == [1, 2]
+    assert [(p["asked_n"], p["minutes"]) for p in curve["by_minutes"]] == [(1, 0.3), (1, 0.5)]
+    start = (out / "start" / "eval-start-family" / "items.jsonl").read_text()
+    for name in ("n1-m0.5", "n2-m0.5", "n1-m0.3"):  # every point scored against the same start
+        assert (out / name / "eval-start-family" / "items.jsonl").read_text() == start
+    assert sum(bool(LAST.match(line)) for line in done.stdout.splitlines()) == 3  # one summary per point
+    assert "| 2 | 0.5 (" in (out / "curve.md").read_text()
+    if shutil.which("chromium"):
+        assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"

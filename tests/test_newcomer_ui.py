@@ -53,7 +53,8 @@ def test_the_train_tab_chooses_the_export_just_made(tmp_path):
         os.utime(tmp_path / "exports" / name / "train.jsonl", (time.time() + i, time.time() + i))
     choices, value = dataset_choice(studio, None)
     assert value.endswith("exports/annotations-2") and value in choices
-    assert dataset_choice(studio, value.replace("-2", "-1"))[1] == value  # an older export gives way
+    older = value.replace("annotations-2", "annotations-1")  # not "-2": the tmp folder may be pytest-206
+    assert dataset_choice(studio, older)[1] == value  # an older export gives way
     assert dataset_choice(studio, "data/tinyzoom")[1] == "data/tinyzoom"  # a dataset chosen by hand stays
 
 

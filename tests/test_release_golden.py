@@ -226,3 +226,15 @@ def test_the_issue_table_under_the_default_preset_crops_the_shown_picture():
     assert shown.size == (1008, 756) and release_box([100, 150, 300, 400], 1008, 756) == (0, 74, 401, 476)
     check_crop(episode, [shown], [100, 150, 300, 400], 1, "crop_image_normalized", px)
     assert episode.trajectory.steps[-1].source_box_px == [0, 73, 398, 472]  # on the picture
+
+
+def test_the_ask_tab_names_the_original_s_pixels_when_image_1_was_shown_resized():
+    from app.ask.session import call_markdown
+
+    image = picture(1000, 750, seed=2)
+    px = ops.PixelLimits.preset("train")
+    episode = Episode(Task(question="Q", image=image), LoopConfig(pixels=px))
+    check_crop(episode, [episode.messages[1]["content"][0]["image"]], [100, 150, 300, 400], 1,
+               "crop_image_normalized", px)
+    text = call_markdown(episode.trajectory.steps[-1])
+    assert "= pixels [0, 74, 401, 476] of image 1 = [0, 73, 398, 472] of the original" in text

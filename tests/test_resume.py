@@ -1,9 +1,10 @@
 """Runs cut off by `kill -9` go on where they stopped: SFT from its last checkpoint (at most one
-save interval lost), the whole robust recipe from its last finished stage."""
+save interval lost), the whole robust recipe from its last finished stage or evaluated item."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,15 +53,21 @@ def test_sft_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path):
     assert (Path(summary["final_dir"]) / "model.safetensors").exists()
 
 
-def test_the_robust_recipe_killed_during_sft_finishes_on_rerun(tmp_path):
+def test_the_robust_recipe_killed_during_sft_and_again_during_its_reports_finishes_on_rerun(tmp_path):
     env = {**os.environ, "SCALE": "0.002", "WORKERS": "2", "RUNS": str(tmp_path / "runs"),
            "DATA": str(tmp_path / "data"), "SHIFTS": str(tmp_path / "shifts")}
     cmd = ["bash", "scripts/train_robust.sh"]
     kill_when(cmd, lambda: bool(complete_checkpoints(tmp_path / "runs" / "sft")), env=env)
+    before = tmp_path / "runs" / "shifts-before"
+    kill_when(cmd, lambda: any(p.stat().st_size for p in before.glob("*/items.jsonl")), env=env)
+    done_shifts = {p.parent.name for p in before.glob("*/items.jsonl") if p.stat().st_size}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "already built with this config" in done.stderr  # the data was kept, not made again
-    sft = tmp_path / "runs" / "sft" / "checkpoint-"
-    assert f"resuming from {sft}" in done.stderr or "already reached step" in done.stderr  # killed at the last save
-    assert (tmp_path / "runs" / "shifts" / "report.md").exists()
+    assert "already reached step" in done.stderr  # SFT had finished before the second kill
+    for shift in done_shifts:  # the start model's finished items were kept: fewer than its 2 are new
+        (first,) = re.findall(rf"^{shift}: \S+ \((\d) new items\)$", done.stderr, re.M)[:1]
+        assert int(first) < 2
+    report = (tmp_path / "runs" / "shifts" / "report.md").read_text()
+    assert "pooled zoom-needed" in report and "before → after" in report
     assert (tmp_path / "runs" / "final" / "model.safetensors").exists()

@@ -272,3 +272,30 @@ def test_a_failure_family_is_one_shift_drawn_in_the_named_categories_only(tmp_pa
     assert [i.category for i in items] == ["zoom_needed"] * 3
     with pytest.raises(SystemExit):
         main(["--shift-suite", str(tmp_path), "--shifts", "tag_cornr"])
+
+
+def test_the_bars_name_the_shift_that_sets_each_and_say_whether_it_is_met():
+    from train.shift_report import Bars, check_bars, compare_markdown
+
+    rows = [{"shift": "bg_white", "focus_accuracy": 0.4, "clean_calls": 0.97, "two_step": None},
+            {"shift": "canvas_4200x1800", "focus_accuracy": 0.8, "clean_calls": 0.9, "two_step": 0.6},
+            {"shift": "jpeg15", "focus_accuracy": 0.9, "clean_calls": 1.0, "two_step": 0.0}]
+    lines = check_bars(rows, [1.0] * 8 + [0.0] * 2)
+    assert lines[0].startswith("pooled zoom-needed 80% (") and lines[0].endswith("of 10, bar 75%: met")
+    assert lines[1] == "lowest shift bg_white 40%, bar 50%: NOT met"
+    assert lines[2] == "lowest clean calls canvas_4200x1800 90%, bar 95%: NOT met"
+    assert lines[3] == "two-step zooms canvas_4200x1800 60%, bar 50%: met"  # jpeg15 does not need two steps
+    assert check_bars(rows, [1.0, 0.0], Bars(pooled_zoom_needed=0.6))[0].endswith("bar 60%: NOT met")
+    table = compare_markdown([{"shift": "bg_white", "focus_accuracy": 0.0, "clean_calls": 0.5}], rows)
+    assert "| bg_white | 0 → 40 | 50 → 97 |" in table and "| jpeg15 | – → 90 | – → 100 |" in table
+
+
+def test_shift_report_refuses_a_missing_before_report_before_evaluating(tmp_path, capsys):
+    from train.shift_report import main
+
+    build_suite(tmp_path / "suite", per_shift=1, names=["control"])
+    replay = tmp_path / "turns.json"
+    replay.write_text(json.dumps(["\\boxed{left}"]))
+    assert main(["--suite", str(tmp_path / "suite"), "--backend", "replay", "--replay", str(replay),
+                 "--out", str(tmp_path / "out"), "--before", str(tmp_path / "nothing")]) == 2
+    assert "no shifts.json" in capsys.readouterr().err and not (tmp_path / "out").exists()

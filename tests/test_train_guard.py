@@ -72,5 +72,6 @@ def test_gain_compares_the_same_items_with_a_paired_interval():
     assert c["n"] == 4 and (c["base"]["accuracy"], c["tuned"]["accuracy"], c["gain"]["mean"]) == (0.5, 1.0, 0.5)
     lo, hi = c["gain"]["ci95"]
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
-    text = markdown({"base_model": "m0", "tuned_model": "m1", "sets": {"d": c}, "all": c})
-    assert "| `all` | 4 | 50.0%" in text and "+50.0 pts" in text and "--model m1" in text
+    text = markdown({"base_model": "m0", "tuned_model": "m1", "sets": {"held out": c}})
+    assert "| **held out**: like them, never trained on | 4 | 50.0%" in text and "+50.0 pts" in text
+    assert "--model m1" in text

@@ -30,6 +30,7 @@ from core.records import (DataError, SFTRecord, load_sft_records, newest_dataset
 from train.familiarity import record_pictures
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
+from train.mix import mix_in
 from train.run import (ResumesSavedWeights, SaveEveryMinutes, TimeBudgetCallback, TrainerRunConfig, native_bf16,
                        option, refuse_shipped, run_main, save_final, start_run, train_or_finish)
 from train.shared_prefix import token_log_probs
@@ -42,6 +43,11 @@ class SFTRunConfig(TrainerRunConfig):
     train_split: str = option("train", "the split trained on")
     eval_split: str | None = option("validation", "the split whose loss is evaluated (when the folder has it)")
     limit: int | None = option(None, "use the first N training records")
+    mix_data: str | None = option(None, "a TinyZoom-format folder of the model's original kind of data whose train.jsonl "
+                                        "records are mixed in (train/mix.py); built first (200 train, 64 test, "
+                                        "seed 0) when it does not exist; null: no mixing")
+    mix_records: int = option(0, "how many of mix_data's training records to mix in, drawn with the run's seed (all "
+                                 "of them when it has fewer); 0: none")
     repeat: dict = option(help="category -> times its records appear, e.g. {\"zoom_optional\": 3, \"closeup\": 0.3}",
                           factory=dict)
     grounded_weight: float = option(1.0, "loss weight of the tokens the picture decides (train.grounding); 1: plain SFT")
@@ -204,10 +210,15 @@ def train(cfg: SFTRunConfig) -> dict:
     out = start_run(cfg, "sft")
     bf16 = native_bf16() if cfg.bf16 is None else cfg.bf16
     records = repeat_by_category(load_sft_records(cfg.data, cfg.train_split, cfg.limit), cfg.repeat)
+    try:
+        records, mixed = mix_in(records, cfg.mix_data, cfg.mix_records, cfg.seed)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
     eval_records = []
     if cfg.eval_split and Path(cfg.data).is_dir() and (Path(cfg.data) / f"{cfg.eval_split}.jsonl").exists():
         eval_records = load_sft_records(cfg.data, cfg.eval_split, cfg.eval_limit)
-    log.info("data: %d train records, %d eval records from %s", len(records), len(eval_records), cfg.data)
+    log.info("data: %d train records (%d of them mixed in from %s), %d eval records from %s", len(records), mixed,
+             cfg.mix_data, len(eval_records), cfg.data)
     train_ds = row_dataset(range(len(records)))
     eval_ds = row_dataset(range(len(records), len(records) + len(eval_records))) if eval_records else None
     has_eval = eval_ds is not None
@@ -245,8 +256,9 @@ def train(cfg: SFTRunConfig) -> dict:
     seconds = time.time() - t0
     final = Path(cfg.final_dir) if cfg.final_dir else out / "final"
     save_final(trainer, encoder, cfg, source, final, pictures=record_pictures(records))
-    summary = {"steps": steps, "train_loss": loss, "seconds": round(seconds, 1),
-               "processes": args.world_size, "train_records": len(records), "final_dir": str(final), "metrics": str(out / "metrics.jsonl")}
+    summary = {"steps": steps, "train_loss": loss, "seconds": round(seconds, 1), "processes": args.world_size,
+               "train_records": len(records), "mixed_records": mixed, "final_dir": str(final),
+               "metrics": str(out / "metrics.jsonl")}
     if trainer.is_world_process_zero():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

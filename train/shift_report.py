@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.evaluation.calibration import reliability, reliability_markdown
@@ -22,6 +23,19 @@ from core.evaluation.report import bootstrap_ci, group_stats
 
 FOCUS = ("zoom_needed", "video")
 """The categories that need an operation: the second column."""
+
+TWO_STEP_SHIFTS = ("canvas_3000x2000_same_glyph", "canvas_4200x1800")
+"""Shifts whose glyph keeps its original pixel size on a huge canvas: one crop of the view is too coarse."""
+
+
+@dataclass(frozen=True)
+class Bars:
+    """The retrain's bars on the shift suite (issue 29): what a robust embedded model must hold."""
+
+    pooled_zoom_needed: float = field(default=0.75, metadata={"help": "zoom-needed accuracy over every shift's items"})
+    lowest_shift: float = field(default=0.50, metadata={"help": "each shift's zoom-needed / video accuracy"})
+    clean_calls: float = field(default=0.95, metadata={"help": "each shift's share of clean tool calls"})
+    two_step: float = field(default=0.50, metadata={"help": "two-step zooms on TWO_STEP_SHIFTS' zoom-needed items"})
 
 
 def contains(outer, inner) -> bool:
@@ -87,6 +101,40 @@ def to_markdown(rows: list[dict], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_bars(rows: list[dict], zoom_scores: list[float], bars: Bars = Bars()) -> list[str]:
+    """One line per bar, with the figure, the shift that sets it and met / NOT met: the retrain's verdict."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    pooled = sum(zoom_scores) / len(zoom_scores) if zoom_scores else 0.0
+    lo, hi = bootstrap_ci(zoom_scores)
+    lines = [f"pooled zoom-needed {_pct(pooled)}% ({_pct(lo)}–{_pct(hi)}) of {len(zoom_scores)}, bar "
+             f"{_pct(bars.pooled_zoom_needed)}%: {verdict(pooled >= bars.pooled_zoom_needed)}"]
+    for key, label, bar in (("focus_accuracy", "lowest shift", bars.lowest_shift),
+                            ("clean_calls", "lowest clean calls", bars.clean_calls)):
+        known = [r for r in rows if r[key] is not None]
+        if known:
+            low = min(known, key=lambda r: r[key])
+            lines.append(f"{label} {low['shift']} {_pct(low[key])}%, bar {_pct(bar)}%: {verdict(low[key] >= bar)}")
+    two = [r for r in rows if r["shift"] in TWO_STEP_SHIFTS and r["two_step"] is not None]
+    if two:
+        shares = ", ".join(f"{r['shift']} {_pct(r['two_step'])}%" for r in two)
+        lines.append(f"two-step zooms {shares}, bar {_pct(bars.two_step)}%: "
+                     f"{verdict(all(r['two_step'] >= bars.two_step for r in two))}")
+    return lines
+
+
+def compare_markdown(before: list[dict], after: list[dict]) -> str:
+    """Before / after per shift: zoom-needed / video accuracy and clean calls (the README's table)."""
+    old = {r["shift"]: r for r in before}
+    lines = ["| shift | zoom-needed / video %, before → after | clean calls %, before → after |", "| --- | --- | --- |"]
+    for r in after:
+        b = old.get(r["shift"], {})
+        lines.append(f"| {r['shift']} | {_pct(b.get('focus_accuracy'))} → {_pct(r['focus_accuracy'])} | "
+                     f"{_pct(b.get('clean_calls'))} → {_pct(r['clean_calls'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def suite_calibration(records: list[dict]) -> str:
     """The reliability table over every item of the suite (markdown; empty without confidences)."""
     lines = reliability_markdown(reliability(records))
@@ -125,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N items of each shift")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--title", default="", help="a heading over the table")
+    ap.add_argument("--before", help="another model's report folder (its shifts.json): adds a before/after table")
     add_model_args(ap)
     ap.set_defaults(temperature=None, max_new_tokens=None)
     args = ap.parse_args(argv)
     try:
         folders = shift_folders(Path(args.suite), args.shifts.split(",") if args.shifts else None)
+        if args.before and not (Path(args.before) / "shifts.json").is_file():
+            raise FileNotFoundError(f"{args.before}: no shifts.json (a shift-report --out folder)")
         backend = backend_from_args(args)
         settings = resolve_settings(backend.pixel_preset, args.pixels, args.temperature,
                                     args.max_new_tokens)
@@ -149,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(shift_row(folder.name, [r for r in records if r["id"] in keep], glyph_boxes(folder)))
         every += [r for r in records if r["id"] in keep]
         print(f"{folder.name}: {rows[-1]['accuracy']} ({result.n_new} new items)", file=sys.stderr)
-    table = to_markdown(rows, args.title) + suite_calibration(every)
+    zoom = [r["score"] for r in every if r.get("category") == "zoom_needed"]
+    table = to_markdown(rows, args.title) + suite_calibration(every) + "\n" + "\n".join(check_bars(rows, zoom)) + "\n"
+    if args.before:
+        table += "\n" + compare_markdown(json.loads((Path(args.before) / "shifts.json").read_text())["rows"], rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(table, encoding="utf-8")
     (out / "shifts.json").write_text(json.dumps({"model": backend.model_id, "suite": str(args.suite), "rows": rows},

@@ -179,6 +179,8 @@ def export_annotated(log: StudioLog, out_dir: str | Path, session_ids: list[str]
         rec["meta"].update({"source_session": sid, "labels": plan.labels, "corrected": plan.corrected,
                             "turn_notes": [t.note for t in plan.turns], "model": traj.model,
                             "original_answer": traj.answer})
+        if traj.meta.get("item_id") is not None:  # an evaluation's item: the gain view finds items like it
+            rec["meta"]["source_item"] = {"id": str(traj.meta["item_id"]), "media": traj.media.path}
         try:
             original = _copy_original(log, traj, out)
         except (OSError, PathError) as e:

@@ -182,7 +182,7 @@ def call_markdown(step: Step) -> str:
     if step.box_px:
         norm = ", ".join(f"{v:.3f}" for v in step.box_norm or [])
         line += f"\n\npadded box: [{norm}] = pixels {step.box_px} of image {step.target_image}"
-        if step.source_box_px and step.target_image != 1:
+        if step.source_box_px and step.source_box_px != step.box_px:  # a crop, or image 1 shown resized
             line += f" = {step.source_box_px} of the original"
     return line
 

@@ -91,8 +91,8 @@ def job_curves(rows: Sequence[dict], keys: Sequence[str] | None = None, alpha: f
 
 
 def gain_bars(result: dict, height: int = 320) -> go.Figure:
-    """Start model vs fine-tuned accuracy per held-out set (app/training/gain.py's gain.json), 95% intervals."""
-    sets = [*result["sets"].items(), ("all", result["all"])]
+    """Start model vs fine-tuned accuracy per part (app/training/gain.py's gain.json), 95% intervals."""
+    sets = list(result["sets"].items())
     names = [short_name(name) for name, _ in sets]
     fig = go.Figure()
     for who, label in (("base", "start model"), ("tuned", "fine-tuned")):
@@ -101,6 +101,6 @@ def gain_bars(result: dict, height: int = 320) -> go.Figure:
         hi = [(c[who]["ci95"][1] if c[who]["ci95"][1] is not None else a) - a for a, (_, c) in zip(acc, sets)]
         fig.add_trace(go.Bar(x=names, y=acc, name=label,
                              error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
-    fig.update_layout(barmode="group", height=height, title="accuracy on the same held-out items (95% intervals)",
+    fig.update_layout(barmode="group", height=height, title="accuracy on the same items (95% intervals)",
                       yaxis={"range": [0, 1.05], "title": "accuracy"}, margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return fig

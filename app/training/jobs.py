@@ -52,16 +52,23 @@ def train_command(kind: str, config: str, out: str, dataset: str | None = None, 
     return cmd + ([f"data={dataset}"] if dataset else []) + ([f"model={model}"] if model else []) + list(extra)
 
 
+FRESH_TRAIN = 200
+FRESH_SYNTH = ["--train", str(FRESH_TRAIN), "--validation", "0", "--test", "64", "--seed", "0"]
+"""The Studio's small TinyZoom set (train/mix.py: FRESH builds the same when a fine-tune's mix folder
+is missing): records to mix into a corrections fine-tune and the gain view's own split."""
+
+
 def synth_command(out: str, data_dir: str, extra: list[str] = ()) -> list[str]:
     """Generate TinyZoom (train and held-out test split) into `data_dir`; the job's log stays in `out`."""
-    return [python(), "-m", "train", "synth", "--out", data_dir, "--train", "200", "--validation", "0",
-            "--test", "64", "--workers", "2", *extra]
+    return [python(), "-m", "train", "synth", "--out", data_dir, *FRESH_SYNTH, "--workers", "2", *extra]
 
 
-def gain_command(out: str, base: str, tuned: str, data: list[str], limit: int | None = None,
-                 extra: list[str] = ()) -> list[str]:
-    """`python -m app.training.gain`: the run's model against its start model on the same held-out items."""
+def gain_command(out: str, base: str, tuned: str, export: str | None, own: str | None, data: list[str] = (),
+                 limit: int | None = None, extra: list[str] = ()) -> list[str]:
+    """`python -m app.training.gain`: the run's model against its start model on the same items (the
+    export's own questions, items like them, the own split)."""
     cmd = [python(), "-m", "app.training.gain", "--base", base, "--tuned", tuned, "--out", out]
+    cmd += (["--export", export] if export else []) + (["--own", own] if own else [])
     for d in data:
         cmd += ["--data", d]
     return cmd + (["--limit", str(int(limit))] if limit else []) + list(extra)

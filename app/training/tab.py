@@ -21,8 +21,8 @@ from app.training import alarms as AL
 from app.training import charts as C
 from app.training import gain as G
 from app.training import jobs as J
-from app.training.commands import (BENCHES, KIND_HELP, build_command, configs, dataset_choice, datasets, default_config,
-                                   size_warning)
+from app.training.commands import (BENCHES, KIND_HELP, before_start, build_command, configs, dataset_choice, datasets,
+                                   default_config)
 from app.training.watch import (JOB_COLUMNS, gain_of, job_markdown, jobs_table, progress_html, rl_alarms,
                                 rl_curves)
 
@@ -125,7 +125,7 @@ class TrainTab:
             cmd = build_command(self.studio, k, cfg, ds, b, m, lim, ex, cu, str(self.runner.runs_dir / plan))
         except ValueError as e:
             return f"# {e}", "", plan
-        return J.preview(cmd), size_warning(k, cfg, cmd) or "", plan
+        return J.preview(cmd), before_start(k, cfg, cmd), plan
 
     def launch(self, k, cfg, ds, b, m, lim, ex, cu, plan, allow_parallel):
         running = self.studio.log.list_jobs(status="running")
@@ -140,7 +140,7 @@ class TrainTab:
         except ValueError as e:
             return f"⚠️ {e}", gr.update(), gr.update(), plan
         self.runner.launch(k, cmd, out, dataset=(ds or "").strip() or None, job_id=job)
-        warning = size_warning(k, cfg, cmd)
+        warning = before_start(k, cfg, cmd)
         return f"launched `{job}`" + (f"\n\n{warning}" if warning else ""), jobs_table(self.studio), job, None
 
     def cancel(self, jid):
@@ -195,11 +195,10 @@ class TrainTab:
         except ValueError as e:
             return f"⚠️ {e}", gr.update()
         final = str(Path(job["out_dir"]) / "final")
-        gain = gain_of(self.studio, final)
-        if G.is_worse(gain):
+        worse = G.is_worse(gain_of(self.studio, final))
+        if worse is not None:
             return (f"the Ask tab now uses `{final}` (this browser tab only). ⚠️ Its gain view shows it worse "
-                    f"than its start model ({100 * gain['all']['gain']['mean']:+.1f} points): compare its answers "
-                    "before relying on it"), final
+                    f"than its start model ({100 * worse:+.1f} points): compare its answers before relying on it"), final
         return (f"the Ask tab now uses `{final}` (this browser tab only; for the whole app: "
                 f"`python app.py --model {final}`)"), final
 
