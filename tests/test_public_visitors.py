@@ -182,3 +182,23 @@ def test_a_hugging_face_sign_in_is_the_visitor_key():
     assert visitor_key(request(signed)) == "hf:alice"
     assert visitor_key(request(expired)) == visitor_key(request(None)) == visitor_key(request({}))
     assert visitor_key(request(None)).startswith("addr:") and "203.0.113.9" not in visitor_key(request(None))
+
+
+def test_direct_routes_run_no_queued_handler(public, photo):
+    """/gradio_api/run/<name> and /api/<name> would run a handler outside the queue: no per-visitor
+    cap, no concurrency limit, no validator. They answer 404; /call (v1 and v2) queues as before."""
+    url, tmp, log = public
+    media = upload(url, photo)
+    db = tmp / "data" / "studio.db"
+    sessions = sqlite3.connect(db).execute("SELECT count(*) FROM sessions").fetchone()[0]
+    before = log.read_text().count("Traceback")
+    for route in ("run/ask", "api/ask", "api/on_unload", "api/false_3", "run/false_3"):
+        code, _, text = http(url + f"/gradio_api/{route}", ask_body(media, "What does the sign say?"))
+        assert code == 404, (route, text)
+    time.sleep(0.5)
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM sessions").fetchone()[0] == sessions
+    assert log.read_text().count("Traceback") == before
+    code, _, text = http(url + "/gradio_api/call/v2/ask", {"media_path": {"path": media, "meta": {"_type": "gradio.FileData"}},
+                                                           "q": "What does the sign say?"})
+    assert code == 200, text
+    stream(url, json.loads(text)["event_id"])

@@ -8,9 +8,12 @@
 - **Logins are throttled and logged.** After `max_failures` wrong passwords within `window_s` from
   one address or for one user name, `/login` answers 429 without checking, until the window passes.
   Every failure, refusal and success is logged with the user name and address.
-- **Only documented API names are routed.** `/gradio_api/call/<name>` and `/gradio_api/run/<name>`
-  for a name that is not a public endpoint answer 404, as an unknown route does (Gradio answers 500
-  and logs a traceback for both).
+- **Only documented API names are routed.** `/gradio_api/call/<name>` (and `/call/v2/<name>`),
+  `/gradio_api/run/<name>` and `/gradio_api/api/<name>` for a name that is not a public endpoint
+  answer 404, as an unknown route does (Gradio answers 500 and logs a traceback for both). Queued
+  handlers (all of the Studio's) are not run by the direct routes `/run` and `/api` at all
+  (`api_open` off, as Gradio does on a Space): those would skip the queue, its concurrency limits
+  and the validators that cap a visitor's Asks.
 - **The queue runs only what the page triggers.** `/gradio_api/queue/join` names a handler by index,
   as the page does; an index that is no handler, or one the page never sends there (the unload
   handler, which Gradio runs itself when a tab closes), answers 404 without a traceback, and a join
@@ -32,7 +35,7 @@ from urllib.parse import urlsplit
 
 logger = logging.getLogger("studio.guard")
 
-API_ROUTES = ("/gradio_api/call/", "/gradio_api/run/")
+API_ROUTES = ("/gradio_api/call/", "/gradio_api/run/", "/gradio_api/api/")
 JOIN_ROUTE = "/gradio_api/queue/join"
 
 
@@ -60,6 +63,7 @@ def guard_launch_kwargs(studio, demo) -> dict:
 
     lim = studio.limits
     hide_value_loaders(demo)
+    demo.api_open = False  # /run/<name> and /api/<name> would run a queued handler outside the queue
     demo.delete_cache = (min(600, max(1, lim.upload_ttl_s // 4)), lim.upload_ttl_s)
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public" and fn.api_name}
     origins = {o.rstrip("/").lower() for o in lim.origins}
@@ -170,8 +174,7 @@ class ServerGuard:
         if method == "POST" and path.rstrip("/").endswith("/login"):
             return await self._login(scope, receive, send)
         if method == "POST" and path.startswith(API_ROUTES):
-            name = path.split("/")[3] if len(path.split("/")) > 3 else ""
-            if name not in self.config.api_names:
+            if route_name(path) not in self.config.api_names:
                 return await self._reply(scope, send, 404, "Not Found")
         if method == "POST" and path.rstrip("/") == JOIN_ROUTE and self.config.page_fns is not None:
             return await self._join(scope, receive, send)
@@ -228,6 +231,14 @@ class ServerGuard:
         await send({"type": "http.response.start", "status": code,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+def route_name(path: str) -> str:
+    """The endpoint a call route names: /gradio_api/call/<name>, /call/v2/<name>, /run/<name>, /api/<name>."""
+    parts = path.strip("/").split("/")
+    if parts[2:3] == ["v2"] and parts[1] == "call":
+        parts = parts[:2] + parts[3:]
+    return parts[2] if len(parts) > 2 else ""
 
 
 def send_lax_cookies(send):
