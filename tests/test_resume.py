@@ -53,6 +53,28 @@ def test_sft_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path):
     assert (Path(summary["final_dir"]) / "model.safetensors").exists()
 
 
+def saved_spent(run: Path) -> float:
+    """The time budget spent, as the newest complete checkpoint saved it."""
+    state = json.loads((run / f"checkpoint-{complete_checkpoints(run)[-1]}" / "trainer_state.json").read_text())
+    return state["stateful_callbacks"]["TimeBudgetCallback"]["attributes"]["spent"]
+
+
+def test_a_run_with_a_time_budget_resumes_with_the_time_it_had_left(tmp_path):
+    data = tmp_path / "data"
+    build(BuildConfig(out=str(data), train=24, validation=0, test=0, seed=5, progress=False))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train", "sft", f"data={data}", "model=assets/pixel-reasoner-tiny", f"out={run}",
+           "max_seconds=60", "max_steps=100000", "epochs=1000", "batch_size=2", "save_minutes=0.05",
+           "save_steps=100000", "save_total_limit=2", "logging_steps=1", "eval_split=null", "report_to=[]",
+           "disable_tqdm=true"]
+    kill_when(cmd, lambda: bool(complete_checkpoints(run)) and saved_spent(run) >= 35)
+    left = 60 - saved_spent(run)
+    logged_before = len((run / "metrics.jsonl").read_text().splitlines())
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    times = [json.loads(line)["time"] for line in (run / "metrics.jsonl").read_text().splitlines()[logged_before:]]
+    assert times[-1] - times[0] < left + 10  # not a fresh 60 s budget
+
+
 def test_the_robust_recipe_killed_during_sft_and_again_during_its_reports_finishes_on_rerun(tmp_path):
     env = {**os.environ, "SCALE": "0.002", "WORKERS": "2", "RUNS": str(tmp_path / "runs"),
            "DATA": str(tmp_path / "data"), "SHIFTS": str(tmp_path / "shifts")}

@@ -352,6 +352,7 @@ def train(cfg: RLRunConfig) -> dict:
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, vllm_max_model_length=cfg.vllm_max_model_length,
         generation_kwargs={"stop": list(P.STOP_STRINGS), "include_stop_str_in_output": True} if cfg.use_vllm else None,
         log_completions=False, mask_truncated_completions=False, ddp_find_unused_parameters=False,
+        restore_callback_states_from_checkpoint=True,  # the time budget left (TimeBudgetCallback)
     )
     recorder = None
     if cfg.db:

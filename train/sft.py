@@ -236,6 +236,7 @@ def train(cfg: SFTRunConfig) -> dict:
         disable_tqdm=cfg.disable_tqdm, remove_unused_columns=False, max_length=None, packing=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False,
+        restore_callback_states_from_checkpoint=True,  # the time budget left (TimeBudgetCallback)
     )
     with args.main_process_first(desc="building the start checkpoint"):  # <out>/init once, by rank 0
         model, encoder, source = build_model(cfg, records, out, main=args.process_index == 0)
