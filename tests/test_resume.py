@@ -93,3 +93,18 @@ def test_the_robust_recipe_killed_during_sft_and_again_during_its_reports_finish
     report = (tmp_path / "runs" / "shifts" / "report.md").read_text()
     assert "pooled zoom-needed" in report and "before → after" in report
     assert (tmp_path / "runs" / "final" / "model.safetensors").exists()
+
+
+def test_the_time_schedule_decays_by_the_steps_when_the_epochs_end_before_the_budget():
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    from train.run import TimeBudgetCallback
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-4)
+    budget = TimeBudgetCallback(seconds=3600, lr=1e-4, warmup=0.0)
+    state = TrainerState(max_steps=100, global_step=0)
+    budget.on_train_begin(None, state, TrainerControl())
+    state.global_step = 99  # the last step, seconds into an hour's budget
+    budget.on_step_begin(None, state, TrainerControl(), optimizer=opt)
+    assert opt.param_groups[0]["lr"] < 1e-6  # decayed, not still at the peak

@@ -131,7 +131,8 @@ def native_bf16() -> bool:
 
 class TimeBudgetCallback(TrainerCallback, ExportableState):
     """Train for a wall-clock budget rather than a step count: the learning rate follows warmup then
-    cosine decay over elapsed time (set before each optimiser step) and training stops at the budget.
+    cosine decay over elapsed time, or over the steps where the epochs end first (set before each
+    optimiser step), and training stops at the budget.
     Used where a machine is lent for minutes and its speed is not known ahead. With `lr=None` the
     schedule is left alone and only the stop applies (RL's constant learning rate). The time spent is
     saved with each checkpoint, so a resumed run goes on with the budget and schedule it had left."""
@@ -152,7 +153,8 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
     def on_step_begin(self, args, state, control, optimizer=None, **kw):
         if self.lr is None:
             return
-        lr = self.lr_at((time.time() - self.t0) / self.seconds)
+        steps = state.global_step / state.max_steps if state.max_steps and state.max_steps > 0 else 0.0
+        lr = self.lr_at(max((time.time() - self.t0) / self.seconds, steps))  # whichever ends first
         for group in (optimizer.param_groups if optimizer is not None else []):
             group["lr"] = lr
 
