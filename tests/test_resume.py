@@ -33,13 +33,18 @@ def complete_checkpoints(run: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 
 
-def test_sft_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path):
-    data = tmp_path / "data"
+def sft_command(tmp_path: Path, *overrides: str) -> tuple[list[str], Path]:
+    """`python -m train sft` from the shipped model on 24 fresh records, logging every step; and its run folder."""
+    data, run = tmp_path / "data", tmp_path / "run"
     build(BuildConfig(out=str(data), train=24, validation=0, test=0, seed=5, progress=False))
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "train", "sft", f"data={data}", "model=assets/pixel-reasoner-tiny", f"out={run}",
-           "max_steps=10", "batch_size=2", "save_minutes=0.003", "save_steps=1000", "save_total_limit=3",
-           "logging_steps=1", "eval_split=null", "report_to=[]", "disable_tqdm=true", "learning_rate=1e-4"]
+    return [sys.executable, "-m", "train", "sft", f"data={data}", "model=assets/pixel-reasoner-tiny", f"out={run}",
+            "batch_size=2", "logging_steps=1", "eval_split=null", "report_to=[]", "disable_tqdm=true",
+            *overrides], run
+
+
+def test_sft_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path):
+    cmd, run = sft_command(tmp_path, "max_steps=10", "save_minutes=0.003", "save_steps=1000", "save_total_limit=3",
+                           "learning_rate=1e-4")
     kill_when(cmd, lambda: any(s >= 2 for s in complete_checkpoints(run)))
     resumed_from = complete_checkpoints(run)[-1]
     assert resumed_from < 10
@@ -60,13 +65,8 @@ def saved_spent(run: Path) -> float:
 
 
 def test_a_run_with_a_time_budget_resumes_with_the_time_it_had_left(tmp_path):
-    data = tmp_path / "data"
-    build(BuildConfig(out=str(data), train=24, validation=0, test=0, seed=5, progress=False))
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "train", "sft", f"data={data}", "model=assets/pixel-reasoner-tiny", f"out={run}",
-           "max_seconds=60", "max_steps=100000", "epochs=1000", "batch_size=2", "save_minutes=0.05",
-           "save_steps=100000", "save_total_limit=2", "logging_steps=1", "eval_split=null", "report_to=[]",
-           "disable_tqdm=true"]
+    cmd, run = sft_command(tmp_path, "max_seconds=60", "max_steps=100000", "epochs=1000", "save_minutes=0.05",
+                           "save_steps=100000", "save_total_limit=2")
     kill_when(cmd, lambda: bool(complete_checkpoints(run)) and saved_spent(run) >= 35)
     left = 60 - saved_spent(run)
     logged_before = len((run / "metrics.jsonl").read_text().splitlines())
