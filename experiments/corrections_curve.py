@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = T.parse_args(["--family", args.family, "--out", args.out, *args.args.split()])
     try:
         base = start(cfg)
-        by_n = [point(cfg, base, int(n), args.minutes) for n in args.ns.split(",")]
+        by_n = sorted((point(cfg, base, int(n), args.minutes) for n in args.ns.split(",")), key=lambda p: p["asked_n"])
         by_m = [point(cfg, base, args.n_for_minutes, float(m)) for m in args.minutes_list.split(",")]
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -90,7 +90,7 @@ def test_a_fresh_studio_fine_tunes_corrections_and_shows_the_three_parts(family,
     said, _, job, _ = tab.launch(*args, plan, False)
     sft = studio.jobs.wait(job, 600)
     assert sft["status"] == "done", Path(sft["log_path"]).read_text()[-3000:]
-    assert json.loads((Path(sft["out_dir"]) / "summary.json").read_text())["mixed_records"] == 100
+    assert json.loads((Path(sft["out_dir"]) / "summary.json").read_text())["mixed_records"] == 400
     assert (data / "tinyzoom" / "test.jsonl").is_file()  # built by the fine-tune, the own split of the gain view
     said, _, gain_job, *_ = tab.evaluate_run(job, 4, False)
     gain = studio.jobs.wait(gain_job, 600)

@@ -54,7 +54,7 @@ def test_many_passes_over_four_records_warn_before_launch(tmp_path):
     (export / "train.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(4)))
     cmd = ["python", "-m", "train", "sft", "--config", "configs/sft_corrections.json", "out=x", f"data={export}"]
     warning = size_warning("sft", "configs/sft_corrections.json", cmd)
-    assert warning.startswith("⚠️ 4 training records, about 8 passes")  # the config's 8 epochs
+    assert warning.startswith("⚠️ 4 training records, about 3 passes")  # the config's 3 epochs
     assert size_warning("sft", "configs/sft_corrections.json", cmd + ["max_steps=2"]) is not None  # still tiny
     many = tmp_path / "big"
     many.mkdir()
@@ -63,9 +63,9 @@ def test_many_passes_over_four_records_warn_before_launch(tmp_path):
     some = tmp_path / "some"
     some.mkdir()
     (some / "train.jsonl").write_text("{}\n" * 60)  # 8 passes over 60 corrections alone: forgets (docs/corrections.md)
-    alone = cmd[:-1] + [f"data={some}", "mix_records=0"]
+    alone = cmd[:-1] + [f"data={some}", "mix_records=0", "epochs=8"]
     assert size_warning("sft", "configs/sft_corrections.json", alone) is not None
-    mix = tmp_path / "tinyzoom"  # not built yet: the run builds it (200 records) and mixes 100 in: the recipe
+    mix = tmp_path / "tinyzoom"  # not built yet: the run builds it (400 records) and mixes them in: the recipe
     assert size_warning("sft", "configs/sft_corrections.json", cmd[:-1] + [f"data={some}", f"mix_data={mix}"]) is None
     assert size_warning("rl", "configs/rl_tiny.json", cmd) is None
 

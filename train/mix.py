@@ -19,8 +19,8 @@ from core.records import DataError, SFTRecord, load_sft_records
 
 log = logging.getLogger(__name__)
 
-FRESH = {"train": 200, "validation": 0, "test": 64, "seed": 0}
-"""The small TinyZoom set a missing mix folder is built with: 200 training records to draw from and
+FRESH = {"train": 400, "validation": 0, "test": 64, "seed": 0}
+"""The small TinyZoom set a missing mix folder is built with: 400 training records to draw from and
 64 held-out test items (the Train tab's gain view scores them as the model's own split). The Train
 tab's data job (`app/training/jobs.py: synth_command`) writes the same."""
 

@@ -44,7 +44,7 @@ class SFTRunConfig(TrainerRunConfig):
     eval_split: str | None = option("validation", "the split whose loss is evaluated (when the folder has it)")
     limit: int | None = option(None, "use the first N training records")
     mix_data: str | None = option(None, "a TinyZoom-format folder of the model's original kind of data whose train.jsonl "
-                                        "records are mixed in (train/mix.py); built first (200 train, 64 test, "
+                                        "records are mixed in (train/mix.py); built first (400 train, 64 test, "
                                         "seed 0) when it does not exist; null: no mixing")
     mix_records: int = option(0, "how many of mix_data's training records to mix in, drawn with the run's seed (all "
                                  "of them when it has fewer); 0: none")

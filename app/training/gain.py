@@ -196,7 +196,7 @@ def is_worse(result: dict | None) -> float | None:
 
 TINY_RECORDS = 20  # fewer training records than this is tiny data
 MANY_PASSES = 5  # more passes over the data than this memorises it ...
-FEW_RECORDS = 150  # ... when it has fewer records than the recipe measured in docs/corrections.md (50 + 100 mixed)
+FEW_RECORDS = 450  # ... when it has fewer records than the recipe measured in docs/corrections.md (50 + 400 mixed)
 
 
 def training_size_warning(cfg: dict, records: int | None, mixed: int = 0) -> str | None:

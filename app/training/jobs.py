@@ -52,7 +52,7 @@ def train_command(kind: str, config: str, out: str, dataset: str | None = None, 
     return cmd + ([f"data={dataset}"] if dataset else []) + ([f"model={model}"] if model else []) + list(extra)
 
 
-FRESH_TRAIN = 200
+FRESH_TRAIN = 400
 FRESH_SYNTH = ["--train", str(FRESH_TRAIN), "--validation", "0", "--test", "64", "--seed", "0"]
 """The Studio's small TinyZoom set (train/mix.py: FRESH builds the same when a fine-tune's mix folder
 is missing): records to mix into a corrections fine-tune and the gain view's own split."""
