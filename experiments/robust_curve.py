@@ -19,20 +19,12 @@ BATCH = 8
 """Conversations per step of the CPU recipe (scripts/train_robust.sh: batch_size=8)."""
 
 
-def pooled(report_md: Path) -> str:
-    """The shift report's pooled zoom-needed figure ('52% (48–56)'), or '–'."""
-    if not report_md.is_file():
-        return "–"
-    m = re.search(r"^pooled zoom-needed (\S+ \(\S+\))", report_md.read_text(), re.M)
-    return m.group(1) if m else "–"
-
-
-def lowest(report_md: Path) -> str:
-    """The shift report's lowest shift ('canvas_4200x1800 4%'), or '–'."""
-    if not report_md.is_file():
-        return "–"
-    m = re.search(r"^lowest shift (\S+ \S+),", report_md.read_text(), re.M)
-    return m.group(1) if m else "–"
+def bar_figures(report_md: Path) -> tuple[str, str]:
+    """(pooled zoom-needed '52% (48–56)', lowest shift 'canvas_4200x1800 4%') of a shift report, '–' where missing."""
+    text = report_md.read_text() if report_md.is_file() else ""
+    pooled = re.search(r"^pooled zoom-needed (\S+ \(\S+\))", text, re.M)
+    lowest = re.search(r"^lowest shift (\S+ \S+),", text, re.M)
+    return pooled.group(1) if pooled else "–", lowest.group(1) if lowest else "–"
 
 
 def own(report_json: Path) -> tuple[str, str, str]:
@@ -53,8 +45,7 @@ def rows(evals: Path) -> list[tuple]:
     named = [(label, label) for label in ("start", "final") if (evals / f"shifts-{label}").is_dir()]
     out = []
     for key, label in [(str(s), f"{s} ({s * BATCH:,} passes)") for s in steps] + named:
-        out.append((label, *own(evals / f"own-{key}" / "report.json"),
-                    pooled(evals / f"shifts-{key}" / "report.md"), lowest(evals / f"shifts-{key}" / "report.md")))
+        out.append((label, *own(evals / f"own-{key}" / "report.json"), *bar_figures(evals / f"shifts-{key}" / "report.md")))
     return out
 
 

@@ -30,7 +30,7 @@ from core.records import (DataError, SFTRecord, load_sft_records, newest_dataset
 from train.familiarity import record_pictures
 from train.grounding import token_weights
 from train.metrics import MetricsJsonlCallback
-from train.mix import mix_in
+from train.mix import FRESH, mix_in
 from train.run import (ResumesSavedWeights, SaveEveryMinutes, TimeBudgetCallback, TrainerRunConfig, native_bf16,
                        option, refuse_shipped, run_main, save_final, start_run, train_or_finish)
 from train.shared_prefix import token_log_probs
@@ -44,8 +44,8 @@ class SFTRunConfig(TrainerRunConfig):
     eval_split: str | None = option("validation", "the split whose loss is evaluated (when the folder has it)")
     limit: int | None = option(None, "use the first N training records")
     mix_data: str | None = option(None, "a TinyZoom-format folder of the model's original kind of data whose train.jsonl "
-                                        "records are mixed in (train/mix.py); built first (400 train, 64 test, "
-                                        "seed 0) when it does not exist; null: no mixing")
+                                        "records are mixed in (train/mix.py); built first ({train} train, {test} test, "
+                                        "seed {seed}) when it does not exist; null: no mixing".format(**FRESH))
     mix_records: int = option(0, "how many of mix_data's training records to mix in, drawn with the run's seed (all "
                                  "of them when it has fewer); 0: none")
     repeat: dict = option(help="category -> times its records appear, e.g. {\"zoom_optional\": 3, \"closeup\": 0.3}",
