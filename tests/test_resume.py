@@ -108,3 +108,21 @@ def test_the_time_schedule_decays_by_the_steps_when_the_epochs_end_before_the_bu
     state.global_step = 99  # the last step, seconds into an hour's budget
     budget.on_step_begin(None, state, TrainerControl(), optimizer=opt)
     assert opt.param_groups[0]["lr"] < 1e-6  # decayed, not still at the peak
+
+
+def test_the_logged_learning_rate_is_the_one_the_time_schedule_set():
+    import torch
+    from transformers import TrainerControl, TrainerState, get_constant_schedule
+
+    from train.run import TimeBudgetCallback
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-4)
+    sched = get_constant_schedule(opt)  # what `train sft` runs under max_seconds
+    budget = TimeBudgetCallback(seconds=3600, lr=1e-4, warmup=0.0)
+    state = TrainerState(max_steps=100, global_step=50)
+    budget.on_train_begin(None, state, TrainerControl())
+    budget.on_step_begin(None, state, TrainerControl(), optimizer=opt, lr_scheduler=sched)
+    used = opt.param_groups[0]["lr"]
+    opt.step(), sched.step()
+    assert 4e-5 < used < 6e-5  # half-way down the cosine
+    assert sched.get_last_lr()[0] == used == opt.param_groups[0]["lr"]  # the trainer logs get_last_lr()

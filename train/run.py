@@ -150,13 +150,15 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, **kw):
         self.t0 = time.time() - self.spent
 
-    def on_step_begin(self, args, state, control, optimizer=None, **kw):
+    def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
         if self.lr is None:
             return
         steps = state.global_step / state.max_steps if state.max_steps and state.max_steps > 0 else 0.0
         lr = self.lr_at(max((time.time() - self.t0) / self.seconds, steps))  # whichever ends first
         for group in (optimizer.param_groups if optimizer is not None else []):
             group["lr"] = lr
+        if hasattr(lr_scheduler, "base_lrs"):  # the constant scheduler keeps it, and the logs show it
+            lr_scheduler.base_lrs = [lr] * len(lr_scheduler.base_lrs)
 
     def on_step_end(self, args, state, control, **kw):
         if time.time() - self.t0 >= self.seconds:
