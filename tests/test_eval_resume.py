@@ -21,7 +21,9 @@ CROP = ('<tool_call>\n{"name": "crop_image_normalized", "arguments": {"bbox_2d":
 
 # the real CLI, with a replay backend slowed down to a model's pace so the run can be stopped midway
 SLOW_EVAL = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a terminal, also when pytest was started
+                                                          # in the background, where SIGINT comes in ignored
 from core.backends.replay import ReplayBackend
 _batch = ReplayBackend.generate_batch
 def slow(self, batch, params):
@@ -56,7 +58,7 @@ def stop_when(proc: subprocess.Popen, items: Path, at_least: int, sig: int, time
 
 
 def test_kill_midway_then_resume_scores_each_item_once(tmp_path):
-    n = 24  # room to stop each run midway even when a loaded machine notices the items late
+    n = 12
     data, out, db = make_vstar(tmp_path, n=n), tmp_path / "out", tmp_path / "studio.db"
     replay = tmp_path / "turns.json"
     replay.write_text(json.dumps([CROP, "\\boxed{A}"]))
