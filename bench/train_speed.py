@@ -3,10 +3,11 @@
     python -m bench.train_speed                 # 16 steps of each (about 3 minutes on 2 cores)
     python -m bench.train_speed --steps 40 --repeats 2
 
-Both run `python -m train sft`'s own `train` with the robust recipe (configs/sft_tiny_robust.json:
-batch 8, grounded weight 5, the embedded model, its tower trained). The baseline is the path as it
-was, with the recipe's former CPU settings (`fast=false bf16=false num_workers=1`); the fast path is
-the default (`fast=true`, bf16 autocast where the CPU has native bf16). Throughput counts
+Both run `python -m train sft` with the robust recipe (configs/sft_tiny_robust.json: batch 8, grounded
+weight 5, the embedded model, its tower trained). The baseline is the path as it was, with the
+recipe's former CPU settings (`fast=false bf16=false num_workers=1 processes=1`); the fast path is the
+default (`fast=true`, bf16 autocast where the CPU has native bf16, the batch split over one process
+per core: train/processes.py). Throughput counts
 conversations per second over every step but the first (start-up); the loss gap is the relative
 difference of the two runs' mean loss over the same steps. The runs alternate when repeated, so load
 from other work falls on both. The last line is the figure:
@@ -19,6 +20,8 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,7 +31,7 @@ configure_threads()  # before torch loads
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "sft_tiny_robust.json"
-MODES = {"baseline": {"fast": False, "bf16": False, "num_workers": 1}, "fast": {"num_workers": 1}}
+MODES = {"baseline": {"fast": False, "bf16": False, "num_workers": 1, "processes": 1}, "fast": {"num_workers": 1}}
 
 
 def bench_data(records: int, out: Path) -> Path:
@@ -43,14 +46,14 @@ def bench_data(records: int, out: Path) -> Path:
 
 
 def run(mode: str, data: Path, steps: int, batch: int, out: Path) -> dict:
-    """One short SFT run; its throughput (after the first step) and its per-step losses."""
-    from train.sft import SFTRunConfig, train
-
+    """One short `python -m train sft` run; its throughput (after the first step) and its per-step losses."""
     overrides = {"data": str(data), "out": str(out), "final_dir": str(out / "final"), "max_steps": steps,
                  "max_seconds": None, "batch_size": batch, "logging_steps": 1, "save_steps": 10**6,
                  "save_minutes": None, "report_to": [], "disable_tqdm": True, **MODES[mode]}
-    cfg = SFTRunConfig.from_file(RECIPE, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
-    train(cfg)
+    argv = [sys.executable, "-m", "train", "sft", "--config", str(RECIPE), *(f"{k}={json.dumps(v)}" for k, v in overrides.items())]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"error: the {mode} run failed:\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r and r["step"] <= steps]
     seconds = rows[-1]["time"] - rows[0]["time"]

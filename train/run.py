@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -148,20 +149,20 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         return warmup_cosine(self.lr, frac, self.warmup)
 
     def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.time() - self.spent
+        self.t0 = rank0_clock() - self.spent
 
     def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
         if self.lr is None:
             return
         steps = state.global_step / state.max_steps if state.max_steps and state.max_steps > 0 else 0.0
-        lr = self.lr_at(max((time.time() - self.t0) / self.seconds, steps))  # whichever ends first
+        lr = self.lr_at(max((rank0_clock() - self.t0) / self.seconds, steps))  # whichever ends first
         for group in (optimizer.param_groups if optimizer is not None else []):
             group["lr"] = lr
         if hasattr(lr_scheduler, "base_lrs"):  # the constant scheduler keeps it, and the logs show it
             lr_scheduler.base_lrs = [lr] * len(lr_scheduler.base_lrs)
 
     def on_step_end(self, args, state, control, **kw):
-        if time.time() - self.t0 >= self.seconds:
+        if rank0_clock() - self.t0 >= self.seconds:
             control.should_training_stop = True
             control.should_save = True
 
@@ -171,16 +172,32 @@ class SaveEveryMinutes(TrainerCallback):
 
     def __init__(self, minutes: float) -> None:
         self.seconds, self.last = minutes * 60, time.time()
+        self.now = self.last
 
     def on_train_begin(self, args, state, control, **kw):
-        self.last = time.time()
+        self.last = self.now = rank0_clock()
 
     def on_step_end(self, args, state, control, **kw):
-        if time.time() - self.last >= self.seconds:
+        self.now = rank0_clock()
+        if self.now - self.last >= self.seconds:
             control.should_save = True
 
     def on_save(self, args, state, control, **kw):
-        self.last = time.time()
+        self.last = self.now
+
+
+def rank0_clock() -> float:
+    """The time on rank 0, the same on every rank of a distributed run: a decision taken by the clock
+    (stop, save, the learning rate) must be every rank's, or one rank saves or stops alone while the
+    others wait for it in a collective. A plain `time.time()` in a single process."""
+    now = time.time()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([now], dtype=torch.float64)
+        dist.broadcast(t, 0)
+        now = float(t)
+    return now
 
 
 def copy_processor_files(source: Path, final: Path) -> None:
@@ -300,9 +317,11 @@ def train_or_finish(trainer, out: Path, max_steps: int) -> tuple[int, float | No
     return result.global_step, result.training_loss
 
 
-def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None) -> int:
+def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None, split=None) -> int:
     """The shared command line of `train sft|rl|vision`: --config FILE, --out, key=value overrides;
-    `--help` lists every config field with its type, default and help."""
+    `--help` lists every config field with its type, default and help. `split(cfg)` says how many CPU
+    processes the command runs as (train/processes.py); more than 1 and this process only launches them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0], epilog=config_cls.fields_help(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help=f"JSON file with {config_cls.__name__} fields")
@@ -313,6 +332,11 @@ def run_main(prog: str, doc: str, config_cls, train_fn, argv: list[str] | None) 
     cfg = config_cls.from_file(args.config, args.overrides)
     if args.out:
         cfg.out = args.out
+    ranks = split(cfg) if split else 1
+    if ranks > 1:
+        from train.processes import launch
+
+        return launch(["train", prog.split()[-1], *argv], ranks, cfg.batch_size, cfg.torch_threads)
     summary = train_fn(cfg)
     if is_main_process():  # one summary per run, not one per process
         print(json.dumps(summary))

@@ -33,7 +33,8 @@ from train.metrics import MetricsJsonlCallback
 from train.mix import FRESH, mix_in
 from train.run import (ResumesSavedWeights, SaveEveryMinutes, TimeBudgetCallback, TrainerRunConfig, native_bf16,
                        option, refuse_shipped, run_main, save_final, start_run, train_or_finish)
-from train.shared_prefix import token_log_probs
+from train.processes import planned_processes
+from train.shared_prefix import route_through_forward
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,12 @@ class SFTRunConfig(TrainerRunConfig):
     pixel_preset: str = option("tiny", "core.operations.PIXEL_PRESETS: how record images are sized")
     freeze_vision: bool = False
     fast: bool = option(True, "the fast forward (train/shared_prefix.py): the system/tool prefix rows share runs once "
-                              "per batch and rows run in length groups without padding; the same loss and gradients "
-                              "(a single-process run; a distributed one takes the plain forward)")
+                              "per batch and rows run in length groups without padding; the same loss and gradients")
+    processes: int | None = option(None, "on a CPU, training processes (gloo DDP ranks, train/processes.py) that share "
+                                         "each batch equally, the cores shared out among them; the global batch stays "
+                                         "batch_size. null: the most that give each rank >= 4 rows, at most one per "
+                                         "core (2 on 2 cores at batch 8); 1: one process. A GPU run, or one inside "
+                                         "torchrun/accelerate launch (batch_size per process there), is not split")
     bf16: bool | None = option(None, "bf16 autocast with fp32 master weights; null (default): on where the hardware "
                                      "computes bf16 natively (a CUDA GPU with bf16, a CPU with avx512_bf16 or AMX)")
     save_minutes: float | None = option(10.0, "also save a resumable checkpoint (weights, optimizer, scheduler, data "
@@ -120,29 +125,36 @@ def _trainer_class():
         fast = False
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.fast and not return_outputs and model is self.accelerator.unwrap_model(model):
-                return self.fast_loss(model, inputs, num_items_in_batch)  # a DDP/DeepSpeed wrapper syncs in forward
+            if self.fast and not return_outputs:
+                return self.fast_loss(model, inputs, num_items_in_batch)
             weights = inputs.pop("loss_weights", None)
             if weights is None or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             outputs = model(**inputs, use_cache=False, fused_lm_head=True)  # log_probs of labels[:, 1:]
             mask = outputs.label_mask
             weighted = -(outputs.log_probs * weights[:, 1:].to(outputs.log_probs) * mask).sum()
-            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            return self.scaled(weighted / torch.as_tensor(count).clamp(min=1), num_items_in_batch)
+            return self.per_token(weighted, mask.sum(), num_items_in_batch)
 
         def fast_loss(self, model, inputs, num_items_in_batch):
-            """The same weighted sum over trained tokens, from train.shared_prefix's forward."""
-            with self.accelerator.autocast():  # accelerate autocasts only model.forward, which this bypasses
-                out = token_log_probs(self.accelerator.unwrap_model(model), inputs)
-            count = out.log_probs.numel() if num_items_in_batch is None else num_items_in_batch
-            loss = -(out.log_probs * out.weights.to(out.log_probs)).sum() / torch.as_tensor(count).clamp(min=1)
-            return self.scaled(loss, num_items_in_batch)
+            """The same weighted sum over trained tokens, from train.shared_prefix's forward (through the
+            model's forward, so a DDP wrapper syncs the gradients: route_through_forward)."""
+            with self.accelerator.autocast():
+                out = model(fast_batch=inputs)
+            weighted = -(out.log_probs * out.weights.to(out.log_probs)).sum()
+            return self.per_token(weighted, torch.tensor(out.log_probs.numel()), num_items_in_batch)
 
-        def scaled(self, loss, num_items_in_batch):
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL: DDP averages
-                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-            return loss
+        def per_token(self, weighted, count, num_items_in_batch):
+            """`weighted` over the trained tokens of the whole batch. Trainer counts them only for models
+            that take loss kwargs (not Qwen2.5-VL); without its count, a distributed run sums the ranks'
+            counts here. DDP averages the ranks' gradients, hence the factor: the step is the one a single
+            process takes over the whole batch, not the mean of the ranks' own means."""
+            ranks = self.accelerator.num_processes // self.get_tp_size()
+            if num_items_in_batch is not None:
+                count = num_items_in_batch
+                ranks = ranks if self.args.average_tokens_across_devices else 1  # as TRL
+            elif ranks > 1:
+                count = self.accelerator.reduce(count.detach().to(torch.float64), "sum")
+            return weighted / torch.as_tensor(count).clamp(min=1) * ranks
 
     return WeightedSFTTrainer
 
@@ -189,6 +201,8 @@ def build_model(cfg: SFTRunConfig, records: list[SFTRecord], out: Path, main: bo
     attn = cfg.attn_implementation or ("eager" if cfg.fast and not torch.cuda.is_available() else None)
     if attn:
         model.set_attn_implementation(attn)  # on CPU: bf16 SDPA's backward measured 1.5x slower than fp32's
+    if cfg.fast:
+        route_through_forward(model)
     if cfg.freeze_vision:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
@@ -250,8 +264,9 @@ def train(cfg: SFTRunConfig) -> dict:
         trainer.add_callback(TimeBudgetCallback(cfg.max_seconds, cfg.learning_rate, cfg.warmup_ratio))
     if cfg.save_minutes:
         trainer.add_callback(SaveEveryMinutes(cfg.save_minutes))
-    log.info("fast forward %s, bf16 autocast %s, a checkpoint every %s min", "on" if cfg.fast else "off",
-             "on" if bf16 else "off", cfg.save_minutes)
+    log.info("fast forward %s, bf16 autocast %s, %d process(es) of %d thread(s), batch %d each, a checkpoint every %s "
+             "min", "on" if cfg.fast else "off", "on" if bf16 else "off", args.world_size, torch.get_num_threads(),
+             cfg.batch_size, cfg.save_minutes)
     t0 = time.time()
     steps, loss = train_or_finish(trainer, out, cfg.max_steps)
     seconds = time.time() - t0
@@ -266,4 +281,9 @@ def train(cfg: SFTRunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main("python -m train sft", __doc__, SFTRunConfig, train, argv)
+    return run_main("python -m train sft", __doc__, SFTRunConfig, train, argv, split=cpu_ranks)
+
+
+def cpu_ranks(cfg: SFTRunConfig) -> int:
+    """How many processes the command runs as (train/processes.py)."""
+    return planned_processes(cfg.processes, cfg.batch_size, on_gpu=torch.cuda.is_available())

@@ -12,6 +12,7 @@ trained tokens. Only the order of floating-point sums differs.
 """
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 import torch
@@ -144,3 +145,17 @@ def token_log_probs(model, batch: dict, max_waste: float = 0.1) -> TokenLogProbs
             out_lp.append(logits.log_softmax(-1).gather(-1, target[mask].unsqueeze(-1)).squeeze(-1))
             out_w.append(weights[rows, n + 1:width][mask])
     return TokenLogProbs(torch.cat(out_lp), torch.cat(out_w).to(torch.float32))
+
+
+def route_through_forward(model) -> None:
+    """Make `model(fast_batch=batch)` run `token_log_probs`; any other call is the model's own forward.
+
+    A DDP wrapper syncs gradients only for work that runs through its forward, so the fast path has to be
+    reachable from there. A bound method, as accelerate expects of the forward it wraps in autocast (and
+    unwraps again when the model is saved)."""
+    def forward(self, *args, fast_batch: dict | None = None, **kwargs):
+        if fast_batch is not None:
+            return token_log_probs(self, fast_batch)
+        return type(self).forward(self, *args, **kwargs)
+
+    model.forward = types.MethodType(forward, model)
