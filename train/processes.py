@@ -81,6 +81,8 @@ def launch(module_argv: list[str], n: int, batch_size: int, threads: int | None 
             if failed or all(c == 0 for c in codes):
                 return failed[0] if failed else 0
             time.sleep(0.2)
+    except KeyboardInterrupt:  # Ctrl-C reached the ranks too (one process group); the checkpoints stay
+        return 130
     finally:
         for p in procs:  # a rank that failed leaves the others waiting in a collective
             if p.poll() is None:
