@@ -50,7 +50,8 @@ def run(mode: str, data: Path, steps: int, batch: int, out: Path) -> dict:
     overrides = {"data": str(data), "out": str(out), "final_dir": str(out / "final"), "max_steps": steps,
                  "max_seconds": None, "batch_size": batch, "logging_steps": 1, "save_steps": 10**6,
                  "save_minutes": None, "report_to": [], "disable_tqdm": True, **MODES[mode]}
-    argv = [sys.executable, "-m", "train", "sft", "--config", str(RECIPE), *(f"{k}={json.dumps(v)}" for k, v in overrides.items())]
+    argv = [sys.executable, "-m", "train", "sft", "--config", str(RECIPE),
+            *(f"{k}={json.dumps(v)}" for k, v in overrides.items())]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"error: the {mode} run failed:\n{proc.stderr[-3000:]}")

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.train_kit import step_rows
+from train.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT_ARGS = ["max_steps=2", "logging_steps=1", "report_to=[]", "disable_tqdm=true", "vocab_size=600", "eval_split=null",
@@ -26,12 +28,6 @@ def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("tinyzoom_ddp")
     build(BuildConfig(out=str(out), train=8, validation=8, test=0, seed=0, progress=False))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(command: list[str], processes: int) -> subprocess.CompletedProcess:
@@ -50,11 +46,6 @@ def launch(command: list[str], processes: int) -> subprocess.CompletedProcess:
 
 def summaries(proc) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"steps"')]
-
-
-def step_rows(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "loss" in r and "train_runtime" not in r]
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.train_kit import complete_checkpoints, step_rows
 from train.processes import auto_processes, planned_processes
 from train.synth.build import BuildConfig, build
 
@@ -49,11 +50,6 @@ def sft(data: Path, run: Path, *overrides: str) -> list[str]:
             "num_workers=0", "save_steps=100000", *overrides]
 
 
-def step_rows(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "loss" in r and "train_runtime" not in r]
-
-
 @pytest.mark.slow
 def test_two_ranks_take_the_steps_one_process_takes_over_the_whole_batch(data, tmp_path):
     runs = {n: tmp_path / f"p{n}" for n in (1, 2)}
@@ -81,10 +77,6 @@ def processes_with(text: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def complete_checkpoints(run: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 
 
 @pytest.mark.slow

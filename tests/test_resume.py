@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.train_kit import complete_checkpoints
 from train.synth.build import BuildConfig, build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +28,6 @@ def kill_when(cmd: list[str], ready, env: dict | None = None, timeout: float = 6
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-
-
-def complete_checkpoints(run: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 
 
 def sft_command(tmp_path: Path, *overrides: str) -> tuple[list[str], Path]:
